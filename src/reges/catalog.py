@@ -1,0 +1,631 @@
+"""The `catalog` stage: one `Item` per recommendable thing, with a short text card for retrieval and prompts.
+
+Three input formats (`catalog.format`):
+- "redial": `id2info.json` (ReDial movieId -> name, genre, director, writer, star, plot, imdb_id) plus
+  `movies_with_mentions.csv`, whose ids missing from id2info get a title-only card (`meta.source="names_only"`).
+- "inspired": INSPIRED has no item table, so the catalog is assembled: every title the `data` stage found in
+  the dialogues (item id = `title_slug(title)`), the 1,096 movies of CFCRS `kg.json` (star/director/genre),
+  merged where titles match, and plots (plus missing attributes) borrowed from id2info.json where titles match.
+- "custom": a JSONL of `{"item_id"?, "title", "text"?, "year"?, "meta"?}` records.
+`catalog.extra_items_files` (custom format) are appended to any of them, e.g. to add titles a test split
+mentions. Titles are normalised and matched only through `reges.titles`.
+
+Outputs: `catalog/items.jsonl` (sorted by item_id), `catalog/stats.json`, `catalog/manifest.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reges.config import CatalogConfig, PipelineConfig
+from reges.errors import CatalogError, DataError
+from reges.io import RunDir, now_iso, read_json, read_jsonl, write_json, write_jsonl
+from reges.records import Dialogue, Item, RecExample
+from reges.titles import (
+    TitleMatcher,
+    format_title,
+    match_one_to_one,
+    normalize_title,
+    split_year,
+    title_from_slug,
+    title_slug,
+)
+
+logger = logging.getLogger(__name__)
+
+# Card labels for the attribute names the datasets use; any other field is labelled by its capitalised name.
+CARD_LABELS: dict[str, str] = {
+    "genre": "Genre", "director": "Director", "star": "Stars", "writer": "Writer", "plot": "Plot"
+}
+# Attributes counted as "people" in the stats.
+PEOPLE_FIELDS = ("director", "star", "writer", "author")
+LIST_FIELDS = ("genre", "director", "writer", "star")
+CUSTOM_KEYS = ("item_id", "title", "text", "year", "meta")
+KG_RELATIONS = ("star", "director", "genre")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cards
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v).strip() for v in value if str(v).strip())
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+def build_card(title: str, meta: dict[str, Any], card_fields: list[str], max_chars: int) -> str:
+    """The item's text card: "Title (Year). Genre: a, b. Director: X. Stars: Y, Z. Plot: ...".
+
+    Short on purpose: it is what the retriever embeds and what the LLM prompts list per candidate. Fields
+    come in `card_fields` order; empty ones are left out. A card longer than `max_chars` is cut at a word
+    boundary and ends with "…".
+
+    Example:
+        >>> build_card("Inception (2010)", {"genre": ["action", "sci-fi"], "director": ["Christopher Nolan"]},
+        ...            ["genre", "director", "plot"], 600)
+        'Inception (2010). Genre: action, sci-fi. Director: Christopher Nolan.'
+    """
+    parts = [title.rstrip(".") + "."]
+    for name in card_fields:
+        text = _field_text(meta.get(name))
+        if text:
+            label = CARD_LABELS.get(name, name.replace("_", " ").capitalize())
+            parts.append(f"{label}: {text.rstrip('.')}.")
+    return cut_text(" ".join(parts), max_chars)
+
+
+def cut_text(text: str, max_chars: int) -> str:
+    """Cut `text` to at most `max_chars` characters at a word boundary, marking the cut with "…"."""
+    if len(text) <= max_chars:
+        return text
+    head = text[: max_chars - 1]
+    if " " in head:
+        head = head[: head.rindex(" ")]
+    return head.rstrip(" ,.;:") + "…"
+
+
+def _has_card_fields(meta: dict[str, Any], card_fields: list[str]) -> bool:
+    return any(_field_text(meta.get(name)) for name in card_fields)
+
+
+def _clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Drop empty attributes and strip strings, so `meta.get(x)` is truthy exactly when x is known."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if isinstance(value, list):
+            value = [v.strip() if isinstance(v, str) else v for v in value]
+            value = [v for v in value if v not in ("", None)]
+        elif isinstance(value, str):
+            value = value.strip()
+        if value in ("", None, []):
+            continue
+        out[key] = value
+    return out
+
+
+def make_item(item_id: str, title: str, meta: dict[str, Any], cfg: CatalogConfig, text: str = "") -> Item:
+    """An Item with a normalised "Title (Year)", its year, cleaned meta and a card.
+
+    `text`, when given, is the card (custom catalogs write their own), with "Title (Year). " put in front
+    unless it already starts with the title: a user who names the item must be able to retrieve it.
+    Otherwise the card is built from `meta` and `cfg.card_fields`.
+    """
+    name, year = split_year(title)
+    meta = _clean_meta(meta)
+    display = format_title(name, year)
+    text = normalize_title(text)
+    if text:
+        card = text if text.casefold().startswith(name.casefold()) else f"{display.rstrip('.')}. {text}"
+        card = cut_text(card, cfg.max_card_chars)
+    else:
+        card = build_card(display, meta, cfg.card_fields, cfg.max_card_chars)
+    return Item(item_id=item_id, title=display, text=card, year=year, meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Readers (file -> plain records)
+
+
+def read_id2info(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read iEvaLM's id2info.json: ReDial movieId -> {name, genre, plot, director, writer, star, imdb_id}."""
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected a JSON object of movieId -> movie info, got {type(info).__name__}")
+    for movie_id, record in info.items():
+        if not isinstance(record, dict) or not str(record.get("name", "")).strip():
+            raise DataError(
+                f"{path}: movie {movie_id!r} has no 'name'; every record needs one (is this iEvaLM id2info.json?)"
+            )
+    return {str(k): v for k, v in info.items()}
+
+
+def read_movie_names(path: str | Path) -> dict[str, str]:
+    """Read ReDial's movies_with_mentions.csv: movieId -> name (normalised: double spaces, %3F escapes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}; set catalog.names_file to ReDial's movies_with_mentions.csv")
+    names: dict[str, str] = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"movieId", "movieName"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: expected columns movieId,movieName, got {reader.fieldnames}")
+        for lineno, row in enumerate(reader, start=2):
+            movie_id, name = (row["movieId"] or "").strip(), normalize_title(row["movieName"] or "")
+            if not movie_id or not name:
+                raise DataError(f"{path}:{lineno}: empty movieId or movieName; fix or remove that line")
+            names[movie_id] = name
+    return names
+
+
+@dataclass
+class KgMovie:
+    """One CFCRS kg.json movie with its attributes resolved to names."""
+
+    entity_id: str
+    title: str
+    star: list[str] = field(default_factory=list)
+    director: list[str] = field(default_factory=list)
+    genre: list[str] = field(default_factory=list)
+
+
+def read_kg(kg_dir: str | Path) -> list[KgMovie]:
+    """Read CFCRS kg.json + entity2id.json + relation2id.json into movies with star/director/genre names.
+
+    kg.json maps a head entity id to [[relation id, tail entity id], ...]; attribute order is kept as the
+    file gives it.
+    """
+    kg_dir = Path(kg_dir)
+    if not kg_dir.is_dir():
+        raise DataError(f"catalog.kg_dir {kg_dir} is not a folder; point it at CFCRS data/inspired/")
+    kg = read_json(kg_dir / "kg.json")
+    entity2id = read_json(kg_dir / "entity2id.json")
+    relation2id = read_json(kg_dir / "relation2id.json")
+    names = {int(v): k for k, v in entity2id.items()}
+    relations = {int(v): k for k, v in relation2id.items()}
+    movies: list[KgMovie] = []
+    for head, edges in kg.items():
+        if int(head) not in names:
+            raise DataError(f"{kg_dir / 'kg.json'}: entity {head} is not in entity2id.json")
+        movie = KgMovie(entity_id=str(head), title=normalize_title(names[int(head)]))
+        for relation_id, tail in edges:
+            relation = relations.get(int(relation_id))
+            if relation not in KG_RELATIONS:
+                raise DataError(
+                    f"{kg_dir / 'kg.json'}: relation {relation_id} ({relation!r}) is not one of {KG_RELATIONS}"
+                )
+            value = names[int(tail)].strip()
+            values = getattr(movie, relation)
+            if value and value not in values:
+                values.append(value)
+        movies.append(movie)
+    return movies
+
+
+def _suggest(key: str, known: tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(known)}"
+
+
+def read_custom_items(path: str | Path, cfg: CatalogConfig) -> list[tuple[Item, str]]:
+    """Read a custom items JSONL: `{"item_id"?, "title", "text"?, "year"?, "meta"?}` per line.
+
+    `item_id` defaults to `title_slug(title)`. `text` is the card; without it the card is built from the
+    `meta` fields named in `catalog.card_fields`, and a record with neither is an error (an item nobody can
+    retrieve). Unknown keys are errors too (a typo like "titel" would otherwise drop the title).
+
+    Returns:
+        (item, origin) pairs; origin is "file:line" for error messages about duplicates.
+    """
+    out: list[tuple[Item, str]] = []
+    path = Path(path)
+    for lineno, record in _numbered_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        for key in record:
+            if key not in CUSTOM_KEYS:
+                hint = _suggest(key, CUSTOM_KEYS)
+                raise DataError(f"{where}: unknown key {key!r}{hint} (put extra fields in 'meta')")
+        title = record.get("title")
+        if not isinstance(title, str) or not normalize_title(title):
+            raise CatalogError(f"{where}: a catalog record without title ({record!r}); every item needs a 'title'")
+        meta = record.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: 'meta' must be an object, got {meta!r}")
+        text = record.get("text") or ""
+        if not isinstance(text, str):
+            raise DataError(f"{where}: 'text' must be a string, got {text!r}")
+        name, title_year = split_year(title)
+        year = record.get("year")
+        if year is not None and (not isinstance(year, int) or isinstance(year, bool)):
+            raise DataError(f"{where}: 'year' must be an integer, got {year!r}")
+        if year is not None and title_year is not None and year != title_year:
+            raise CatalogError(
+                f"{where}: title {title!r} says {title_year} but 'year' says {year}; make them agree or drop one"
+            )
+        year = year if year is not None else title_year
+        item_id = record.get("item_id")
+        if item_id is None:
+            item_id = title_slug(format_title(name, year))
+        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool) or not str(item_id).strip():
+            raise DataError(f"{where}: 'item_id' must be a non-empty string, got {item_id!r}")
+        if not text.strip() and not _has_card_fields(meta, cfg.card_fields):
+            raise CatalogError(
+                f"{where}: a catalog record without text: item {item_id!r} has no 'text' and none of the card "
+                f"fields {cfg.card_fields} in 'meta'; add a 'text' or those fields"
+            )
+        item = make_item(str(item_id).strip(), format_title(name, year), meta, cfg, text=text)
+        out.append((item, where))
+    return out
+
+
+def _numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """JSONL rows with their line numbers, so record errors can name file:line (read_jsonl gives rows only)."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}; check catalog.items_file / catalog.extra_items_files")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
+    return rows
+
+
+def read_items(path: str | Path) -> list[Item]:
+    """Read a catalog `items.jsonl` written by this stage."""
+    return [Item.from_dict(d) for d in read_jsonl(path)]
+
+
+def load_catalog(run_dir: RunDir) -> list[Item]:
+    """The catalog of a run (raises StageNotReadyError when `reges catalog` has not finished)."""
+    return read_items(run_dir.require("catalog") / "items.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Core: records -> items (no file I/O)
+
+
+def redial_items(info: dict[str, dict[str, Any]], names: dict[str, str], cfg: CatalogConfig) -> list[Item]:
+    """ReDial items: every id of id2info and of movies_with_mentions.
+
+    id2info gives the attributes and the title; ids only in the names file get a title-only card and
+    `meta.source="names_only"` (341 of 6,924 in the real files), so that every movie a dialogue mentions
+    is in the catalog.
+    """
+    items: list[Item] = []
+    for movie_id, record in info.items():
+        meta = {k: record.get(k) for k in (*LIST_FIELDS, "plot", "imdb_id")}
+        meta["source"] = "id2info"
+        items.append(make_item(movie_id, str(record["name"]), meta, cfg))
+    for movie_id, name in names.items():
+        if movie_id not in info:
+            items.append(make_item(movie_id, name, {"source": "names_only"}, cfg))
+    return items
+
+
+@dataclass
+class InspiredInputs:
+    """What the INSPIRED catalog is assembled from.
+
+    Attributes:
+        dialogue_titles: item_id (title slug) -> title, for every item the dialogues mention.
+        kg: CFCRS kg.json movies.
+        info: id2info.json records (plots and missing attributes are borrowed from it); empty to skip.
+    """
+
+    dialogue_titles: dict[str, str]
+    kg: list[KgMovie]
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def inspired_items(inputs: InspiredInputs, cfg: CatalogConfig) -> tuple[list[Item], dict[str, Any]]:
+    """INSPIRED items: dialogue titles merged with kg.json attributes and id2info plots.
+
+    1. Every dialogue item keeps its id (the slug the data stage gave it) and title.
+    2. Each kg movie is matched to the dialogue items (`match_one_to_one`: an item goes to at most one kg
+       movie, the best match); a match adds star/director/genre, otherwise the kg movie is a new item
+       with id `title_slug(kg title)`.
+    3. Each item is matched to id2info names (one to one again): it borrows the plot and imdb_id, and
+       genre/director/star/writer it does not have yet.
+
+    Returns:
+        (items, stats) where stats counts every step, for `stats.json`.
+    """
+    records: dict[str, dict[str, Any]] = {}
+    for item_id, title in inputs.dialogue_titles.items():
+        records[item_id] = {"title": title, "meta": {}, "sources": ["dialogues"]}
+
+    dialogue_matcher = TitleMatcher(
+        ((i, r["title"]) for i, r in records.items()), fuzzy_threshold=cfg.fuzzy_threshold
+    )
+    kg_by_id = {m.entity_id: m for m in inputs.kg}
+    kg_to_item = match_one_to_one({m.entity_id: m.title for m in inputs.kg}, dialogue_matcher)
+    merged = new = collided = 0
+    for entity_id in sorted(kg_by_id, key=int):
+        movie = kg_by_id[entity_id]
+        attrs = {"star": movie.star, "director": movie.director, "genre": movie.genre}
+        item_id = kg_to_item.get(entity_id)
+        if item_id is not None:
+            merged += 1
+            if split_year(records[item_id]["title"])[1] is None:  # "Akira ()" in a dialogue, "Akira (1988)" in kg
+                records[item_id]["title"] = movie.title
+        else:
+            item_id = title_slug(movie.title)
+            if item_id in records:
+                # Same slug as a dialogue title that another kg movie won (or a kg duplicate): keep the first.
+                collided += 1
+                logger.warning("kg movie %r has the id of an existing item %r; kept the existing one", movie.title,
+                               item_id)
+                continue
+            records[item_id] = {"title": movie.title, "meta": {}, "sources": []}
+            new += 1
+        records[item_id]["meta"].update(attrs)
+        records[item_id]["meta"]["kg_entity_id"] = entity_id
+        records[item_id]["sources"].append("kg")
+
+    borrowed = exact_plot = 0
+    exact_names = {normalize_title(str(r["name"])) for r in inputs.info.values()}
+    if inputs.info:
+        info_matcher = TitleMatcher(
+            ((i, str(r["name"])) for i, r in inputs.info.items()), fuzzy_threshold=cfg.fuzzy_threshold
+        )
+        to_info = match_one_to_one({i: r["title"] for i, r in records.items()}, info_matcher)
+        for item_id, info_id in to_info.items():
+            source = inputs.info[info_id]
+            meta = records[item_id]["meta"]
+            for name in LIST_FIELDS:
+                if not meta.get(name) and source.get(name):
+                    meta[name] = list(source[name])
+            for name in ("plot", "imdb_id"):
+                if source.get(name):
+                    meta[name] = source[name]
+            meta["redial_id"] = info_id
+            records[item_id]["sources"].append("id2info")
+            borrowed += 1
+            exact_plot += normalize_title(records[item_id]["title"]) in exact_names
+
+    items = []
+    for item_id, r in records.items():
+        r["meta"]["source"] = "+".join(r["sources"])
+        items.append(make_item(item_id, r["title"], r["meta"], cfg))
+    kg_titles = [m.title for m in inputs.kg]
+    stats = {
+        "dialogue_items": len(inputs.dialogue_titles),
+        "kg_movies": len(inputs.kg),
+        "kg_merged_into_dialogue_items": merged,
+        "kg_new_items": new,
+        "kg_slug_collisions": collided,
+        "kg_titles_exactly_in_id2info": sum(t in exact_names for t in kg_titles),
+        "items_matched_to_id2info": borrowed,
+        "items_matched_to_id2info_exactly": exact_plot,
+    }
+    return items, stats
+
+
+def check_unique(items: list[tuple[Item, str]]) -> list[Item]:
+    """Refuse two items with one id: name the id, both sources and the fix."""
+    seen: dict[str, str] = {}
+    out = []
+    for item, origin in items:
+        if item.item_id in seen:
+            raise CatalogError(
+                f"duplicate item id {item.item_id!r}: in {seen[item.item_id]} and in {origin}; give one of them "
+                "another item_id (or drop the duplicate record from the extra items file)"
+            )
+        seen[item.item_id] = origin
+        out.append(item)
+    return out
+
+
+def catalog_stats(items: list[Item]) -> dict[str, Any]:
+    """Counts for stats.json: items, how many have genre / people / plot, sources, card lengths."""
+    lengths = sorted(len(i.text) for i in items)
+    titles = Counter(i.title for i in items)
+    return {
+        "items": len(items),
+        "with_year": sum(i.year is not None for i in items),
+        "with_genre": sum(bool(i.meta.get("genre")) for i in items),
+        "with_people": sum(any(i.meta.get(f) for f in PEOPLE_FIELDS) for i in items),
+        "with_plot": sum(bool(i.meta.get("plot")) for i in items),
+        "by_source": dict(sorted(Counter(str(i.meta.get("source", "")) for i in items).items())),
+        "shared_titles": sum(1 for c in titles.values() if c > 1),
+        "card_chars_mean": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
+        "card_chars_max": lengths[-1] if lengths else 0,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# INSPIRED: titles from the data stage
+
+
+def dialogue_titles(
+    dialogues: list[Dialogue],
+    examples: list[RecExample],
+    listed_titles: dict[str, str],
+    fallback_titles: list[str],
+) -> tuple[dict[str, str], dict[str, int]]:
+    """item_id -> title for every item the dialogues mention.
+
+    Where a title comes from, first hit wins (each counted in stats.json):
+    1. `titles_from_data`: the data stage's `mentioned_items.jsonl` (the title as the dataset writes it);
+    2. `titles_from_examples`: `RecExample.target_titles`, the most frequent spelling, then the first
+       alphabetically ("GoodFellas" vs "Goodfellas");
+    3. `titles_from_metadata`: a kg.json/id2info title with the same slug;
+    4. `titles_from_slug`: rebuilt from the id ("thirst-2016" -> "Thirst (2016)").
+
+    Args:
+        dialogues: Every split's dialogues; their turns' item ids are the items.
+        examples: Every split's recommendation examples.
+        listed_titles: item_id -> title from `mentioned_items.jsonl` ({} when absent); its ids are items too.
+        fallback_titles: Titles from the metadata files.
+
+    Returns:
+        (titles, counts of where the titles came from).
+    """
+    seen: Counter[tuple[str, str]] = Counter()
+    for example in examples:
+        # target_titles may be empty (formats that carry no titles): zip stops there.
+        for item_id, title in zip(example.target_item_ids, example.target_titles, strict=False):
+            if normalize_title(title):
+                seen[(item_id, normalize_title(title))] += 1
+    from_examples: dict[str, str] = {}
+    for (item_id, title), _ in sorted(seen.items(), key=lambda kv: (-kv[1], kv[0])):
+        from_examples.setdefault(item_id, title)
+    fallback: dict[str, str] = {}
+    for title in sorted(fallback_titles):
+        fallback.setdefault(title_slug(title), normalize_title(title))
+    mentioned = {i for d in dialogues for t in d.turns for i in t.item_ids} | set(listed_titles) | set(from_examples)
+    titles: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for item_id in sorted(mentioned):
+        if normalize_title(listed_titles.get(item_id, "")):
+            titles[item_id], source = normalize_title(listed_titles[item_id]), "titles_from_data"
+        elif item_id in from_examples:
+            titles[item_id], source = from_examples[item_id], "titles_from_examples"
+        elif item_id in fallback:
+            titles[item_id], source = fallback[item_id], "titles_from_metadata"
+        else:
+            titles[item_id], source = title_from_slug(item_id), "titles_from_slug"
+        counts[source] += 1
+    return titles, dict(sorted(counts.items()))
+
+
+@dataclass
+class DataStageOutput:
+    """What the INSPIRED catalog reads from the data stage."""
+
+    dialogues: list[Dialogue]
+    examples: list[RecExample]
+    listed_titles: dict[str, str]
+    files: list[Path]
+
+
+def read_data_stage(data_dir: Path) -> DataStageOutput:
+    """Dialogues and examples of every split, `mentioned_items.jsonl` titles, and the files read."""
+    dialogue_files = sorted(data_dir.glob("*_dialogues.jsonl"))
+    if not dialogue_files:
+        raise DataError(f"{data_dir} has no *_dialogues.jsonl; rerun `reges data` (catalog.format=inspired needs it)")
+    result = DataStageOutput([], [], {}, [])
+    for path in dialogue_files:
+        result.dialogues.extend(Dialogue.from_dict(d) for d in read_jsonl(path))
+        result.files.append(path)
+        split_file = data_dir / f"{path.name.removesuffix('_dialogues.jsonl')}.jsonl"
+        if split_file.is_file():
+            result.examples.extend(RecExample.from_dict(d) for d in read_jsonl(split_file))
+            result.files.append(split_file)
+    mentioned_file = data_dir / "mentioned_items.jsonl"
+    if mentioned_file.is_file():
+        result.listed_titles = {str(r["item_id"]): str(r.get("title") or "") for r in read_jsonl(mentioned_file)}
+        result.files.append(mentioned_file)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage
+
+
+def build_catalog(cfg: PipelineConfig, run_dir: RunDir) -> tuple[list[Item], dict[str, Any], dict[str, Path]]:
+    """Read the inputs named in `cfg.catalog` and assemble the catalog (no writing).
+
+    Returns:
+        (items sorted by item_id, stats, input paths to hash in the manifest).
+    """
+    c = cfg.catalog
+    inputs: dict[str, Path] = {}
+    stats: dict[str, Any] = {"format": c.format}
+    tagged: list[tuple[Item, str]] = []
+    if c.format == "redial":
+        if not c.items_file:
+            raise DataError("catalog.items_file is empty; set it to iEvaLM's data/redial/id2info.json")
+        info = read_id2info(c.items_file)
+        inputs["items_file"] = Path(c.items_file)
+        names: dict[str, str] = {}
+        if c.names_file:
+            names = read_movie_names(c.names_file)
+            inputs["names_file"] = Path(c.names_file)
+        origin = {"id2info": c.items_file, "names_only": c.names_file}
+        tagged = [(i, origin[i.meta["source"]]) for i in redial_items(info, names, c)]
+    elif c.format == "inspired":
+        data_dir = run_dir.require("data")
+        if not c.kg_dir:
+            raise DataError("catalog.kg_dir is empty; set it to CFCRS data/inspired/ (kg.json, entity2id.json, ...)")
+        kg = read_kg(c.kg_dir)
+        for name in ("kg.json", "entity2id.json", "relation2id.json"):
+            inputs[name] = Path(c.kg_dir) / name
+        info = read_id2info(c.items_file) if c.items_file else {}
+        if c.items_file:
+            inputs["items_file"] = Path(c.items_file)
+        data = read_data_stage(data_dir)
+        inputs.update({f"data/{path.name}": path for path in data.files})
+        fallback = [m.title for m in kg] + [str(r["name"]) for r in info.values()]
+        titles, title_counts = dialogue_titles(data.dialogues, data.examples, data.listed_titles, fallback)
+        stats.update(title_counts)
+        items, inspired_stats = inspired_items(InspiredInputs(titles, kg, info), c)
+        stats.update(inspired_stats)
+        tagged = [(i, "the INSPIRED dialogues/kg.json") for i in items]
+    elif c.format == "custom":
+        if not c.items_file:
+            raise DataError("catalog.items_file is empty; set it to your items JSONL (see examples/books/items.jsonl)")
+        tagged = read_custom_items(c.items_file, c)
+        for item, _ in tagged:
+            item.meta.setdefault("source", "custom")
+        inputs["items_file"] = Path(c.items_file)
+    else:  # the config loader only lets the Literal values through
+        raise AssertionError(c.format)
+    for n, path in enumerate(c.extra_items_files):
+        extra = read_custom_items(path, c)
+        for item, _ in extra:
+            item.meta.setdefault("source", "extra")
+        tagged.extend(extra)
+        inputs[f"extra_items_files[{n}]"] = Path(path)
+        stats.setdefault("extra_items", 0)
+        stats["extra_items"] += len(extra)
+    items = sorted(check_unique(tagged), key=lambda i: i.item_id)
+    if not items:
+        raise CatalogError(f"the catalog is empty (format {c.format!r}); check catalog.items_file")
+    stats.update(catalog_stats(items))
+    return items, stats, inputs
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Stage `catalog`: build `catalog/items.jsonl` + `stats.json`, then the manifest.
+
+    The catalog is built before the stage directory is touched, so a bad input never destroys a
+    complete catalog from an earlier run (even with run.overwrite=true).
+
+    Example:
+        reges catalog --config configs/redial.yaml --run-dir runs/redial
+    """
+    started = now_iso()
+    if run_dir.is_complete("catalog") and not cfg.run.overwrite:
+        run_dir.begin("catalog", overwrite=False)  # raises StageCompleteError with the fix
+    items, stats, inputs = build_catalog(cfg, run_dir)
+    out = run_dir.begin("catalog", cfg.run.overwrite)
+    n = write_jsonl(out / "items.jsonl", items)
+    write_json(out / "stats.json", stats)
+    logger.info(
+        "catalog: %d items (%d with genre, %d with people, %d with plot)",
+        stats["items"], stats["with_genre"], stats["with_people"], stats["with_plot"],
+    )
+    run_dir.finish(
+        "catalog",
+        config=cfg.catalog,
+        inputs=inputs,
+        outputs={"items.jsonl": n},
+        seed=cfg.run.seed,
+        started=started,
+    )

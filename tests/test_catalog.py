@@ -1,0 +1,413 @@
+"""The catalog stage on real-file fixtures (ReDial, INSPIRED, custom), extra items and every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reges.catalog import (
+    InspiredInputs,
+    build_card,
+    cut_text,
+    inspired_items,
+    load_catalog,
+    read_id2info,
+    read_items,
+    read_kg,
+    run,
+)
+from reges.cli import main
+from reges.config import PipelineConfig, load_config
+from reges.errors import CatalogError, DataError, StageCompleteError, StageNotReadyError
+from reges.io import RunDir, now_iso, read_json, write_jsonl
+from reges.records import Dialogue, RecExample, Turn
+
+
+@pytest.fixture()
+def cat_dir(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "catalog"
+
+
+def redial_cfg(cat_dir: Path, *overrides: str) -> PipelineConfig:
+    return load_config(
+        None,
+        [
+            "catalog.format=redial",
+            f"catalog.items_file={cat_dir / 'id2info.json'}",
+            f"catalog.names_file={cat_dir / 'movies_with_mentions.csv'}",
+            "run.show_progress=false",
+            *overrides,
+        ],
+    )
+
+
+def write_custom(path: Path, rows: list[dict | str]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- cards
+
+
+def test_build_card_format_and_order() -> None:
+    meta = {
+        "genre": ["action", "sci-fi"],
+        "director": ["Christopher Nolan"],
+        "star": ["Leonardo DiCaprio", "Elliot Page"],
+        "plot": "A thief who steals corporate secrets through dreams.",
+        "writer": ["Christopher Nolan"],
+    }
+    card = build_card("Inception (2010)", meta, ["genre", "director", "star", "plot"], 600)
+    assert card == (
+        "Inception (2010). Genre: action, sci-fi. Director: Christopher Nolan. "
+        "Stars: Leonardo DiCaprio, Elliot Page. Plot: A thief who steals corporate secrets through dreams."
+    )
+    # empty fields are skipped; unknown fields get their capitalised name; order follows card_fields
+    assert build_card("X", {"plot": "", "page_count": 12, "genre": []}, ["plot", "page_count", "genre"], 600) == (
+        "X. Page count: 12."
+    )
+
+
+def test_cut_text_at_word_boundary() -> None:
+    assert cut_text("short", 10) == "short"
+    assert cut_text("one two three four", 12) == "one two…"
+    assert len(cut_text("word " * 100, 50)) <= 50
+
+
+# --------------------------------------------------------------------------------------------------- redial
+
+
+def test_redial_stage_on_fixtures(tmp_path: Path, cat_dir: Path) -> None:
+    rd = RunDir(tmp_path / "run")
+    run(redial_cfg(cat_dir), rd)
+    items = load_catalog(rd)
+    by_id = {i.item_id: i for i in items}
+
+    assert [i.item_id for i in items] == sorted(by_id)  # sorted by item_id
+    assert len(items) == 18  # 15 id2info + 3 only in movies_with_mentions.csv
+    pari = by_id["100026"]
+    assert pari.title == "Pari (1995)" and pari.year == 1995
+    assert pari.text.startswith("Pari (1995). Genre: drama, romance. Director: Dariush Mehrjui. Stars: Niki Karimi, ")
+    assert "Plot: Haunted by a book found in her dead brother's room" in pari.text
+    assert pari.meta["imdb_id"] == "tt0114092" and pari.meta["source"] == "id2info"
+    assert pari.meta["writer"] == ["J.D. Salinger", "Dariush Mehrjui"]
+
+    assert by_id["100493"].title == "Why Him? (2016)"
+    assert by_id["100043"].title == "Back to the Future" and by_id["100043"].year is None
+    # an empty plot leaves no "Plot:" and no meta key
+    assert "Plot:" not in by_id["101352"].text and "plot" not in by_id["101352"].meta
+    # both ids named "Frozen (2010)" stay
+    assert by_id["123210"].title == by_id["151348"].title == "Frozen (2010)"
+    # ids missing from id2info: title-only card, normalised name
+    head = by_id["75796"]
+    assert (head.title, head.text, head.year, head.meta) == (
+        "Headhunter (2009)", "Headhunter (2009).", 2009, {"source": "names_only"}
+    )
+
+    stats = read_json(rd.path / "catalog" / "stats.json")
+    assert stats["items"] == 18
+    assert stats["with_plot"] == 14
+    assert stats["by_source"] == {"id2info": 15, "names_only": 3}
+    assert stats["shared_titles"] == 2  # Frozen (2010), Tinker Bell
+
+    manifest = rd.manifest("catalog")
+    assert manifest["stage"] == "catalog"
+    assert manifest["outputs"] == {"items.jsonl": {"rows": 18}}
+    assert set(manifest["inputs"]) == {"items_file", "names_file"}
+    assert manifest["config"]["format"] == "redial"
+    assert read_items(rd.path / "catalog" / "items.jsonl") == items
+
+
+def test_redial_without_names_file(tmp_path: Path, cat_dir: Path) -> None:
+    rd = RunDir(tmp_path)
+    run(redial_cfg(cat_dir, "catalog.names_file="), rd)
+    assert len(load_catalog(rd)) == 15
+
+
+def test_card_fields_and_max_chars(tmp_path: Path, cat_dir: Path) -> None:
+    rd = RunDir(tmp_path)
+    run(redial_cfg(cat_dir, "catalog.card_fields=[director]", "catalog.max_card_chars=40"), rd)
+    by_id = {i.item_id: i for i in load_catalog(rd)}
+    assert by_id["100026"].text == "Pari (1995). Director: Dariush Mehrjui."
+    assert all(len(i.text) <= 40 for i in by_id.values())
+
+
+def test_complete_stage_is_not_overwritten_and_bad_input_keeps_it(tmp_path: Path, cat_dir: Path) -> None:
+    rd = RunDir(tmp_path)
+    run(redial_cfg(cat_dir), rd)
+    with pytest.raises(StageCompleteError):
+        run(redial_cfg(cat_dir), rd)
+    # overwrite with a broken input: the error comes before the complete catalog is touched
+    with pytest.raises(DataError):
+        run(redial_cfg(cat_dir, "run.overwrite=true", f"catalog.items_file={tmp_path / 'missing.json'}"), rd)
+    assert len(load_catalog(rd)) == 18
+
+
+def test_load_catalog_requires_the_stage(tmp_path: Path) -> None:
+    with pytest.raises(StageNotReadyError, match="reges catalog"):
+        load_catalog(RunDir(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------- inspired
+
+
+def write_data_stage(rd: RunDir) -> None:
+    """A tiny `data` stage output, written by hand (turn item ids are title slugs)."""
+    out = rd.begin("data", overwrite=False)
+    t_user1 = Turn("user", "Hi, I liked Zootopia and GoodFellas.", ["zootopia-2016", "goodfellas-1990"])
+    t_rec1 = Turn("assistant", "Try Knives Out or Frozen 2.", ["knives-out-2019", "frozen-2-2019"])
+    t_user2 = Turn("user", "What about Avengers?", ["avengers-2012"])
+    t_rec2 = Turn("assistant", "Akira, or Lady and the Tramp.", ["akira", "lady-and-the-tramp"])
+    train = [Dialogue("d1", [t_user1, t_rec1, t_user2, t_rec2])]
+    examples = [
+        RecExample("d1_1", "d1", [t_user1], t_rec1.item_ids, [False, False], ["Knives Out (2019)", "Frozen 2 (2019)"]),
+        RecExample("d1_3", "d1", [t_user1, t_rec1, t_user2], t_rec2.item_ids, [False, False],
+                   ["Akira ()", "Lady and the Tramp"]),
+    ]
+    dev = [Dialogue("d2", [Turn("user", "Horror please", []), Turn("assistant", "Thirst", ["thirst-2016"])])]
+    write_jsonl(out / "train_dialogues.jsonl", train)
+    write_jsonl(out / "train.jsonl", examples)
+    write_jsonl(out / "dev_dialogues.jsonl", dev)  # no dev.jsonl: titles for its ids come from elsewhere
+    rd.finish("data", config={}, inputs={}, outputs={"train.jsonl": 2}, seed=0, started=now_iso())
+
+
+def inspired_cfg(cat_dir: Path, *overrides: str) -> PipelineConfig:
+    return load_config(
+        None,
+        [
+            "catalog.format=inspired",
+            f"catalog.items_file={cat_dir / 'id2info.json'}",
+            f"catalog.kg_dir={cat_dir / 'kg'}",
+            *overrides,
+        ],
+    )
+
+
+def test_inspired_stage_merges_dialogues_kg_and_plots(tmp_path: Path, cat_dir: Path) -> None:
+    rd = RunDir(tmp_path)
+    write_data_stage(rd)
+    run(inspired_cfg(cat_dir), rd)
+    by_id = {i.item_id: i for i in load_catalog(rd)}
+
+    assert sorted(by_id) == [
+        "akira", "antlers-2020", "avengers-2012", "frozen-2-2019", "goodfellas-1990", "knives-out-2019",
+        "lady-and-the-tramp", "lady-and-the-tramp-1955", "lady-and-the-tramp-2019", "the-predator-2018",
+        "thirst-2016", "zootopia-2016",
+    ]
+    # dialogue title + kg attributes ("Frozen 2" = kg "Frozen II"), no id2info match for the sequel
+    frozen = by_id["frozen-2-2019"]
+    assert frozen.title == "Frozen 2 (2019)" and frozen.meta["source"] == "dialogues+kg"
+    assert frozen.meta["director"] == ["Jennifer Lee", "Chris Buck"] and "plot" not in frozen.meta
+    # "Akira ()" in the dialogue takes the kg year; plot borrowed from id2info
+    akira = by_id["akira"]
+    assert (akira.title, akira.year, akira.meta["source"], akira.meta["redial_id"]) == (
+        "Akira (1988)", 1988, "dialogues+kg+id2info", "77945"
+    )
+    assert akira.meta["plot"].startswith("A secret military project")
+    # a seeker-only mention with no title anywhere: rebuilt from the slug; kg "The Avengers" merges into it
+    avengers = by_id["avengers-2012"]
+    assert avengers.title == "Avengers (2012)" and avengers.meta["redial_id"] == "78418"
+    # seeker-only mention whose slug is a kg title: that title
+    assert by_id["zootopia-2016"].title == "Zootopia (2016)"
+    assert by_id["zootopia-2016"].meta["redial_id"] == "81792"  # year-less "Zootopia" in id2info
+    # the two dated "Lady and the Tramp" kg movies tie on the year-less dialogue item: both stay separate,
+    # and the year-less item wins the year-less id2info record (exact beats year-missing)
+    assert by_id["lady-and-the-tramp"].meta["source"] == "dialogues+id2info"
+    assert by_id["lady-and-the-tramp-1955"].meta["source"] == "kg"
+    assert by_id["lady-and-the-tramp-2019"].meta["source"] == "kg"
+    # "The Predator (2018)" must not borrow the year-less "Predator" (1987) plot
+    assert by_id["the-predator-2018"].meta["source"] == "kg"
+    assert by_id["thirst-2016"].text == "Thirst (2016)."
+    assert by_id["antlers-2020"].text.startswith("Antlers (2020). Genre: ")
+
+    stats = read_json(rd.path / "catalog" / "stats.json")
+    assert stats["dialogue_items"] == 8
+    assert (stats["titles_from_examples"], stats["titles_from_metadata"], stats["titles_from_slug"]) == (4, 2, 2)
+    assert (stats["kg_movies"], stats["kg_merged_into_dialogue_items"], stats["kg_new_items"]) == (10, 6, 4)
+    assert stats["items_matched_to_id2info"] == 5
+    assert stats["kg_titles_exactly_in_id2info"] == 3  # Akira (1988), The Avengers (2012), Goodfellas (1990)
+    assert (stats["items"], stats["with_genre"], stats["with_plot"]) == (12, 11, 5)
+    inputs = set(rd.manifest("catalog")["inputs"])
+    assert {"kg.json", "entity2id.json", "items_file", "data/train_dialogues.jsonl"} <= inputs
+
+
+def test_inspired_titles_from_mentioned_items(tmp_path: Path, cat_dir: Path) -> None:
+    rd = RunDir(tmp_path)
+    write_data_stage(rd)
+    listed = {"avengers-2012": "Avengers  (2012)", "thirst-2016": "Thirst (2016)", "akira": "Akira ()",
+              "mine-2016": "Mine (2016)", "zootopia-2016": ""}  # "": no title, look elsewhere
+    write_jsonl(rd.path / "data" / "mentioned_items.jsonl",
+                [{"item_id": i, "title": t, "mentions": {"train": 1}} for i, t in listed.items()])
+    run(inspired_cfg(cat_dir), rd)
+    by_id = {i.item_id: i for i in load_catalog(rd)}
+    assert len(by_id) == 13 and by_id["mine-2016"].title == "Mine (2016)"
+    assert by_id["avengers-2012"].title == "Avengers (2012)"
+    stats = read_json(rd.path / "catalog" / "stats.json")
+    assert (stats["titles_from_data"], stats["titles_from_examples"], stats["titles_from_metadata"]) == (4, 3, 2)
+    assert "titles_from_slug" not in stats
+    assert "data/mentioned_items.jsonl" in rd.manifest("catalog")["inputs"]
+
+
+def test_inspired_needs_the_data_stage(tmp_path: Path, cat_dir: Path) -> None:
+    with pytest.raises(StageNotReadyError, match="reges data"):
+        run(inspired_cfg(cat_dir), RunDir(tmp_path))
+    assert not (tmp_path / "catalog" / "manifest.json").exists()
+
+
+def test_inspired_without_id2info(tmp_path: Path, cat_dir: Path) -> None:
+    rd = RunDir(tmp_path)
+    write_data_stage(rd)
+    run(inspired_cfg(cat_dir, "catalog.items_file="), rd)
+    items = load_catalog(rd)
+    assert len(items) == 12 and not any("plot" in i.meta for i in items)
+
+
+def test_read_kg_resolves_names(cat_dir: Path) -> None:
+    movies = {m.title: m for m in read_kg(cat_dir / "kg")}
+    assert len(movies) == 10
+    antlers = movies["Antlers (2020)"]
+    assert antlers.director == ["Scott Cooper"]
+    assert antlers.star[:2] == ["Keri Russell", "Graham Greene"]  # file order kept
+    assert "horror" in antlers.genre
+
+
+# --------------------------------------------------------------------------------------------------- custom
+
+
+def test_custom_format_and_extra_items(tmp_path: Path) -> None:
+    items_file = write_custom(
+        tmp_path / "items.jsonl",
+        [
+            {"title": "Dune (1965)", "text": "Dune (1965). Politics and sand on a desert planet."},
+            {"item_id": "b2", "title": "Emma", "year": 1815, "meta": {"author": "Jane Austen", "genre": ["romance"]}},
+            "",  # blank lines are fine
+        ],
+    )
+    extra = write_custom(tmp_path / "extra.jsonl", [{"item_id": "b3", "title": "Persuasion", "text": "By Austen."}])
+    cfg = load_config(
+        None,
+        [
+            "catalog.format=custom",
+            f"catalog.items_file={items_file}",
+            f"catalog.extra_items_files=[{extra}]",
+            "catalog.card_fields=[author, genre]",
+        ],
+    )
+    rd = RunDir(tmp_path / "run")
+    run(cfg, rd)
+    by_id = {i.item_id: i for i in load_catalog(rd)}
+    assert sorted(by_id) == ["b2", "b3", "dune-1965"]  # item_id defaults to the title slug
+    assert by_id["dune-1965"].text == "Dune (1965). Politics and sand on a desert planet."
+    assert (by_id["b2"].title, by_id["b2"].year) == ("Emma (1815)", 1815)
+    assert by_id["b2"].text == "Emma (1815). Author: Jane Austen. Genre: romance."
+    assert by_id["b3"].text == "Persuasion. By Austen."  # a text that does not name the item gets the title
+    assert by_id["b3"].meta["source"] == "extra" and by_id["dune-1965"].meta["source"] == "custom"
+    assert read_json(rd.path / "catalog" / "stats.json")["extra_items"] == 1
+
+
+def test_extra_items_added_to_redial(tmp_path: Path, cat_dir: Path) -> None:
+    extra = write_custom(tmp_path / "extra.jsonl", [{"item_id": "999999", "title": "Knives Out (2019)",
+                                                     "meta": {"genre": ["mystery"]}}])
+    rd = RunDir(tmp_path / "run")
+    run(redial_cfg(cat_dir, f"catalog.extra_items_files=[{extra}]"), rd)
+    by_id = {i.item_id: i for i in load_catalog(rd)}
+    assert len(by_id) == 19 and by_id["999999"].text == "Knives Out (2019). Genre: mystery."
+
+
+def test_duplicate_item_id_names_both_sources(tmp_path: Path, cat_dir: Path) -> None:
+    extra = write_custom(tmp_path / "extra.jsonl", [{"item_id": "100026", "title": "Pari", "text": "again"}])
+    rd = RunDir(tmp_path / "run")
+    with pytest.raises(CatalogError) as e:
+        run(redial_cfg(cat_dir, f"catalog.extra_items_files=[{extra}]"), rd)
+    msg = str(e.value)
+    assert "'100026'" in msg and "id2info.json" in msg and f"{extra}:1" in msg and "another item_id" in msg
+    assert not (rd.path / "catalog" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("rows", "error", "pattern"),
+    [
+        (['{"title": "A", "text": "a"}', '{"title": "B", "text": '], DataError, r"items\.jsonl:2: malformed JSON"),
+        ([{"text": "no title here"}], CatalogError, r"items\.jsonl:1: a catalog record without title"),
+        ([{"title": "  ", "text": "blank title"}], CatalogError, "without title"),
+        ([{"title": "Solo", "meta": {"isbn": "123"}}], CatalogError, r"without text: item 'solo'.*add a 'text'"),
+        ([{"title": "A", "txt": "typo"}], DataError, "unknown key 'txt'; did you mean 'text'"),
+        ([{"title": "A (2001)", "year": 2002, "text": "a"}], CatalogError, "make them agree"),
+        ([{"title": "A", "year": "2001", "text": "a"}], DataError, "'year' must be an integer"),
+        ([{"title": "A", "meta": ["genre"], "text": "a"}], DataError, "'meta' must be an object"),
+        (["[1, 2]"], DataError, "expected a JSON object"),
+        ([{"title": "A", "text": "a"}, {"title": "A", "text": "b"}], CatalogError, "duplicate item id 'a'"),
+    ],
+)
+def test_bad_custom_records(tmp_path: Path, rows: list, error: type, pattern: str) -> None:
+    items_file = write_custom(tmp_path / "items.jsonl", rows)
+    cfg = load_config(None, ["catalog.format=custom", f"catalog.items_file={items_file}"])
+    rd = RunDir(tmp_path / "run")
+    with pytest.raises(error, match=pattern):
+        run(cfg, rd)
+    assert not (rd.path / "catalog" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["catalog.format=custom", "catalog.items_file=/nonexistent/items.jsonl"],
+        ["catalog.format=custom"],  # items_file empty
+        ["catalog.format=redial", "catalog.items_file=/nonexistent/id2info.json"],
+        ["catalog.format=inspired", "catalog.kg_dir=/nonexistent/kg"],
+    ],
+)
+def test_cli_bad_input_exits_nonzero_without_manifest(
+    tmp_path: Path, overrides: list[str], capsys: pytest.CaptureFixture[str], cat_dir: Path
+) -> None:
+    rd = RunDir(tmp_path / "run")
+    if "catalog.format=inspired" in overrides:
+        write_data_stage(rd)
+    assert main(["catalog", "--run-dir", str(rd.path), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "reges: error:" in err and ("nonexistent" in err or "catalog.items_file is empty" in err)
+    assert not (rd.path / "catalog" / "manifest.json").exists()
+
+
+def test_malformed_id2info(tmp_path: Path) -> None:
+    bad = tmp_path / "id2info.json"
+    bad.write_text('{"1": {"genre": []}}', encoding="utf-8")
+    with pytest.raises(DataError, match="movie '1' has no 'name'"):
+        read_id2info(bad)
+
+
+# --------------------------------------------------------------------------------------------------- real data
+
+
+@pytest.mark.slow
+def test_real_redial_catalog(tmp_path: Path, shared_data: Path) -> None:
+    cfg = load_config(
+        None,
+        [
+            f"catalog.items_file={shared_data / 'movies/txy77__iEvaLM-CRS/data/redial/id2info.json'}",
+            "catalog.names_file="
+            f"{shared_data / 'redial/Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv'}",
+        ],
+    )
+    rd = RunDir(tmp_path)
+    run(cfg, rd)
+    stats = read_json(rd.path / "catalog" / "stats.json")
+    assert stats["items"] == 6924
+    assert stats["by_source"] == {"id2info": 6583, "names_only": 341}
+    assert stats["with_plot"] == 6583 - 132
+    by_id = {i.item_id: i for i in load_catalog(rd)}
+    assert by_id["87947"].title == "Why Did I Get Married? (2007)"
+    assert all(i.text for i in by_id.values())
+
+
+@pytest.mark.slow
+def test_real_inspired_kg_and_plots(shared_data: Path) -> None:
+    info = read_id2info(shared_data / "movies/txy77__iEvaLM-CRS/data/redial/id2info.json")
+    kg = read_kg(shared_data / "inspired/wxl1999__CFCRS/data/inspired")
+    cfg = load_config(None, [])
+    items, stats = inspired_items(InspiredInputs({}, kg, info), cfg.catalog)
+    assert len(kg) == len(items) == 1096
+    assert stats["kg_titles_exactly_in_id2info"] == 663  # SOURCES.md
+    assert 663 <= stats["items_matched_to_id2info"] < 1096

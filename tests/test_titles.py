@@ -1,0 +1,303 @@
+"""Title normalisation and matching, on the messy cases the datasets really contain (hand-written expectations)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reges.errors import CatalogError
+from reges.titles import (
+    TitleMatcher,
+    canonical_title_ids,
+    format_title,
+    match_one_to_one,
+    normalize_title,
+    parse_title,
+    split_year,
+    title_from_slug,
+    title_key,
+    title_slug,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Cosmos  (2015)", "Cosmos (2015)"),  # ReDial's double space before the year
+        ("  The\tMatrix \n (1999) ", "The Matrix (1999)"),
+        ("Why Him%3F (2016)", "Why Him? (2016)"),  # ReDial URL escapes
+        ("%22Crocodile%22 Dundee (1986)", '"Crocodile" Dundee (1986)'),
+        ("100% Wolf (2020)", "100% Wolf (2020)"),  # a real percent sign stays
+        ("Ame\u0301lie (2001)", "Am\u00e9lie (2001)"),  # NFD -> NFC
+        ("Shazam! (2019)", "Shazam! (2019)"),
+    ],
+)
+def test_normalize_title(raw: str, expected: str) -> None:
+    assert normalize_title(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Cosmos  (2015)", ("Cosmos", 2015)),
+        ("Cosmos", ("Cosmos", None)),
+        ("1917 (2019)", ("1917", 2019)),
+        ("2001: A Space Odyssey", ("2001: A Space Odyssey", None)),
+        ("(500) Days of Summer (2009)", ("(500) Days of Summer", 2009)),
+        ("(500) Days of Summer", ("(500) Days of Summer", None)),  # 500 is no year
+        ("Blade Runner 2049", ("Blade Runner 2049", None)),  # a year without parentheses is part of the name
+        ("Akira ( 1988 )", ("Akira", 1988)),
+        ("Akira ()", ("Akira", None)),
+        ("(2001)", ("(2001)", None)),  # nothing left for a name: keep it whole
+        ("Mr. Rogers Neighborhood (1968)", ("Mr. Rogers Neighborhood", 1968)),
+        ("Emma (1815)", ("Emma", 1815)),  # book catalogs have old years
+        ("Ocean's (11)", ("Ocean's (11)", None)),
+    ],
+)
+def test_split_year(raw: str, expected: tuple[str, int | None]) -> None:
+    assert split_year(raw) == expected
+
+
+def test_title_from_slug() -> None:
+    assert title_from_slug("thirst-2016") == "Thirst (2016)"
+    assert title_from_slug("the-curious-case-of-benjamin-button-2008") == "The Curious Case Of Benjamin Button (2008)"
+    assert title_from_slug("rose-red") == "Rose Red"
+    assert title_from_slug("2012") == "2012"  # a film called 2012, not a year
+    assert title_slug(title_from_slug("thirst-2016")) == "thirst-2016"
+
+
+def test_format_title_round_trips_split_year() -> None:
+    assert format_title(*split_year("Cosmos  (2015)")) == "Cosmos (2015)"
+    assert format_title("Cosmos", None) == "Cosmos"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Amélie  (2001)", "amelie-2001"),
+        ("Cosmos  (2015)", "cosmos-2015"),
+        ("Cosmos (2015)", "cosmos-2015"),
+        ("GoodFellas (1990)", "goodfellas-1990"),
+        ("Goodfellas (1990)", "goodfellas-1990"),
+        ("Emma. (2020)", "emma-2020"),
+        (", 21 Bridges (2019)", "21-bridges-2019"),  # a linking artefact in the INSPIRED UniCRS file
+        ("Once Upon a Time... in Hollywood (2019)", "once-upon-a-time-in-hollywood-2019"),
+        ("Once Upon a Time ...in Hollywood (2019)", "once-upon-a-time-in-hollywood-2019"),
+        ("Schindler's List (1993)", "schindler-s-list-1993"),
+        ("Rose Red", "rose-red"),
+        ("千と千尋の神隠し (2001)", "千と千尋の神隠し-2001"),
+        ("(2001)", "2001"),
+    ],
+)
+def test_title_slug(raw: str, expected: str) -> None:
+    slug = title_slug(raw)
+    assert slug == expected
+    assert not any(c.isspace() for c in slug)
+
+
+def test_title_slug_without_letters_is_an_error() -> None:
+    with pytest.raises(CatalogError, match="item_id"):
+        title_slug("?!")
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("The Matrix (1999)", "Matrix, The"),
+        ("The Matrix", "matrix"),
+        ("Amélie", "Amelie"),
+        ("Fast & Furious", "Fast and Furious"),
+        ("Schindler's List", "Schindlers List"),
+        ("Schindler’s List", "Schindler's List"),
+        ("Frozen II", "Frozen 2"),
+        ("Bad Boys II", "Bad Boys 2"),
+        ("Mission: Impossible - Rogue Nation", "Mission: Impossible – Rogue Nation"),
+        ("Isle of Dogs", "Isle Of Dogs"),
+        ('"Inception (2010)".', "Inception"),
+        ("**Inception**", "Inception"),
+        ("A Star Is Born", "Star Is Born"),
+        ("[REC]", "REC"),
+        ("Why Him%3F", "Why Him?"),
+    ],
+)
+def test_title_key_equal(a: str, b: str) -> None:
+    assert title_key(a) == title_key(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Frozen", "Frozen 2"),
+        ("Toy Story 3", "Toy Story 4"),
+        ("I Am Legend", "Am Legend"),  # "I" is not a roman numeral here
+        ("A.I. Artificial Intelligence", "Artificial Intelligence"),  # "A." is no article
+        ("Once Upon a Time... in Hollywood", "Once Upon a Time"),
+    ],
+)
+def test_title_key_different(a: str, b: str) -> None:
+    assert title_key(a) != title_key(b)
+
+
+def test_title_key_values() -> None:
+    assert title_key("Matrix, The (1999)") == "matrix"
+    assert title_key("The Lord of the Rings: The Two Towers (2002)") == "lord of the rings the two towers"
+    assert parse_title("Spider-Man: Homecoming (2017)") == ("spider man homecoming", 2017)
+    assert parse_title("Frozen") == ("frozen", None)
+    assert title_key("Matrix, The (1999)", keep_article=True) == "the matrix"
+    assert title_key("A Star Is Born", keep_article=True) == "a star is born"
+
+
+CATALOG = [
+    ("m1", "The Matrix (1999)"),
+    ("m2", "Frozen (2013)"),
+    ("m3", "Frozen (2010)"),
+    ("m4", "Frozen (2010)"),  # id2info really has two ids named "Frozen (2010)"
+    ("m5", "Spider-Man (2002)"),
+    ("m6", "Harry Potter and the Deathly Hallows: Part 1 (2010)"),
+    ("m7", "Harry Potter and the Deathly Hallows: Part 2 (2011)"),
+    ("m8", "The Lion King (1994)"),
+    ("m9", "Zootopia"),  # id2info has 568 names without a year
+    ("m10", "The Hunted (1995)"),
+    ("m11", "Guardians of the Galaxy Vol. 2 (2017)"),
+    ("m12", "Amélie (2001)"),
+    ("m13", "Mission: Impossible – Rogue Nation (2015)"),
+    ("m14", "Toy Story 4 (2019)"),
+    ("m15", "Predator"),
+    ("m16", "Darkness (2015)"),
+    ("m17", "The Hunger Games (2012)"),
+    ("m18", "Holiday (2006)"),
+]
+
+
+@pytest.fixture()
+def matcher() -> TitleMatcher:
+    return TitleMatcher(CATALOG, fuzzy_threshold=92.0)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("The Matrix (1999)", "m1"),
+        ("Matrix, The (1999)", "m1"),
+        ("the matrix", "m1"),  # no year on the query side
+        ("The Matrix (2000)", "m1"),  # one year off is the same film
+        ("The Matrix (2003)", None),  # too far off: another film
+        ("Frozen (2013)", "m2"),
+        ("Frozen (2012)", "m2"),  # 2013 is 1 year away, 2010 is 2 (too far)
+        ("Frozen (2010)", "m3"),  # shared title: smallest id
+        ("Spiderman (2002)", "m5"),
+        ("Spider Man", "m5"),
+        ("Harry Potter and the Deathly Hallows Part 2 (2011)", "m7"),
+        ("Harry Potter and the Deathly Hallow: Part 2 (2011)", "m7"),  # fuzzy, typo
+        ("Harry Potter and the Deathly Hallows: Part 3 (2011)", None),  # numbers must agree in fuzzy matches
+        ("The Lion King (2019)", None),  # the remake is not the 1994 film
+        ("Zootopia (2016)", "m9"),  # year missing on the catalog side
+        ("Haunted (1995)", None),  # one word: no fuzzy ("haunted" vs "hunted" scores 92)
+        ("Guardians of the Galaxy Vol 2 (2017)", "m11"),
+        ("Amelie (2001)", "m12"),
+        ("Mission: Impossible - Rogue Nation (2015)", "m13"),
+        ("Toy Story 3 (2019)", None),
+        # an article difference is fine alone, not together with a year that is missing or off
+        ("The Holiday (2006)", "m18"),
+        ("Hunger Games", "m17"),
+        ("Hunger Games (2012)", "m17"),
+        ("The Predator (2018)", None),
+        ("Predator (1987)", "m15"),
+        ("The Darkness (2016)", None),
+        ("Darkness (2016)", "m16"),
+        ('"The Matrix (1999)".', "m1"),  # LLM output wrapping
+        ("", None),
+        ("???", None),
+    ],
+)
+def test_matcher_match(matcher: TitleMatcher, query: str, expected: str | None) -> None:
+    assert matcher.match(query) == expected
+
+
+def test_matcher_match_all_exposes_shared_titles(matcher: TitleMatcher) -> None:
+    assert matcher.match_all("Frozen (2010)") == ["m3", "m4"]
+    assert matcher.match_all("Frozen (2013)") == ["m2"]
+    # no year: every Frozen is equally good
+    assert matcher.match_all("Frozen") == ["m2", "m3", "m4"]
+    assert matcher.match_all("Frozen (1950)") == []
+
+
+def test_matcher_lookup_reports_stage(matcher: TitleMatcher) -> None:
+    exact = matcher.lookup("The Matrix (1999)")
+    assert exact is not None and (exact.stage, exact.score, exact.year_gap) == ("exact", 100.0, 0)
+    near = matcher.lookup("The Matrix (2000)")
+    assert near is not None and (near.stage, near.year_gap) == ("year", 1)
+    fuzzy = matcher.lookup("Harry Potter and the Deathly Hallow: Part 2 (2011)")
+    assert fuzzy is not None and fuzzy.stage == "fuzzy" and 92.0 <= fuzzy.score < 100.0
+    assert exact.rank < near.rank < fuzzy.rank
+
+
+def test_matcher_threshold_and_fuzzy_off() -> None:
+    strict = TitleMatcher(CATALOG, fuzzy_threshold=101.0)
+    assert strict.match("Harry Potter and the Deathly Hallow: Part 2 (2011)") is None
+    assert strict.match("Spiderman (2002)") == "m5"  # key stages still work
+    loose = TitleMatcher(CATALOG, fuzzy_threshold=80.0)
+    assert loose.match("Harry Potter Deathly Hallows Part 2") == "m7"
+
+
+def test_matcher_year_tolerance_zero() -> None:
+    m = TitleMatcher(CATALOG, year_tolerance=0)
+    assert m.match("The Matrix (2000)") is None
+    assert m.match("the matrix") == "m1"
+
+
+def test_matcher_is_deterministic_regardless_of_input_order(matcher: TitleMatcher) -> None:
+    reversed_matcher = TitleMatcher(list(reversed(CATALOG)))
+    for query in ["Frozen", "Frozen (2010)", "Spider Man", "Harry Potter and the Deathly Hallow: Part 2 (2011)"]:
+        assert reversed_matcher.match_all(query) == matcher.match_all(query)
+
+
+def test_matcher_rejects_duplicate_ids() -> None:
+    with pytest.raises(CatalogError, match="'x' given twice"):
+        TitleMatcher([("x", "A (2000)"), ("x", "B (2001)")])
+
+
+def test_match_one_to_one_gives_ambiguous_items_to_nobody() -> None:
+    m = TitleMatcher([("p1", "Lady and the Tramp"), ("p2", "Dirty Dancing (1987)"), ("p3", "Thor (2011)")])
+    got = match_one_to_one(
+        {
+            "a": "Lady and the Tramp (1955)",
+            "b": "Lady and the Tramp (2019)",  # ties with a: nobody gets p1
+            "c": "Dirty Dancing (1987)",  # exact beats d
+            "d": "Dirty Dancing (1988)",
+            "e": "Thor (2011)",
+            "f": "Unknown Film (2011)",
+        },
+        m,
+    )
+    assert got == {"c": "p2", "e": "p3"}
+
+
+def test_canonical_title_ids_groups_spellings_of_one_film() -> None:
+    ids = canonical_title_ids(
+        [
+            "The Avengers (2012)",
+            "Avengers (2012)",
+            "Avengers (2012)",
+            "Frozen II (2019)",
+            "Frozen 2  (2019)",  # normalised: double space
+            "Spiderman (2002)",
+            "Spider-Man (2002)",
+            "Frozen",  # no year: not grouped with Frozen II nor with a dated Frozen
+            "Frozen (2013)",
+            "?!",  # nothing to build an id from: left out
+        ]
+    )
+    assert ids == {
+        "Avengers (2012)": "avengers-2012",
+        "The Avengers (2012)": "avengers-2012",
+        "Frozen 2 (2019)": "frozen-2-2019",
+        "Frozen II (2019)": "frozen-2-2019",
+        "Spider-Man (2002)": "spider-man-2002",
+        "Spiderman (2002)": "spider-man-2002",
+        "Frozen": "frozen",
+        "Frozen (2013)": "frozen-2013",
+    }
+    # frequency and order do not change the ids
+    assert canonical_title_ids(["Avengers (2012)", "The Avengers (2012)"] * 3) == canonical_title_ids(
+        ["The Avengers (2012)", "Avengers (2012)"]
+    )

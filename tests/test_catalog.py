@@ -9,6 +9,7 @@ import pytest
 
 from reges.catalog import (
     InspiredInputs,
+    KgMovie,
     build_card,
     cut_text,
     inspired_items,
@@ -20,8 +21,9 @@ from reges.catalog import (
 )
 from reges.cli import main
 from reges.config import PipelineConfig, load_config
+from reges.data.examples import run as run_data
 from reges.errors import CatalogError, DataError, StageCompleteError, StageNotReadyError
-from reges.io import RunDir, now_iso, read_json, write_jsonl
+from reges.io import RunDir, now_iso, read_json, read_jsonl, write_jsonl
 from reges.records import Dialogue, RecExample, Turn
 
 
@@ -154,12 +156,12 @@ def test_load_catalog_requires_the_stage(tmp_path: Path) -> None:
 
 
 def write_data_stage(rd: RunDir) -> None:
-    """A tiny `data` stage output, written by hand (turn item ids are title slugs)."""
+    """A tiny `data` stage output, written by hand (turn item ids are `title_id`s, as the INSPIRED loader makes)."""
     out = rd.begin("data", overwrite=False)
     t_user1 = Turn("user", "Hi, I liked Zootopia and GoodFellas.", ["zootopia-2016", "goodfellas-1990"])
-    t_rec1 = Turn("assistant", "Try Knives Out or Frozen 2.", ["knives-out-2019", "frozen-2-2019"])
+    t_rec1 = Turn("assistant", "Try Knives Out or Frozen 2.", ["knivesout-2019", "frozen2-2019"])
     t_user2 = Turn("user", "What about Avengers?", ["avengers-2012"])
-    t_rec2 = Turn("assistant", "Akira, or Lady and the Tramp.", ["akira", "lady-and-the-tramp"])
+    t_rec2 = Turn("assistant", "Akira, or Lady and the Tramp.", ["akira", "ladyandthetramp"])
     train = [Dialogue("d1", [t_user1, t_rec1, t_user2, t_rec2])]
     examples = [
         RecExample("d1_1", "d1", [t_user1], t_rec1.item_ids, [False, False], ["Knives Out (2019)", "Frozen 2 (2019)"]),
@@ -192,12 +194,12 @@ def test_inspired_stage_merges_dialogues_kg_and_plots(tmp_path: Path, cat_dir: P
     by_id = {i.item_id: i for i in load_catalog(rd)}
 
     assert sorted(by_id) == [
-        "akira", "antlers-2020", "avengers-2012", "frozen-2-2019", "goodfellas-1990", "knives-out-2019",
-        "lady-and-the-tramp", "lady-and-the-tramp-1955", "lady-and-the-tramp-2019", "the-predator-2018",
+        "akira", "antlers-2020", "avengers-2012", "frozen2-2019", "goodfellas-1990", "knivesout-2019",
+        "ladyandthetramp", "ladyandthetramp-1955", "ladyandthetramp-2019", "predator-2018",
         "thirst-2016", "zootopia-2016",
     ]
     # dialogue title + kg attributes ("Frozen 2" = kg "Frozen II"), no id2info match for the sequel
-    frozen = by_id["frozen-2-2019"]
+    frozen = by_id["frozen2-2019"]
     assert frozen.title == "Frozen 2 (2019)" and frozen.meta["source"] == "dialogues+kg"
     assert frozen.meta["director"] == ["Jennifer Lee", "Chris Buck"] and "plot" not in frozen.meta
     # "Akira ()" in the dialogue takes the kg year; plot borrowed from id2info
@@ -206,26 +208,29 @@ def test_inspired_stage_merges_dialogues_kg_and_plots(tmp_path: Path, cat_dir: P
         "Akira (1988)", 1988, "dialogues+kg+id2info", "77945"
     )
     assert akira.meta["plot"].startswith("A secret military project")
-    # a seeker-only mention with no title anywhere: rebuilt from the slug; kg "The Avengers" merges into it
+    # a seeker-only mention without a title in the data stage: kg "The Avengers (2012)" has its id, so it gives
+    # the title (not the id rebuilt as "Avengers (2012)") and merges into it
     avengers = by_id["avengers-2012"]
-    assert avengers.title == "Avengers (2012)" and avengers.meta["redial_id"] == "78418"
+    assert avengers.title == "The Avengers (2012)" and avengers.meta["redial_id"] == "78418"
+    assert avengers.meta["source"] == "dialogues+kg+id2info"
     # seeker-only mention whose slug is a kg title: that title
     assert by_id["zootopia-2016"].title == "Zootopia (2016)"
     assert by_id["zootopia-2016"].meta["redial_id"] == "81792"  # year-less "Zootopia" in id2info
     # the two dated "Lady and the Tramp" kg movies tie on the year-less dialogue item: both stay separate,
     # and the year-less item wins the year-less id2info record (exact beats year-missing)
-    assert by_id["lady-and-the-tramp"].meta["source"] == "dialogues+id2info"
-    assert by_id["lady-and-the-tramp-1955"].meta["source"] == "kg"
-    assert by_id["lady-and-the-tramp-2019"].meta["source"] == "kg"
-    # "The Predator (2018)" must not borrow the year-less "Predator" (1987) plot
-    assert by_id["the-predator-2018"].meta["source"] == "kg"
+    assert by_id["ladyandthetramp"].meta["source"] == "dialogues+id2info"
+    assert by_id["ladyandthetramp-1955"].meta["source"] == "kg"
+    assert by_id["ladyandthetramp-2019"].meta["source"] == "kg"
+    # "The Predator (2018)" must not borrow the year-less "Predator" (1987) plot (nor share its id)
+    assert by_id["predator-2018"].meta["source"] == "kg"
     assert by_id["thirst-2016"].text == "Thirst (2016)."
     assert by_id["antlers-2020"].text.startswith("Antlers (2020). Genre: ")
 
     stats = read_json(rd.path / "catalog" / "stats.json")
     assert stats["dialogue_items"] == 8
-    assert (stats["titles_from_examples"], stats["titles_from_metadata"], stats["titles_from_slug"]) == (4, 2, 2)
+    assert (stats["titles_from_examples"], stats["titles_from_metadata"], stats["titles_from_slug"]) == (4, 3, 1)
     assert (stats["kg_movies"], stats["kg_merged_into_dialogue_items"], stats["kg_new_items"]) == (10, 6, 4)
+    assert (stats["kg_merged_by_id"], stats["kg_id_collisions"]) == (0, 0)
     assert stats["items_matched_to_id2info"] == 5
     assert stats["kg_titles_exactly_in_id2info"] == 3  # Akira (1988), The Avengers (2012), Goodfellas (1990)
     assert (stats["items"], stats["with_genre"], stats["with_plot"]) == (12, 11, 5)
@@ -262,6 +267,26 @@ def test_inspired_without_id2info(tmp_path: Path, cat_dir: Path) -> None:
     run(inspired_cfg(cat_dir, "catalog.items_file="), rd)
     items = load_catalog(rd)
     assert len(items) == 12 and not any("plot" in i.meta for i in items)
+
+
+def test_inspired_kg_duplicates_merge_by_id_or_are_dropped() -> None:
+    """kg spellings of one film share a title_id: the first one left unmatched goes to the item of that id."""
+    kg = [
+        KgMovie("1", "The Avengers (2012)", director=["Joss Whedon"]),
+        KgMovie("2", "Avengers, The (2012)", director=["Someone Else"]),  # ties with 1: matching gives it to nobody
+        KgMovie("3", "Spider-Man (2002)", genre=["action"]),
+        KgMovie("4", "Spiderman (2002)", genre=["comedy"]),  # a kg duplicate of 3
+    ]
+    cfg = load_config(None, [])
+    items, stats = inspired_items(InspiredInputs({"avengers-2012": "Avengers (2012)"}, kg), cfg.catalog)
+    by_id = {i.item_id: i for i in items}
+    assert sorted(by_id) == ["avengers-2012", "spiderman-2002"]
+    assert by_id["avengers-2012"].title == "Avengers (2012)"  # the dialogue's spelling stays
+    assert by_id["avengers-2012"].meta["director"] == ["Joss Whedon"]
+    assert by_id["avengers-2012"].meta["source"] == "dialogues+kg"
+    assert by_id["spiderman-2002"].title == "Spider-Man (2002)" and by_id["spiderman-2002"].meta["genre"] == ["action"]
+    assert (stats["kg_merged_into_dialogue_items"], stats["kg_merged_by_id"]) == (0, 1)
+    assert (stats["kg_new_items"], stats["kg_id_collisions"]) == (1, 2)
 
 
 def test_read_kg_resolves_names(cat_dir: Path) -> None:
@@ -371,6 +396,55 @@ def test_cli_bad_input_exits_nonzero_without_manifest(
     assert not (rd.path / "catalog" / "manifest.json").exists()
 
 
+BOOKS = Path(__file__).resolve().parents[1] / "examples" / "books"
+DROPPED_BOOKS = {"a-brief-history-of-time", "dune", "foundation", "jane-eyre", "moby-dick", "the-road"}
+
+
+def test_cli_custom_dialogue_ids_missing_from_the_catalog(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data stage never reads the items file, so the catalog stage catches ids it lacks (exit 2, no manifest)."""
+    lines = (BOOKS / "items.jsonl").read_text("utf-8").splitlines()
+    kept = [line for line in lines if json.loads(line)["item_id"] not in DROPPED_BOOKS]
+    assert len(kept) == len(lines) - len(DROPPED_BOOKS)
+    items_file = write_custom(tmp_path / "items.jsonl", kept)
+    rd = tmp_path / "run"
+    data = ["data.format=custom", f"data.train_files=[{BOOKS / 'dialogues.jsonl'}]", "run.show_progress=false"]
+    assert main(["data", "--run-dir", str(rd), *data]) == 0
+    catalog = [*data, "catalog.format=custom", f"catalog.items_file={items_file}"]
+    assert main(["catalog", "--run-dir", str(rd), *catalog]) == 2
+    err = capsys.readouterr().err
+    assert "reges: error: 6 item ids mentioned in the dialogues are not in the catalog" in err
+    # up to 5 ids, sorted as in mentioned_items.jsonl, then a count
+    assert "'a-brief-history-of-time', 'dune', 'foundation', 'jane-eyre', 'moby-dick' and 1 more" in err
+    assert "the-road" not in err
+    assert str(BOOKS / "dialogues.jsonl") in err and "catalog.extra_items_files" in err
+    assert not (rd / "catalog" / "manifest.json").exists()
+
+    # the fix the message names: the missing items in an extra items file
+    extra = write_custom(tmp_path / "extra.jsonl", [line for line in lines if line not in kept])
+    assert main(["catalog", "--run-dir", str(rd), *catalog, f"catalog.extra_items_files=[{extra}]"]) == 0
+    assert len(load_catalog(RunDir(rd))) == 20
+
+
+def test_non_custom_targets_missing_from_the_catalog_are_not_fatal(fixtures_dir: Path, cat_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """ReDial/INSPIRED targets outside the catalog are real data (evaluation reports them): no error."""
+    rd = RunDir(tmp_path)
+    data = [
+        "data.format=redial",
+        f"data.train_files=[{fixtures_dir / 'redial' / 'kgsf_valid_data.jsonl'}, "
+        f"{fixtures_dir / 'redial' / 'ievalm_valid_data.jsonl'}]",
+        f"data.movie_names_file={fixtures_dir / 'redial' / 'movies_with_mentions.csv'}",
+        "data.dev_fraction=0.3",
+    ]
+    assert main(["data", "--run-dir", str(rd.path), *data]) == 0
+    run(redial_cfg(cat_dir, *data), rd)
+    catalog_ids = {i.item_id for i in load_catalog(rd)}
+    mentioned = {r["item_id"] for r in read_jsonl(rd.path / "data" / "mentioned_items.jsonl")}
+    assert mentioned - catalog_ids  # the fixture catalog really lacks some of them
+
+
 def test_malformed_id2info(tmp_path: Path) -> None:
     bad = tmp_path / "id2info.json"
     bad.write_text('{"1": {"genre": []}}', encoding="utf-8")
@@ -400,6 +474,29 @@ def test_real_redial_catalog(tmp_path: Path, shared_data: Path) -> None:
     by_id = {i.item_id: i for i in load_catalog(rd)}
     assert by_id["87947"].title == "Why Did I Get Married? (2007)"
     assert all(i.text for i in by_id.values())
+
+
+@pytest.mark.slow
+def test_real_inspired_catalog(tmp_path: Path, shared_data: Path) -> None:
+    """configs/inspired.yaml's data and catalog stages on the real files (numbers in the title_id issue note)."""
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "inspired.yaml")
+    rd = RunDir(tmp_path)
+    paths = [
+        f"data.train_files=[{shared_data / 'inspired/BitbanChou__LLMKB/data/inspired/train_data_dbpedia.jsonl'}]",
+        f"data.dev_files=[{shared_data / 'inspired/sweetpeach__Inspired/data/dialog_data/dev.tsv'}]",
+        f"catalog.items_file={shared_data / 'movies/txy77__iEvaLM-CRS/data/redial/id2info.json'}",
+        f"catalog.kg_dir={shared_data / 'inspired/wxl1999__CFCRS/data/inspired'}",
+    ]
+    cfg = load_config(config, ["run.show_progress=false", *paths])
+    run_data(cfg, rd)
+    run(cfg, rd)
+    stats = read_json(rd.path / "catalog" / "stats.json")
+    assert (stats["dialogue_items"], stats["kg_new_items"], stats["items"]) == (1693, 76, 1769)
+    assert (stats["with_genre"], stats["with_people"], stats["with_plot"]) == (1254, 1255, 857)
+    assert stats["kg_id_collisions"] == 0 and stats["shared_titles"] == 0
+    by_id = {i.item_id: i for i in load_catalog(rd)}
+    assert by_id["avengers-2012"].meta["source"] == "dialogues+kg+id2info"
+    assert by_id["frozen2-2019"].meta["director"]  # "Frozen II (2019)" in kg.json
 
 
 @pytest.mark.slow

@@ -42,17 +42,17 @@ def test_tsv_rows_merged_and_roles(tsv):
     # Rows 6 and 7 are both SEEKER.
     assert d.turns[5].content == "A Clockwork Orange, I think. Can you recommend a movie like that?"
     assert d.turns[12].content == "Full Metal Jacket"
-    assert d.turns[12].item_ids == ["full-metal-jacket-1987"]
-    assert tsv.titles["full-metal-jacket-1987"] == "Full Metal Jacket (1987)"
+    assert d.turns[12].item_ids == ["fullmetaljacket-1987"]  # title_id: compact matching key + year
+    assert tsv.titles["fullmetaljacket-1987"] == "Full Metal Jacket (1987)"
 
 
 def test_tsv_text_cleanup_and_multi_movie_cells(tsv):
     d = _by_id(tsv, "20191126-112828_788_live.pkl")
     assert d.turns[19].content.startswith('I will watch the trailer and I do "Accept" your recommendation')
-    assert d.turns[19].item_ids == ["ford-v-ferrari-2019", "accept-2016"]  # "Ford v Ferrari (2019); Accept (2016)"
+    assert d.turns[19].item_ids == ["fordvsferrari-2019", "accept-2016"]  # "Ford v Ferrari (2019); Accept (2016)"
     d = _by_id(tsv, "20200220-115345_593_live.pkl")
     assert "but I think Ill watch the Joker first." in d.turns[17].content  # U+FFFD dropped
-    assert d.turns[17].item_ids == ["joker-2019", "birds-of-prey-1973"]
+    assert d.turns[17].item_ids == ["joker-2019", "birdsofprey-1973"]
     d = _by_id(tsv, "20191202-105103_525_live.pkl")
     assert '"Get Out" was a great watch' in d.turns[6].content  # a bare quote survives QUOTE_NONE parsing
 
@@ -62,7 +62,7 @@ def test_tsv_examples(tsv):
     assert [(e.example_id, e.target_item_ids, e.target_mentioned) for e in ex] == [
         ("20191202-032309_51_live.pkl_8", ["pokemon-1999"], [False]),
         ("20191202-032309_51_live.pkl_10", ["pokemon-1999"], [True]),
-        ("20191202-032309_51_live.pkl_12", ["despicable-me-2-2013"], [False]),
+        ("20191202-032309_51_live.pkl_12", ["despicableme2-2013"], [False]),
     ]
     ex = build_examples(_by_id(tsv, "20200220-115345_593_live.pkl"), tsv.titles)
     assert ex[0].example_id == "20200220-115345_593_live.pkl_0" and ex[0].context == []
@@ -74,14 +74,34 @@ def test_unicrs_ids_turns_and_examples(unicrs):
     d = unicrs.dialogues[0]
     assert len(d.turns) == 22
     assert d.turns[0].role == "assistant" and d.turns[1].role == "user"
-    assert d.turns[2].item_ids == ["knives-out-2019"]
-    assert d.turns[7].item_ids == ["i-am-michael-2015"]  # the UniCRS linker's error, kept as published
+    assert d.turns[2].item_ids == ["knivesout-2019"]
+    assert d.turns[7].item_ids == ["iammichael-2015"]  # the UniCRS linker's error, kept as published
     ex = build_examples(d, unicrs.titles)
     assert [e.example_id for e in ex] == [f"train-000001_{i}" for i in (2, 8, 10, 16, 20)]
-    assert ex[-1].target_item_ids == ["knives-out-2019", "given-2017", "action-1980"]
+    assert ex[-1].target_item_ids == ["knivesout-2019", "given-2017", "action-1980"]
     assert ex[-1].target_mentioned == [True, False, False]
     assert ex[-1].target_titles == ["Knives Out (2019)", "Given (2017)", "Action (1980)"]
     assert build_examples(unicrs.dialogues[2], unicrs.titles) == []  # no recommender mention
+
+
+def test_spellings_of_one_film_share_an_id(tmp_path):
+    """INSPIRED writes one film several ways; title_id gives them one id, so either spelling hits the target."""
+    dialogue = [
+        {"role": "SEEKER", "text": "I loved The Avengers and Frozen II.", "movie": ["The Avengers (2012)",
+                                                                                    "Frozen II (2019)"]},
+        {"role": "RECOMMENDER", "text": "Then Avengers again, or Frozen 2!", "movie": ["Avengers (2012)",
+                                                                                       "Frozen 2 (2019)"]},
+        {"role": "SEEKER", "text": "And Spiderman?", "movie": ["Spiderman (2002)"]},
+        {"role": "RECOMMENDER", "text": "Spider-Man, yes.", "movie": ["Spider-Man (2002)"]},
+    ]
+    f = load_inspired_unicrs(_write(tmp_path, json.dumps(dialogue) + "\n", "train_x.jsonl"))
+    turns = f.dialogues[0].turns
+    assert turns[0].item_ids == turns[1].item_ids == ["avengers-2012", "frozen2-2019"]
+    assert turns[2].item_ids == turns[3].item_ids == ["spiderman-2002"]
+    assert f.titles == {"avengers-2012": "The Avengers (2012)", "frozen2-2019": "Frozen II (2019)",
+                        "spiderman-2002": "Spiderman (2002)"}  # the first spelling seen names the item
+    ex = build_examples(f.dialogues[0], f.titles)
+    assert [e.target_mentioned for e in ex] == [[True, True], [True]]  # the same films, already mentioned
 
 
 def test_unicrs_id_prefix(fixtures_dir):

@@ -84,7 +84,7 @@ def test_inspired_stage(fixtures_dir, tmp_path):
     assert (stats["train"]["dialogues"], stats["dev"]["dialogues"]) == (5, 5)
     assert stats["dev"]["examples"] == 11 and stats["dev"]["empty_context_examples"] == 1
     items = {r["item_id"]: r for r in read_jsonl(tmp_path / "data" / "mentioned_items.jsonl")}
-    assert items["knives-out-2019"]["title"] == "Knives Out (2019)"
+    assert items["knivesout-2019"]["title"] == "Knives Out (2019)"  # title_id: one id per film
     assert items["joker-2019"]["mentions"] == {"train": 1, "dev": 5}  # turns, not rows
 
 
@@ -189,6 +189,13 @@ def test_real_files_counts(shared_data, tmp_path):
     assert (s["train"]["dialogues"], s["dev"]["dialogues"]) == (801, 99)
     assert (s["train"]["turns"], s["dev"]["turns"]) == (16982, 2053)  # dev.tsv's 3,538 rows merge to UniCRS's 2,053
     assert (s["train"]["examples"], s["dev"]["examples"]) == (2070, 283)
+    # One id per film (title_id): 12 films written two ways ("Frozen 2"/"Frozen II", "The Godfather"/"Godfather",
+    # ...) had two ids each as title slugs (1174/221 distinct targets, 2065 novel train targets).
+    assert (s["train"]["distinct_target_items"], s["dev"]["distinct_target_items"]) == (1168, 220)
+    assert (s["train"]["novel_targets"], s["dev"]["novel_targets"]) == (2057, 253)
+    items = {r["item_id"]: r["title"] for r in read_jsonl(tmp_path / "inspired" / "data" / "mentioned_items.jsonl")}
+    assert len(items) == 1693
+    assert items["frozen2-2019"] == "Frozen II (2019)" and items["spiderman-2002"] == "Spider-Man (2002)"
 
 
 @pytest.mark.slow

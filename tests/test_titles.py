@@ -7,13 +7,14 @@ import pytest
 from reges.errors import CatalogError
 from reges.titles import (
     TitleMatcher,
-    canonical_title_ids,
     format_title,
     match_one_to_one,
     normalize_title,
     parse_title,
     split_year,
+    strip_accents,
     title_from_slug,
+    title_id,
     title_key,
     title_slug,
 )
@@ -63,6 +64,7 @@ def test_title_from_slug() -> None:
     assert title_from_slug("rose-red") == "Rose Red"
     assert title_from_slug("2012") == "2012"  # a film called 2012, not a year
     assert title_slug(title_from_slug("thirst-2016")) == "thirst-2016"
+    assert title_from_slug("knivesout-2019") == "Knivesout (2019)"  # a title_id has lost its word breaks
 
 
 def test_format_title_round_trips_split_year() -> None:
@@ -85,7 +87,9 @@ def test_format_title_round_trips_split_year() -> None:
         ("Schindler's List (1993)", "schindler-s-list-1993"),
         ("Rose Red", "rose-red"),
         ("千と千尋の神隠し (2001)", "千と千尋の神隠し-2001"),
+        ("기생충 (2019)", "기생충-2019"),  # Hangul syllables, not the jamo NFKD splits them into
         ("(2001)", "2001"),
+        ("Frozen II (2019)", "frozen-ii-2019"),  # slugs keep spellings apart; title_id groups them
     ],
 )
 def test_title_slug(raw: str, expected: str) -> None:
@@ -272,32 +276,100 @@ def test_match_one_to_one_gives_ambiguous_items_to_nobody() -> None:
     assert got == {"c": "p2", "e": "p3"}
 
 
-def test_canonical_title_ids_groups_spellings_of_one_film() -> None:
-    ids = canonical_title_ids(
-        [
-            "The Avengers (2012)",
-            "Avengers (2012)",
-            "Avengers (2012)",
-            "Frozen II (2019)",
-            "Frozen 2  (2019)",  # normalised: double space
-            "Spiderman (2002)",
-            "Spider-Man (2002)",
-            "Frozen",  # no year: not grouped with Frozen II nor with a dated Frozen
-            "Frozen (2013)",
-            "?!",  # nothing to build an id from: left out
-        ]
-    )
-    assert ids == {
-        "Avengers (2012)": "avengers-2012",
-        "The Avengers (2012)": "avengers-2012",
-        "Frozen 2 (2019)": "frozen-2-2019",
-        "Frozen II (2019)": "frozen-2-2019",
-        "Spider-Man (2002)": "spider-man-2002",
-        "Spiderman (2002)": "spider-man-2002",
-        "Frozen": "frozen",
-        "Frozen (2013)": "frozen-2013",
-    }
-    # frequency and order do not change the ids
-    assert canonical_title_ids(["Avengers (2012)", "The Avengers (2012)"] * 3) == canonical_title_ids(
-        ["The Avengers (2012)", "Avengers (2012)"]
-    )
+def test_strip_accents_recomposes() -> None:
+    assert strip_accents("Ame\u0301lie") == "Amelie"
+    assert strip_accents("기생충") == "기생충" and len(strip_accents("기생충")) == 3  # NFC, not 9 jamo
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        # articles, leading or trailing
+        ("The Avengers (2012)", "avengers-2012"),
+        ("Avengers (2012)", "avengers-2012"),
+        ("Matrix, The (1999)", "matrix-1999"),
+        ("A Star Is Born (2018)", "starisborn-2018"),
+        ("I Am Legend (2007)", "iamlegend-2007"),  # "I" is no article and no numeral
+        # roman numerals
+        ("Frozen II (2019)", "frozen2-2019"),
+        ("Frozen 2  (2019)", "frozen2-2019"),
+        ("Rocky IV (1985)", "rocky4-1985"),
+        ("Rocky V (1990)", "rocky5-1990"),
+        ("Star Wars: Episode V - The Empire Strikes Back (1980)", "starwarsepisode5theempirestrikesback-1980"),
+        ("Ford v Ferrari (2019)", "fordvsferrari-2019"),  # "v" between words is "versus"
+        ("Ford vs. Ferrari (2019)", "fordvsferrari-2019"),
+        ("V for Vendetta (2005)", "vforvendetta-2005"),  # a letter, not 5
+        # hyphens, punctuation, "&", apostrophes
+        ("Spider-Man (2002)", "spiderman-2002"),
+        ("Spiderman (2002)", "spiderman-2002"),
+        ("Fast & Furious (2009)", "fastandfurious-2009"),
+        ("Schindler's List (1993)", "schindlerslist-1993"),
+        ("Once Upon a Time... in Hollywood (2019)", "onceuponatimeinhollywood-2019"),
+        (", 21 Bridges (2019)", "21bridges-2019"),  # the INSPIRED UniCRS linking artefact
+        ("Why Him%3F (2016)", "whyhim-2016"),
+        # accents, case
+        ("Amélie (2001)", "amelie-2001"),
+        ("AMELIE (2001)", "amelie-2001"),
+        ("GoodFellas (1990)", "goodfellas-1990"),
+        # no year: no suffix
+        ("Frozen", "frozen"),
+        ("Akira ()", "akira"),
+        ("2012", "2012"),  # a film called 2012
+        ("(2001)", "2001"),
+        # non-Latin scripts keep their letters
+        ("千と千尋の神隠し (2001)", "千と千尋の神隠し-2001"),
+        ("기생충 (2019)", "기생충-2019"),
+        ("Москва слезам не верит (1979)", "москваслезамневерит-1979"),
+    ],
+)
+def test_title_id(title: str, expected: str) -> None:
+    item_id = title_id(title)
+    assert item_id == expected
+    assert not any(c.isspace() for c in item_id)
+
+
+def test_title_id_years_keep_films_apart() -> None:
+    # dated and year-less titles never share an id (keys have no "-"), nor do different years
+    ids = [title_id(t) for t in ("Frozen", "Frozen (2013)", "Frozen (2010)", "Frozen 2013")]
+    assert ids == ["frozen", "frozen-2013", "frozen-2010", "frozen2013"]
+    assert title_id("Frozen (2013)") != title_id("Frozen II (2013)")
+    assert title_id("Toy Story 3 (2010)") != title_id("Toy Story 4 (2010)")
+
+
+def test_title_id_without_letters_is_an_error() -> None:
+    with pytest.raises(CatalogError, match="item_id"):
+        title_id("?!")
+    with pytest.raises(CatalogError, match="item_id"):
+        title_id("&")  # its key would be "and"
+
+
+def test_title_id_depends_on_the_title_alone() -> None:
+    """The reason title_id exists: a new spelling (say, in a test file loaded later) joins an id, renames none."""
+    titles = ["The Avengers (2012)", "Frozen II (2019)", "Spider-Man (2002)", "The Godfather (1972)"]
+    before = {t: title_id(t) for t in titles}
+    for new in ["Avengers (2012)", "Frozen 2 (2019)", "Spiderman (2002)", "Godfather (1972)", "Godfather, The (1972)"]:
+        assert title_id(new) in before.values()
+    assert {t: title_id(t) for t in titles} == before
+    assert before["The Godfather (1972)"] == "godfather-1972"
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["The Avengers (2012)", "Frozen 2 (2019)", "Spider-Man: Homecoming (2017)", "Amélie (2001)", "Zootopia"],
+)
+def test_title_id_titles_match_each_other(title: str) -> None:
+    """Spellings that share an id are an exact match for each other in TitleMatcher (the same key and year)."""
+    variants = {"The Avengers (2012)": "Avengers (2012)", "Frozen 2 (2019)": "Frozen II (2019)",
+                "Spider-Man: Homecoming (2017)": "Spiderman Homecoming (2017)", "Amélie (2001)": "Amelie (2001)",
+                "Zootopia": "zootopia"}
+    assert title_id(variants[title]) == title_id(title)
+    exact = TitleMatcher([("x", title)]).lookup(variants[title])
+    assert exact is not None and exact.stage == "exact"
+
+
+def test_title_key_roman_v() -> None:
+    assert title_key("Death Wish V: The Face of Death") == "death wish 5 the face of death"
+    assert title_key("Batman v Superman: Dawn of Justice") == title_key("Batman vs. Superman: Dawn of Justice")
+    assert title_key("V/H/S") == "v h s"
+    assert title_key("V") == "v"
+    assert title_key("Harry Potter Part V") == "harry potter part 5"

@@ -4,9 +4,12 @@ Three input formats (`catalog.format`):
 - "redial": `id2info.json` (ReDial movieId -> name, genre, director, writer, star, plot, imdb_id) plus
   `movies_with_mentions.csv`, whose ids missing from id2info get a title-only card (`meta.source="names_only"`).
 - "inspired": INSPIRED has no item table, so the catalog is assembled: every title the `data` stage found in
-  the dialogues (item id = `title_slug(title)`), the 1,096 movies of CFCRS `kg.json` (star/director/genre),
-  merged where titles match, and plots (plus missing attributes) borrowed from id2info.json where titles match.
-- "custom": a JSONL of `{"item_id"?, "title", "text"?, "year"?, "meta"?}` records.
+  the dialogues (item id = `title_id(title)`, one id for all spellings of a film), the 1,096 movies of CFCRS
+  `kg.json` (star/director/genre), merged where titles match, and plots (plus missing attributes) borrowed
+  from id2info.json where titles match.
+- "custom": a JSONL of `{"item_id"?, "title", "text"?, "year"?, "meta"?}` records. When the `data` stage
+  read custom dialogues, every item id they mention must be in the catalog (`check_mentioned_items`): the
+  data stage never sees the items file, so this is where a typo in an id is caught.
 `catalog.extra_items_files` (custom format) are appended to any of them, e.g. to add titles a test split
 mentions. Titles are normalised and matched only through `reges.titles`.
 
@@ -35,6 +38,7 @@ from reges.titles import (
     normalize_title,
     split_year,
     title_from_slug,
+    title_id,
     title_slug,
 )
 
@@ -219,7 +223,9 @@ def _suggest(key: str, known: tuple[str, ...]) -> str:
 def read_custom_items(path: str | Path, cfg: CatalogConfig) -> list[tuple[Item, str]]:
     """Read a custom items JSONL: `{"item_id"?, "title", "text"?, "year"?, "meta"?}` per line.
 
-    `item_id` defaults to `title_slug(title)`. `text` is the card; without it the card is built from the
+    `item_id` defaults to `title_slug(title)` ("Dune (1965)" -> "dune-1965"), not `title_id`: custom ids are
+    the user's own, read and typed in dialogue files, so they stay readable; spellings are the user's to
+    keep consistent. `text` is the card; without it the card is built from the
     `meta` fields named in `catalog.card_fields`, and a record with neither is an error (an item nobody can
     retrieve). Unknown keys are errors too (a typo like "titel" would otherwise drop the title).
 
@@ -322,7 +328,7 @@ class InspiredInputs:
     """What the INSPIRED catalog is assembled from.
 
     Attributes:
-        dialogue_titles: item_id (title slug) -> title, for every item the dialogues mention.
+        dialogue_titles: item_id (`title_id`) -> title, for every item the dialogues mention.
         kg: CFCRS kg.json movies.
         info: id2info.json records (plots and missing attributes are borrowed from it); empty to skip.
     """
@@ -335,10 +341,13 @@ class InspiredInputs:
 def inspired_items(inputs: InspiredInputs, cfg: CatalogConfig) -> tuple[list[Item], dict[str, Any]]:
     """INSPIRED items: dialogue titles merged with kg.json attributes and id2info plots.
 
-    1. Every dialogue item keeps its id (the slug the data stage gave it) and title.
+    1. Every dialogue item keeps its id (the `title_id` the data stage gave it) and title.
     2. Each kg movie is matched to the dialogue items (`match_one_to_one`: an item goes to at most one kg
-       movie, the best match); a match adds star/director/genre, otherwise the kg movie is a new item
-       with id `title_slug(kg title)`.
+       movie, the best match); a match adds star/director/genre. A kg movie left without a match gets the
+       id `title_id(kg title)`: when an item without kg attributes already has that id (the same key and
+       year, e.g. two kg spellings tied on it, so matching gave it to neither), the attributes go to it;
+       when it has kg attributes already, the kg movie is a duplicate and is dropped (counted and logged);
+       otherwise it is a new item.
     3. Each item is matched to id2info names (one to one again): it borrows the plot and imdb_id, and
        genre/director/star/writer it does not have yet.
 
@@ -354,7 +363,7 @@ def inspired_items(inputs: InspiredInputs, cfg: CatalogConfig) -> tuple[list[Ite
     )
     kg_by_id = {m.entity_id: m for m in inputs.kg}
     kg_to_item = match_one_to_one({m.entity_id: m.title for m in inputs.kg}, dialogue_matcher)
-    merged = new = collided = 0
+    merged = merged_by_id = new = collided = 0
     for entity_id in sorted(kg_by_id, key=int):
         movie = kg_by_id[entity_id]
         attrs = {"star": movie.star, "director": movie.director, "genre": movie.genre}
@@ -364,15 +373,18 @@ def inspired_items(inputs: InspiredInputs, cfg: CatalogConfig) -> tuple[list[Ite
             if split_year(records[item_id]["title"])[1] is None:  # "Akira ()" in a dialogue, "Akira (1988)" in kg
                 records[item_id]["title"] = movie.title
         else:
-            item_id = title_slug(movie.title)
-            if item_id in records:
-                # Same slug as a dialogue title that another kg movie won (or a kg duplicate): keep the first.
+            item_id = title_id(movie.title)
+            if item_id in records and "kg_entity_id" in records[item_id]["meta"]:
+                # The same id as an item that already has kg attributes: a kg duplicate; keep the first.
                 collided += 1
-                logger.warning("kg movie %r has the id of an existing item %r; kept the existing one", movie.title,
-                               item_id)
+                logger.warning("kg movie %r has the id of an item that already has kg attributes %r; kept those",
+                               movie.title, item_id)
                 continue
-            records[item_id] = {"title": movie.title, "meta": {}, "sources": []}
-            new += 1
+            if item_id in records:
+                merged_by_id += 1
+            else:
+                records[item_id] = {"title": movie.title, "meta": {}, "sources": []}
+                new += 1
         records[item_id]["meta"].update(attrs)
         records[item_id]["meta"]["kg_entity_id"] = entity_id
         records[item_id]["sources"].append("kg")
@@ -407,8 +419,9 @@ def inspired_items(inputs: InspiredInputs, cfg: CatalogConfig) -> tuple[list[Ite
         "dialogue_items": len(inputs.dialogue_titles),
         "kg_movies": len(inputs.kg),
         "kg_merged_into_dialogue_items": merged,
+        "kg_merged_by_id": merged_by_id,
         "kg_new_items": new,
-        "kg_slug_collisions": collided,
+        "kg_id_collisions": collided,
         "kg_titles_exactly_in_id2info": sum(t in exact_names for t in kg_titles),
         "items_matched_to_id2info": borrowed,
         "items_matched_to_id2info_exactly": exact_plot,
@@ -464,8 +477,9 @@ def dialogue_titles(
     1. `titles_from_data`: the data stage's `mentioned_items.jsonl` (the title as the dataset writes it);
     2. `titles_from_examples`: `RecExample.target_titles`, the most frequent spelling, then the first
        alphabetically ("GoodFellas" vs "Goodfellas");
-    3. `titles_from_metadata`: a kg.json/id2info title with the same slug;
-    4. `titles_from_slug`: rebuilt from the id ("thirst-2016" -> "Thirst (2016)").
+    3. `titles_from_metadata`: a kg.json/id2info title with the same `title_id`;
+    4. `titles_from_slug`: rebuilt from the id ("thirst-2016" -> "Thirst (2016)"; a last resort: ids have
+       no word breaks, "knivesout-2019" -> "Knivesout (2019)").
 
     Args:
         dialogues: Every split's dialogues; their turns' item ids are the items.
@@ -487,7 +501,7 @@ def dialogue_titles(
         from_examples.setdefault(item_id, title)
     fallback: dict[str, str] = {}
     for title in sorted(fallback_titles):
-        fallback.setdefault(title_slug(title), normalize_title(title))
+        fallback.setdefault(title_id(title), normalize_title(title))
     mentioned = {i for d in dialogues for t in d.turns for i in t.item_ids} | set(listed_titles) | set(from_examples)
     titles: dict[str, str] = {}
     counts: Counter[str] = Counter()
@@ -601,11 +615,51 @@ def build_catalog(cfg: PipelineConfig, run_dir: RunDir) -> tuple[list[Item], dic
     return items, stats, inputs
 
 
+def check_mentioned_items(run_dir: RunDir, items: list[Item], cfg: PipelineConfig) -> None:
+    """Refuse a catalog that lacks item ids the custom dialogues mention.
+
+    The `data` stage reads custom dialogues without the items file, so an id with a typo, or an item left out
+    of the items file, would only show up later as a target no recommender can ever hit. Checked when the
+    data stage is complete and read custom dialogues (its manifest's `format`). Other formats are left alone:
+    their ids come from the dataset itself, and INSPIRED test titles missing from the catalog are real data
+    that evaluation reports.
+
+    Raises:
+        CatalogError: Some mentioned ids are not in `items`; names up to 5, the dialogue files and the fix.
+        DataError: The complete data stage has no `mentioned_items.jsonl` (written by an older reges).
+    """
+    if not run_dir.is_complete("data"):
+        return
+    manifest = run_dir.manifest("data")
+    if manifest["config"].get("format", cfg.data.format) != "custom":
+        return
+    mentioned_file = run_dir.stage_dir("data") / "mentioned_items.jsonl"
+    if not mentioned_file.is_file():
+        raise DataError(f"{mentioned_file} is missing from a complete data stage; rerun `reges data` with "
+                        "run.overwrite=true")
+    known = {item.item_id for item in items}
+    missing = [r for r in read_jsonl(mentioned_file) if str(r["item_id"]) not in known]
+    if not missing:
+        return
+    splits = {split for r in missing for split in r.get("mentions", {})}
+    # The data manifest names its inputs "split:path".
+    files = sorted({name.split(":", 1)[1] for name in manifest["inputs"] if name.split(":", 1)[0] in splits})
+    shown = ", ".join(repr(str(r["item_id"])) for r in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise CatalogError(
+        f"{len(missing)} item ids mentioned in the dialogues are not in the catalog: {shown}{more} "
+        f"(mentioned in {', '.join(files) or 'the data stage dialogues'}); add them to the items file "
+        f"({cfg.catalog.items_file or 'catalog.items_file'}) or to catalog.extra_items_files, or fix the ids in "
+        "the dialogues"
+    )
+
+
 def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     """Stage `catalog`: build `catalog/items.jsonl` + `stats.json`, then the manifest.
 
-    The catalog is built before the stage directory is touched, so a bad input never destroys a
-    complete catalog from an earlier run (even with run.overwrite=true).
+    The catalog is built (and checked against the ids custom dialogues mention) before the stage directory
+    is touched, so a bad input never destroys a complete catalog from an earlier run (even with
+    run.overwrite=true).
 
     Example:
         reges catalog --config configs/redial.yaml --run-dir runs/redial
@@ -614,6 +668,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if run_dir.is_complete("catalog") and not cfg.run.overwrite:
         run_dir.begin("catalog", overwrite=False)  # raises StageCompleteError with the fix
     items, stats, inputs = build_catalog(cfg, run_dir)
+    check_mentioned_items(run_dir, items, cfg)
     out = run_dir.begin("catalog", cfg.run.overwrite)
     n = write_jsonl(out / "items.jsonl", items)
     write_json(out / "stats.json", stats)

@@ -18,7 +18,7 @@ class Item:
     """One catalog entry.
 
     Attributes:
-        item_id: Stable string id (ReDial movieId, or a title slug for title-keyed datasets).
+        item_id: Stable string id (ReDial movieId, or `reges.titles.title_id(title)` for title-keyed datasets).
         title: Display title, usually "Title (Year)".
         text: The item card used for retrieval and prompts; never empty.
         year: Release year when known.

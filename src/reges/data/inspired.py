@@ -9,7 +9,10 @@
   deterministic ids from the file name and line number (`train-000001` for line 1 of `train_*.jsonl`).
 
 Consecutive rows of one speaker are merged into one turn. INSPIRED has no item ids, so an item's id is
-the slug of its normalised title (`reges.titles.title_slug`): "Knives Out (2019)" -> "knives-out-2019".
+`reges.titles.title_id` of its title: "Knives Out (2019)" -> "knivesout-2019", and the spellings of one film
+share it ("The Avengers (2012)" and "Avengers (2012)" -> "avengers-2012"; "Frozen II"/"Frozen 2" ->
+"frozen2-2019"), so a recommender naming either spelling hits the target. The id depends on the title alone,
+never on which other titles are loaded, so adding a file (the official test split) never renames an item.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from reges.data import DialogueFile, merge_turns
 from reges.errors import CatalogError, DataError
 from reges.records import Dialogue, Role
-from reges.titles import normalize_title, title_slug
+from reges.titles import normalize_title, title_id
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +43,14 @@ def _role(speaker: Any, where: str) -> Role:
 
 
 def _item_ids(titles_in: list[str], where: str, titles: dict[str, str]) -> list[str]:
-    """Slug each mentioned title into an item id; record id -> title."""
+    """Turn each mentioned title into its item id (`title_id`); record id -> title (first spelling seen)."""
     item_ids = []
     for raw_title in titles_in:
         title = normalize_title(raw_title)
         if not title:
             continue
         try:
-            item_id = title_slug(title)
+            item_id = title_id(title)
         except CatalogError as e:
             raise DataError(f"{where}: {e}") from None
         titles.setdefault(item_id, title)
@@ -65,7 +68,7 @@ def load_inspired_tsv(path: str | Path) -> DialogueFile:
     """Load an original INSPIRED `dev.tsv`/`test.tsv`/`train.tsv`.
 
     Returns:
-        The dialogues in order of first appearance, with ids from `dialog_id`, and title-slug item ids from
+        The dialogues in order of first appearance, with ids from `dialog_id`, and item ids (`title_id`) from
         the `movies` column.
 
     Raises:

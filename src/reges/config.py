@@ -94,6 +94,8 @@ class IndexConfig:
     batch_size: Cards encoded per batch.
     max_seq_length: Encoder token limit for cards and queries.
     device: "auto", "cpu" or "cuda".
+    threads: torch CPU threads for encoding (0: torch's default, one per core). On a CPU shared with other
+        busy processes, 1 can be several times faster than 2 (measured in docs/results/retrieval.md).
     """
 
     encoder: str = "all-MiniLM-L6-v2"
@@ -105,6 +107,7 @@ class IndexConfig:
     batch_size: int = 64
     max_seq_length: int = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ class EvaluateConfig:
     cutoffs: Recall cutoffs.
     baselines: Retrieval baselines to compute alongside the run's retrieval.
     bootstrap: Bootstrap resamples for the 95% confidence intervals.
+    oracle_fields: Item attributes (meta keys, in order) the oracle query is built from; never the title.
+        The plot is close to the card text, so ["genre", "director", "star"] gives a less trivial ceiling.
     """
 
     splits: list[str] = field(default_factory=lambda: ["dev"])
@@ -139,6 +144,7 @@ class EvaluateConfig:
         default_factory=lambda: ["popularity", "bm25", "dense_full", "dense_last2", "oracle"]
     )
     bootstrap: int = 1000
+    oracle_fields: list[str] = field(default_factory=lambda: ["genre", "director", "star", "plot"])
 
 
 @dataclass(frozen=True)
@@ -151,11 +157,20 @@ class LLMConfig:
     dtype: "auto" (bf16 where measured faster), "float32" or "bfloat16".
     threads: CPU threads (0: all cores).
     n_ctx: Context window in tokens; longer prompts are cut from the left with a warning.
-    cache_dir: Where dequantized GGUF models are cached ("" = ~/.cache/reges).
+    cache_dir: Where dequantized GGUF models are cached ("" = ~/.cache/reges/models).
     api_model: Model name sent to an OpenAI-compatible endpoint.
     api_key: Key for the endpoint ("" for none).
     timeout_s: Per-request timeout for the endpoint.
-    max_retries: Retries on connection errors before failing.
+    max_retries: Retries on connection errors and 5xx answers before failing.
+    batch_size: Prompts per batch (hf generate/choose; concurrent requests for openai).
+    api_constraint: How the openai backend restricts `choose` to the candidates: "grammar" (a GBNF `grammar`
+        field: llama.cpp server, llama-cpp-python server), "guided_choice" (vLLM) or "none" (free text mapped to
+        the closest candidate with rapidfuzz, with a warning).
+    api_template_model: openai backend, `rank` only: a local model (bundled name, HF folder or .gguf) whose chat
+        template and EOS token render prompts for /v1/completions; "" disables `rank` on endpoints.
+    llamacpp_extra_buffers: Let llama.cpp repack weights into its extra CPU buffer types (AMX tiles, interleaved
+        layouts). Off by default: in VMs that advertise AMX without supporting it (ours) the AMX path crashes the
+        process (GPF at ldtilecfg) on any prompt longer than one token.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -169,6 +184,10 @@ class LLMConfig:
     api_key: str = ""
     timeout_s: float = 60.0
     max_retries: int = 2
+    batch_size: int = 8
+    api_constraint: Literal["grammar", "guided_choice", "none"] = "grammar"
+    api_template_model: str = ""
+    llamacpp_extra_buffers: bool = False
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,10 @@ def read_trec(path: str | Path) -> dict[str, list[Hit]]:
             if len(parts) != 6:
                 raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 item_id rank score tag', got {line!r}")
             qid, _, item_id, rank, score, _ = parts
-            run.setdefault(qid, []).append((int(rank), Hit(item_id, float(score))))
+            try:
+                run.setdefault(qid, []).append((int(rank), Hit(item_id, float(score))))
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: rank must be an integer and score a number, got {line!r}") from None
     return {q: [h for _, h in sorted(hits, key=lambda x: x[0])] for q, hits in run.items()}
 
 

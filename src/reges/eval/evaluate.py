@@ -1,0 +1,342 @@
+"""Stage `evaluate`: Recall@k with confidence intervals for the run's retrieval and the baselines.
+
+For each split in `evaluate.splits`, every method ranks the FULL catalog for every example:
+    retrieve     the run's own candidates, `retrieve/{split}.trec` (when the retrieve stage is complete)
+    popularity, bm25, dense_full, dense_last2, oracle   the baselines in `evaluate.baselines` (see baselines.py)
+and is scored under both protocols ("all" and "novel", see metrics.py) at every cutoff in `evaluate.cutoffs`.
+
+Files written under `run_dir/evaluate/`:
+    metrics.json       {"primary_metric": "recall@50", "splits": {split: {method: {protocol: {...}}}}, ...}
+    per_example.jsonl  one row per (split, method, example): each target's rank, so any metric can be recomputed
+    report.md          markdown tables, one per split and protocol
+    manifest.json      written last
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from reges.config import PipelineConfig
+from reges.errors import ConfigError, DataError
+from reges.eval.baselines import BASELINES, BM25Ranker, oracle_query
+from reges.eval.metrics import PROTOCOLS, TargetRank, recall_key, summarize, target_ranks
+from reges.io import RunDir, atomic_open, now_iso, read_trec, write_json, write_jsonl
+from reges.records import Hit, Item, RecExample
+from reges.retrieval.index import ItemIndex, read_catalog
+from reges.retrieval.queries import context_to_query
+from reges.retrieval.retrieve import (
+    item_popularity,
+    load_index_encoder,
+    popularity_ranking,
+    read_dialogues,
+    read_examples,
+    retrieve,
+)
+
+logger = logging.getLogger(__name__)
+
+PRIMARY_METRIC = "recall@50"
+RUN_METHOD = "retrieve"
+_DENSE_BASELINES = ("dense_full", "dense_last2", "oracle")
+
+METHOD_DESCRIPTIONS = {
+    RUN_METHOD: "this run's retrieve stage (the TREC run files in retrieve/)",
+    "popularity": "train mention counts, ties at random (seeded)",
+    "bm25": "BM25 over item cards, query = full dialogue context",
+    "dense_full": "frozen index encoder, query = full dialogue context",
+    "dense_last2": "frozen index encoder, query = last two turns",
+    "oracle": "frozen index encoder, query = the true item's attributes ({fields}; never the title), one per target",
+}
+
+
+def rankings_to_pairs(
+    examples: list[RecExample], rankings: dict[str, list[Hit]], catalog_ids: frozenset[str]
+) -> list[TargetRank]:
+    """Score each example's targets against that example's ranking (missing ranking = all misses)."""
+    pairs: list[TargetRank] = []
+    for ex in examples:
+        ranked = [h.item_id for h in rankings.get(ex.example_id, [])]
+        pairs.extend(
+            target_ranks(ex.example_id, ex.dialogue_id, ex.target_item_ids, ex.target_mentioned, ranked, catalog_ids)
+        )
+    return pairs
+
+
+def oracle_pairs(
+    examples: list[RecExample], item_rankings: dict[str, list[Hit]], catalog_ids: frozenset[str]
+) -> list[TargetRank]:
+    """Score each target against the ranking of its own oracle query (`item_rankings[target_id]`)."""
+    pairs: list[TargetRank] = []
+    for ex in examples:
+        for target, mentioned in zip(ex.target_item_ids, ex.target_mentioned, strict=True):
+            ranked = [h.item_id for h in item_rankings.get(target, [])]
+            pairs.extend(target_ranks(ex.example_id, ex.dialogue_id, [target], [mentioned], ranked, catalog_ids))
+    return pairs
+
+
+def read_run_file(path: Path) -> dict[str, list[Hit]]:
+    """Read a TREC run file; any malformed line is a DataError naming the file."""
+    try:
+        return read_trec(path)
+    except ValueError as e:
+        raise DataError(
+            f"{path}: malformed TREC run file ({e}); rerun `reges retrieve` with run.overwrite=true"
+        ) from None
+
+
+def _check_cutoffs(cutoffs: list[int]) -> list[int]:
+    if not cutoffs:
+        raise ConfigError("evaluate.cutoffs is empty; list at least one cutoff, e.g. [1, 5, 10, 20, 50]")
+    bad = [k for k in cutoffs if k < 1]
+    if bad:
+        raise ConfigError(f"evaluate.cutoffs must all be >= 1, got {bad}")
+    return sorted(set(cutoffs))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def render_report(metrics: dict[str, Any], run_name: str, catalog_size: int, details: dict[str, Any]) -> str:
+    """Markdown report: one table per split and protocol, then the method descriptions and notes."""
+    cutoffs: list[int] = metrics["cutoffs"]
+    primary = metrics["primary_metric"]
+    lines = [
+        f"# Retrieval evaluation: {run_name}",
+        "",
+        f"Recall@k over (example, target) pairs, full catalog of {catalog_size} items. Primary metric: {primary}. "
+        f"95% CI: percentile bootstrap over dialogues ({metrics['bootstrap']} resamples, seed {metrics['seed']}). "
+        "Targets missing from the catalog count as misses. Protocol *all*: every target; "
+        "*novel*: targets not mentioned earlier in the dialogue.",
+        "",
+    ]
+    for split, methods in metrics["splits"].items():
+        for protocol in PROTOCOLS:
+            first = next(iter(methods.values()))[protocol]
+            lines += [
+                f"## {split}, protocol {protocol} ({first['n_examples']} examples, {first['n_targets']} targets, "
+                f"{first['n_dialogues']} dialogues, {first['missing_targets']} targets missing from the catalog)",
+                "",
+                "| method | " + " | ".join(f"R@{k}" for k in cutoffs) + f" | {primary} 95% CI |",
+                "|---|" + "---:|" * len(cutoffs) + "---|",
+            ]
+            for method, by_protocol in methods.items():
+                m = by_protocol[protocol]
+                cells = [_fmt(m[recall_key(k)]["mean"]) for k in cutoffs]
+                ci = m[primary] if primary in m else m[recall_key(cutoffs[-1])]
+                lines.append(
+                    f"| {method} | " + " | ".join(cells) + f" | [{_fmt(ci['ci_low'])}, {_fmt(ci['ci_high'])}] |"
+                )
+            lines.append("")
+    lines += ["## Methods", ""]
+    shown = {m for methods in metrics["splits"].values() for m in methods}
+    fields = ", ".join(metrics["oracle_fields"])
+    lines += [f"- **{m}**: {METHOD_DESCRIPTIONS[m].format(fields=fields)}" for m in METHOD_DESCRIPTIONS if m in shown]
+    notes = [
+        f"- {split} / {method}: {d['empty_queries']} empty queries got the popularity ranking"
+        for split, by_method in details.items()
+        for method, d in by_method.items()
+        if d.get("empty_queries")
+    ]
+    notes += [
+        f"- {split} / {method}: {d['unranked_examples']} examples had no ranking (counted as misses)"
+        for split, by_method in details.items()
+        for method, d in by_method.items()
+        if d.get("unranked_examples")
+    ]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Score the run's retrieval and the baselines; write metrics.json, per_example.jsonl, report.md, manifest.
+
+    Example:
+        reges evaluate --config configs/redial.yaml --run-dir runs/redial evaluate.bootstrap=2000
+    """
+    started = now_iso()
+    ec = cfg.evaluate
+    cutoffs = _check_cutoffs(list(ec.cutoffs))
+    unknown = [b for b in ec.baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"unknown evaluate.baselines {unknown}; choose from {list(BASELINES)}")
+    depth = max(cutoffs)
+
+    data_dir = run_dir.require("data")
+    items_path = run_dir.require("catalog") / "items.jsonl"
+    need_index = any(b in _DENSE_BASELINES for b in ec.baselines)
+    index_dir = run_dir.require("index") if need_index else None
+    retrieve_dir = run_dir.stage_dir("retrieve") if run_dir.is_complete("retrieve") else None
+    if retrieve_dir is None:
+        logger.info("retrieve/ is not complete: evaluating the baselines only")
+    else:
+        retrieve_top_k = int(run_dir.manifest("retrieve")["config"]["top_k"])
+        if retrieve_top_k < depth:
+            raise ConfigError(
+                f"retrieve/ kept top_k={retrieve_top_k} candidates but evaluate.cutoffs go up to {depth}; "
+                f"rerun retrieve with retrieve.top_k={depth} or lower the cutoffs"
+            )
+    split_paths = {split: data_dir / f"{split}.jsonl" for split in ec.splits}
+    for split, path in split_paths.items():
+        if not path.is_file():
+            raise DataError(f"{path} not found; evaluate.splits has {split!r} but the data stage did not write it")
+        if retrieve_dir is not None and not (retrieve_dir / f"{split}.trec").is_file():
+            raise ConfigError(
+                f"evaluate.splits has {split!r} but retrieve/{split}.trec does not exist; "
+                "add it to retrieve.splits and rerun retrieve (run.overwrite=true)"
+            )
+    train_dialogues_path = data_dir / "train_dialogues.jsonl"
+    out = run_dir.begin("evaluate", cfg.run.overwrite)
+
+    items = read_catalog(items_path)
+    catalog_ids = frozenset(it.item_id for it in items)
+    by_id: dict[str, Item] = {it.item_id: it for it in items}
+    popularity = popularity_ranking(
+        item_popularity(read_dialogues(train_dialogues_path)), [it.item_id for it in items], cfg.run.seed
+    )
+    index = encoder = None
+    if index_dir is not None:
+        index = ItemIndex.load(index_dir)
+        if set(index.item_ids) != catalog_ids:
+            raise DataError("index/ does not cover the same items as catalog/items.jsonl; rerun `reges index`")
+        encoder = load_index_encoder(index, cfg.index)
+    bm25 = BM25Ranker(items) if "bm25" in ec.baselines else None
+    rc = cfg.retrieve
+
+    metrics: dict[str, Any] = {
+        # recall@50 when it is computed (the candidate-list size the pipeline uses), else the deepest cutoff
+        "primary_metric": PRIMARY_METRIC if PRIMARY_METRIC in map(recall_key, cutoffs) else recall_key(depth),
+        "cutoffs": cutoffs,
+        "protocols": list(PROTOCOLS),
+        "bootstrap": ec.bootstrap,
+        "seed": cfg.run.seed,
+        "catalog_size": len(items),
+        "oracle_fields": list(ec.oracle_fields),
+        "splits": {},
+    }
+    details: dict[str, dict[str, dict[str, Any]]] = {}
+    per_example: list[dict[str, Any]] = []
+    for split, path in split_paths.items():
+        examples = read_examples(path)
+        example_ids = {ex.example_id for ex in examples}
+        results: dict[str, list[TargetRank]] = {}
+        details[split] = {}
+        methods = ([RUN_METHOD] if retrieve_dir is not None else []) + list(ec.baselines)
+        for method in methods:
+            t0 = time.perf_counter()
+            empty = unranked = 0
+            if method == RUN_METHOD:
+                assert retrieve_dir is not None
+                trec_path = retrieve_dir / f"{split}.trec"
+                ranking = read_run_file(trec_path)
+                extra = sorted(set(ranking) - example_ids)
+                if extra:
+                    raise DataError(
+                        f"{trec_path} has {len(extra)} query ids not in {path} (e.g. {extra[0]!r}); the data "
+                        "changed after retrieve ran: rerun `reges retrieve` with run.overwrite=true"
+                    )
+                unranked = len(example_ids - set(ranking))
+                if unranked:
+                    logger.warning("%s: %d examples have no ranking; they count as misses", trec_path, unranked)
+                pairs = rankings_to_pairs(examples, ranking, catalog_ids)
+            elif method == "popularity":
+                pairs = rankings_to_pairs(
+                    examples, {ex.example_id: popularity[:depth] for ex in examples}, catalog_ids
+                )
+            elif method == "bm25":
+                assert bm25 is not None
+                queries = {ex.example_id: context_to_query(ex.context, "full", rc.max_query_chars) for ex in examples}
+                empty = bm25.count_empty(queries)
+                pairs = rankings_to_pairs(examples, bm25.search(queries, depth, popularity), catalog_ids)
+            elif method in ("dense_full", "dense_last2"):
+                assert index is not None and encoder is not None
+                mode = "full" if method == "dense_full" else "last2"
+                queries = {ex.example_id: context_to_query(ex.context, mode, rc.max_query_chars) for ex in examples}
+                empty = sum(1 for q in queries.values() if not q.strip())
+                ranking = retrieve(queries, index, encoder, depth, rc.batch_size, popularity, cfg.run.show_progress)
+                pairs = rankings_to_pairs(examples, ranking, catalog_ids)
+            elif method == "oracle":
+                assert index is not None and encoder is not None
+                # The oracle query depends only on the item, so each distinct target is queried once.
+                queries = {
+                    t: oracle_query(by_id[t], ec.oracle_fields)
+                    for ex in examples
+                    for t in ex.target_item_ids
+                    if t in by_id
+                }
+                empty = sum(1 for q in queries.values() if not q.strip())
+                ranking = retrieve(queries, index, encoder, depth, rc.batch_size, popularity, cfg.run.show_progress)
+                pairs = oracle_pairs(examples, ranking, catalog_ids)
+            else:
+                raise ConfigError(f"unknown method {method!r}; choose from {list(BASELINES)}")
+            results[method] = pairs
+            seconds = round(time.perf_counter() - t0, 3)
+            details[split][method] = {"empty_queries": empty, "unranked_examples": unranked, "seconds": seconds}
+
+        metrics["splits"][split] = {
+            method: {
+                protocol: summarize(pairs, protocol, cutoffs, ec.bootstrap, cfg.run.seed) for protocol in PROTOCOLS
+            }
+            for method, pairs in results.items()
+        }
+        for method, pairs in results.items():
+            by_example: dict[str, list[TargetRank]] = {}
+            for p in pairs:
+                by_example.setdefault(p.example_id, []).append(p)
+            for ex in sorted(examples, key=lambda e: e.example_id):
+                per_example.append(
+                    {
+                        "split": split,
+                        "method": method,
+                        "example_id": ex.example_id,
+                        "dialogue_id": ex.dialogue_id,
+                        "targets": [
+                            {
+                                "item_id": p.item_id,
+                                "mentioned": p.mentioned,
+                                "in_catalog": p.in_catalog,
+                                "rank": p.rank,
+                            }
+                            for p in by_example.get(ex.example_id, [])
+                        ],
+                    }
+                )
+        primary = metrics["primary_metric"]
+        for method in results:
+            m = metrics["splits"][split][method]
+            logger.info(
+                "%s %-11s %s all %.3f novel %.3f",
+                split,
+                method,
+                primary,
+                m["all"][primary]["mean"],
+                m["novel"][primary]["mean"],
+            )
+    metrics["details"] = details
+
+    write_json(out / "metrics.json", metrics)
+    n_rows = write_jsonl(out / "per_example.jsonl", per_example)
+    with atomic_open(out / "report.md") as f:
+        f.write(render_report(metrics, cfg.run.name, len(items), details))
+
+    inputs: dict[str, Path] = {f"data/{split}": path for split, path in split_paths.items()}
+    inputs["data/train_dialogues"] = train_dialogues_path
+    inputs["catalog"] = items_path
+    if index_dir is not None:
+        inputs["index"] = index_dir / "index.faiss"
+    if retrieve_dir is not None:
+        inputs.update({f"retrieve/{split}": retrieve_dir / f"{split}.trec" for split in split_paths})
+    run_dir.finish(
+        "evaluate",
+        config=dataclasses.asdict(ec),
+        inputs=inputs,
+        outputs={"metrics.json": len(split_paths), "per_example.jsonl": n_rows, "report.md": len(split_paths)},
+        seed=cfg.run.seed,
+        started=started,
+        extra={"primary_metric": metrics["primary_metric"]},
+    )

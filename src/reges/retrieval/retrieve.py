@@ -1,0 +1,210 @@
+"""Stage `retrieve`: top-k catalog items per recommendation example, written as TREC run files.
+
+For every split in `retrieve.splits`, each example's context becomes a query (`retrieve.query`: the full
+dialogue or its last two turns, see `queries.py`), queries are embedded in batches with the encoder that
+built the index, and the index returns `retrieve.top_k` items per query -> `retrieve/{split}.trec`.
+
+An example with no usable context (an empty query) cannot be embedded meaningfully. Instead of ranking
+items by an arbitrary vector, it gets the popularity ranking (most mentioned items in the train
+dialogues): the usual cold-start answer. This is logged with a count and recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from reges.config import IndexConfig, PipelineConfig
+from reges.errors import ConfigError, DataError
+from reges.io import RunDir, now_iso, read_jsonl, write_trec
+from reges.records import Dialogue, Hit, RecExample
+from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder, resolve_device
+from reges.retrieval.index import ItemIndex
+from reges.retrieval.queries import context_to_query
+
+logger = logging.getLogger(__name__)
+
+
+def retrieve(
+    queries: dict[str, str],
+    index: ItemIndex,
+    encoder: Encoder,
+    top_k: int,
+    batch_size: int = 64,
+    fallback: Sequence[Hit] = (),
+    show_progress: bool = False,
+) -> dict[str, list[Hit]]:
+    """Dense retrieval for many queries at once (in memory, no file I/O).
+
+    Args:
+        queries: query id -> query text.
+        index: The item index; must come from the same encoder as `encoder`.
+        encoder: Embeds the queries (L2-normalised rows).
+        top_k: Hits kept per query.
+        batch_size: Queries embedded per encoder batch.
+        fallback: Ranking given to empty (whitespace-only) queries, e.g. `popularity_ranking(...)`; its
+            first `top_k` hits are used. With no fallback, empty queries get no hits. Either way the
+            number of empty queries is logged.
+        show_progress: tqdm bar over encoding batches.
+
+    Returns:
+        query id -> hits sorted by (-score, item_id), for every id in `queries`.
+
+    Raises:
+        ConfigError: `top_k` or `batch_size` < 1.
+
+    Example:
+        >>> retrieve({"ex1": "User: a scary movie please"}, index, encoder, top_k=50)["ex1"][0]
+        Hit(item_id='1234', score=0.52)
+    """
+    if top_k < 1:
+        raise ConfigError(f"retrieve.top_k must be >= 1, got {top_k}; set retrieve.top_k in the YAML")
+    if batch_size < 1:
+        raise ConfigError(f"retrieve.batch_size must be >= 1, got {batch_size}")
+    qids = sorted(queries)
+    empty = [q for q in qids if not queries[q].strip()]
+    nonempty = [q for q in qids if queries[q].strip()]
+    results: dict[str, list[Hit]] = {}
+    if empty:
+        what = f"the fallback ranking ({len(fallback)} items)" if fallback else "no hits"
+        logger.warning("%d of %d queries are empty (no dialogue context); they get %s", len(empty), len(qids), what)
+        for q in empty:
+            results[q] = list(fallback[:top_k])
+    if nonempty:
+        embeddings = encoder.encode([queries[q] for q in nonempty], batch_size, show_progress)  # (n, dim)
+        for q, hits in zip(nonempty, index.search(embeddings, top_k), strict=True):
+            results[q] = hits
+    return results
+
+
+def item_popularity(dialogues: list[Dialogue]) -> Counter[str]:
+    """Mention counts: how many turns of `dialogues` mention each item (an item counts once per turn)."""
+    counts: Counter[str] = Counter()
+    for dialogue in dialogues:
+        for turn in dialogue.turns:
+            counts.update(set(turn.item_ids))
+    return counts
+
+
+def popularity_ranking(counts: Counter[str] | dict[str, int], item_ids: list[str], seed: int) -> list[Hit]:
+    """Every catalog item ranked by mention count, ties broken at random with `seed`.
+
+    Many items share a count (most have 0 or 1 mentions), and an id-ordered tie-break would favour
+    whatever id scheme the dataset uses; a seeded random order is neutral and reproducible. The tie-break
+    is folded into the score (count + a fraction in [0, 0.5)) so the order survives any (-score, item_id)
+    re-sort, e.g. in TREC files.
+
+    Args:
+        counts: item id -> mention count (items not present count 0).
+        item_ids: The catalog's item ids (the ranking covers exactly these).
+        seed: Seed of the tie-breaking permutation.
+
+    Returns:
+        All items as hits, best first; score = count + tie-break fraction.
+    """
+    rng = np.random.default_rng(seed)
+    ordered = sorted(item_ids)  # independent of catalog order
+    position = rng.permutation(len(ordered))  # random rank among equals
+    n = len(ordered)
+    hits = [Hit(i, counts.get(i, 0) + 0.5 * (n - p) / (n + 1)) for i, p in zip(ordered, position, strict=True)]
+    hits.sort(key=lambda h: (-h.score, h.item_id))
+    return hits
+
+
+def read_examples(path: str | Path) -> list[RecExample]:
+    """Read `data/{split}.jsonl`; example ids must be unique and free of whitespace (they are TREC qids).
+
+    Raises:
+        DataError: a duplicate id or an id containing whitespace.
+    """
+    examples = [RecExample.from_dict(d) for d in read_jsonl(path)]
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.example_id in seen:
+            raise DataError(f"{path}: example_id {ex.example_id!r} appears twice; ids must be unique per split")
+        if not ex.example_id or any(c.isspace() for c in ex.example_id):
+            raise DataError(f"{path}: example_id {ex.example_id!r} is empty or contains whitespace")
+        seen.add(ex.example_id)
+    return examples
+
+
+def read_dialogues(path: str | Path) -> list[Dialogue]:
+    """Read `data/{split}_dialogues.jsonl`."""
+    return [Dialogue.from_dict(d) for d in read_jsonl(path)]
+
+
+def load_index_encoder(index: ItemIndex, cfg: IndexConfig) -> SentenceEncoder:
+    """The encoder that built `index`, loaded for queries (device, max_seq_length and threads from `cfg`).
+
+    Raises:
+        ConfigError: `cfg.encoder` names a different encoder than the one the index was built with.
+    """
+    if index.encoder != cfg.encoder:
+        raise ConfigError(
+            f"index/ was built with encoder {index.encoder!r} but index.encoder is {cfg.encoder!r}; "
+            "rerun `reges index` with run.overwrite=true, or set index.encoder back"
+        )
+    return SentenceEncoder(load_encoder(cfg.encoder, resolve_device(cfg.device), cfg.max_seq_length, cfg.threads))
+
+
+def trec_tag(name: str) -> str:
+    """The run name as a TREC tag (one whitespace-free token)."""
+    return "_".join(name.split()) or "reges"
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Retrieve candidates for every example of `retrieve.splits`; write `retrieve/{split}.trec`, then the manifest.
+
+    Example:
+        reges retrieve --config configs/redial.yaml --run-dir runs/redial retrieve.query=last2
+    """
+    started = now_iso()
+    data_dir = run_dir.require("data")
+    index_dir = run_dir.require("index")
+    rc = cfg.retrieve
+    split_paths = {split: data_dir / f"{split}.jsonl" for split in rc.splits}
+    for split, path in split_paths.items():
+        if not path.is_file():
+            raise DataError(f"{path} not found; retrieve.splits has {split!r} but the data stage did not write it")
+    train_dialogues_path = data_dir / "train_dialogues.jsonl"
+    out = run_dir.begin("retrieve", cfg.run.overwrite)
+
+    index = ItemIndex.load(index_dir)
+    encoder = load_index_encoder(index, cfg.index)
+    fallback = popularity_ranking(item_popularity(read_dialogues(train_dialogues_path)), index.item_ids, cfg.run.seed)
+
+    outputs: dict[str, int] = {}
+    per_split: dict[str, dict[str, float]] = {}
+    for split, path in split_paths.items():
+        examples = read_examples(path)
+        queries = {ex.example_id: context_to_query(ex.context, rc.query, rc.max_query_chars) for ex in examples}
+        t0 = time.perf_counter()
+        ranking = retrieve(queries, index, encoder, rc.top_k, rc.batch_size, fallback, cfg.run.show_progress)
+        seconds = time.perf_counter() - t0
+        outputs[f"{split}.trec"] = write_trec(out / f"{split}.trec", ranking, tag=trec_tag(cfg.run.name))
+        per_split[split] = {
+            "queries": len(queries),
+            "empty_queries": sum(1 for q in queries.values() if not q.strip()),
+            "seconds": round(seconds, 3),
+            "queries_per_s": round(len(queries) / seconds, 1) if seconds > 0 else 0.0,
+        }
+        logger.info("retrieve %s: %d queries, %.1f queries/s", split, len(queries), per_split[split]["queries_per_s"])
+
+    inputs = {f"data/{split}": path for split, path in split_paths.items()}
+    inputs["data/train_dialogues"] = train_dialogues_path
+    inputs["index"] = index_dir / "index.faiss"
+    run_dir.finish(
+        "retrieve",
+        config=dataclasses.asdict(rc),
+        inputs=inputs,
+        outputs=outputs,
+        seed=cfg.run.seed,
+        started=started,
+        extra={"encoder": index.encoder, "query": rc.query, "splits": per_split},
+    )

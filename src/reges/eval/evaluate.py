@@ -78,16 +78,6 @@ def oracle_pairs(
     return pairs
 
 
-def read_run_file(path: Path) -> dict[str, list[Hit]]:
-    """Read a TREC run file; any malformed line is a DataError naming the file."""
-    try:
-        return read_trec(path)
-    except ValueError as e:
-        raise DataError(
-            f"{path}: malformed TREC run file ({e}); rerun `reges retrieve` with run.overwrite=true"
-        ) from None
-
-
 def _check_cutoffs(cutoffs: list[int]) -> list[int]:
     if not cutoffs:
         raise ConfigError("evaluate.cutoffs is empty; list at least one cutoff, e.g. [1, 5, 10, 20, 50]")
@@ -233,7 +223,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             if method == RUN_METHOD:
                 assert retrieve_dir is not None
                 trec_path = retrieve_dir / f"{split}.trec"
-                ranking = read_run_file(trec_path)
+                ranking = read_trec(trec_path)
                 extra = sorted(set(ranking) - example_ids)
                 if extra:
                     raise DataError(

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import StaticEmbedding
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from reges.config import EvaluateConfig, IndexConfig, PipelineConfig, RetrieveConfig, RunConfig
 from reges.errors import ConfigError, DataError
@@ -22,9 +16,9 @@ from reges.eval.evaluate import oracle_pairs, rankings_to_pairs
 from reges.io import RunDir, now_iso, read_jsonl, write_jsonl
 from reges.records import Dialogue, Hit, Item, RecExample, Turn
 from reges.retrieval import index as index_stage
-from reges.retrieval.encoder import l2_normalize
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.retrieve import retrieve
+from tests.retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
 
 def _item(item_id: str, title: str, genre: list[str], director: str, stars: list[str], plot: str) -> Item:
@@ -67,29 +61,6 @@ e3 Q0 11 2 0.8 run
 """
 
 
-class KeywordEncoder:
-    """Fake `Encoder`: one dimension per keyword, a text's vector counts the keywords it contains (L2-normalised)."""
-
-    def __init__(self, keywords: list[str]) -> None:
-        self.keywords = keywords
-
-    def encode(self, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
-        out = np.zeros((len(texts), len(self.keywords)), dtype=np.float32)
-        for i, text in enumerate(texts):
-            words = re.findall(r"\w+", text.lower())
-            for j, keyword in enumerate(self.keywords):
-                out[i, j] = words.count(keyword)
-        return l2_normalize(out)
-
-
-def build_tiny_sentence_transformer(path: Path, texts: list[str]) -> Path:
-    """A random 16-dim StaticEmbedding model over a WordLevel vocabulary of `texts`, saved as a model folder."""
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
-    torch.manual_seed(0)
-    SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=16)]).save(str(path))
-    return path
 
 
 def test_oracle_query_uses_attributes_not_the_title() -> None:

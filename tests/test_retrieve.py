@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import StaticEmbedding
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from reges.config import IndexConfig, PipelineConfig, RetrieveConfig, RunConfig
 from reges.errors import ConfigError, DataError
@@ -21,7 +15,6 @@ from reges.io import RunDir, now_iso, read_trec, write_jsonl
 from reges.records import Dialogue, Hit, Item, RecExample, Turn
 from reges.retrieval import index as index_stage
 from reges.retrieval import retrieve as retrieve_stage
-from reges.retrieval.encoder import l2_normalize
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import context_to_query
 from reges.retrieval.retrieve import (
@@ -32,6 +25,7 @@ from reges.retrieval.retrieve import (
     retrieve,
     trec_tag,
 )
+from tests.retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
 ITEMS = [
     Item("10", "Alien (1979)", "Alien (1979). Genre: horror, sci-fi. Plot: a space crew meets an alien.", 1979),
@@ -46,29 +40,6 @@ CONTEXT = [
 ]
 
 
-class KeywordEncoder:
-    """Fake `Encoder`: one dimension per keyword, a text's vector counts the keywords it contains (L2-normalised)."""
-
-    def __init__(self, keywords: list[str]) -> None:
-        self.keywords = keywords
-
-    def encode(self, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
-        out = np.zeros((len(texts), len(self.keywords)), dtype=np.float32)
-        for i, text in enumerate(texts):
-            words = re.findall(r"\w+", text.lower())
-            for j, keyword in enumerate(self.keywords):
-                out[i, j] = words.count(keyword)
-        return l2_normalize(out)
-
-
-def build_tiny_sentence_transformer(path: Path, texts: list[str]) -> Path:
-    """A random 16-dim StaticEmbedding model over a WordLevel vocabulary of `texts`, saved as a model folder."""
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
-    torch.manual_seed(0)
-    SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=16)]).save(str(path))
-    return path
 
 
 def _keyword_index() -> tuple[ItemIndex, KeywordEncoder]:

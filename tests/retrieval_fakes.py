@@ -1,0 +1,39 @@
+"""Test doubles for retrieval: an exact keyword encoder and a tiny real SentenceTransformer folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from reges.retrieval.encoder import l2_normalize
+
+
+class KeywordEncoder:
+    """Fake `Encoder`: one dimension per keyword, a text's vector counts the keywords it contains (L2-normalised)."""
+
+    def __init__(self, keywords: list[str]) -> None:
+        self.keywords = keywords
+
+    def encode(self, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.keywords)), dtype=np.float32)
+        for i, text in enumerate(texts):
+            words = re.findall(r"\w+", text.lower())
+            for j, keyword in enumerate(self.keywords):
+                out[i, j] = words.count(keyword)
+        return l2_normalize(out)
+
+
+def build_tiny_sentence_transformer(path: Path, texts: list[str]) -> Path:
+    """A random 16-dim StaticEmbedding model over a WordLevel vocabulary of `texts`, saved as a model folder."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
+    torch.manual_seed(0)
+    SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=16)]).save(str(path))
+    return path

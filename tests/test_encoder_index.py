@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
 from reges.config import IndexConfig, PipelineConfig, RunConfig
 from reges.errors import CatalogError, ConfigError, DataError, ModelError, StageCompleteError, StageNotReadyError
@@ -17,7 +18,6 @@ from reges.records import Item
 from reges.retrieval import index as index_stage
 from reges.retrieval.encoder import SentenceEncoder, l2_normalize, load_encoder, resolve_device
 from reges.retrieval.index import ItemIndex, build_faiss_index, read_catalog
-from tests.retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
 ITEMS = [
     Item("10", "Alien (1979)", "Alien (1979). Genre: horror, sci-fi. Plot: a space crew meets an alien.", 1979),

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
 from reges.config import EvaluateConfig, IndexConfig, PipelineConfig, RetrieveConfig, RunConfig
 from reges.errors import ConfigError, DataError
@@ -18,7 +19,6 @@ from reges.records import Dialogue, Hit, Item, RecExample, Turn
 from reges.retrieval import index as index_stage
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.retrieve import retrieve
-from tests.retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
 
 def _item(item_id: str, title: str, genre: list[str], director: str, stars: list[str], plot: str) -> Item:

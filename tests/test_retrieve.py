@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
 from reges.config import IndexConfig, PipelineConfig, RetrieveConfig, RunConfig
 from reges.errors import ConfigError, DataError
@@ -25,7 +26,6 @@ from reges.retrieval.retrieve import (
     retrieve,
     trec_tag,
 )
-from tests.retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
 ITEMS = [
     Item("10", "Alien (1979)", "Alien (1979). Genre: horror, sci-fi. Plot: a space crew meets an alien.", 1979),

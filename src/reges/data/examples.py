@@ -251,7 +251,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
 
         inputs[f"lossy:{dcfg.lossy_file}"] = Path(dcfg.lossy_file)
         held_out = [d for split in ("dev", "test") for d in splits.get(split, [])]
-        lossy = sorted(lossy_dialogues(Path(dcfg.lossy_file), held_out, movie_names), key=lambda d: d.dialogue_id)
+        lossy = lossy_dialogues(Path(dcfg.lossy_file), held_out, movie_names, known=splits["train"])
+        lossy = sorted(lossy, key=lambda d: d.dialogue_id)
         outputs["lossy_dialogues.jsonl"] = write_jsonl(out / "lossy_dialogues.jsonl", lossy)
         mentions["lossy"] = Counter(i for d in lossy for t in d.turns for i in t.item_ids)
         titles.update({i: movie_names[i] for i in mentions["lossy"] if i not in titles and i in movie_names})

@@ -154,7 +154,8 @@ class LLMConfig:
         OpenAI-compatible endpoint.
     backend: "hf", "llamacpp" or "openai" ("auto": openai for URLs, hf otherwise).
     device: "auto", "cpu" or "cuda" (hf only).
-    dtype: "auto" (bf16 where measured faster), "float32" or "bfloat16".
+    dtype: "auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, where it measured faster; else fp32),
+        "float32" or "bfloat16".
     threads: CPU threads (0: all cores).
     n_ctx: Context window in tokens; longer prompts are cut from the left with a warning.
     cache_dir: Where dequantized GGUF models are cached ("" = ~/.cache/reges/models).

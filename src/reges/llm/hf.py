@@ -1,0 +1,268 @@
+"""The transformers backend: generation, trie-constrained choice and likelihood ranking with a local model.
+
+Batched generation pads on the left, so every prompt ends where its answer starts. `choose` restricts decoding to
+a token trie of the candidates; `rank` scores all candidates of a prompt with one forward pass over the prompt and
+one batched pass over the candidates that reuses the prompt's key/value cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from reges.errors import ModelError
+from reges.llm.base import Messages, check_candidates, check_choose_args, cut_at_stop, truncate_left, unique
+from reges.llm.trie import TokenTrie
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from reges.config import LLMConfig
+
+logger = logging.getLogger(__name__)
+
+# Candidate tokens scored per forward pass in `rank` (bounds memory: tokens x vocabulary logits, tokens x context).
+RANK_CHUNK_TOKENS = 512
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Stop a row once its generated text contains any stop string (per-row, so batches stop row by row)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[str], prompt_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [any(s in t for s in self.stop) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class HFLLM:
+    """An `LLM` over a transformers causal LM (optionally a PEFT model) and its tokenizer.
+
+    Args:
+        model: The causal LM, in eval mode, on its device.
+        tokenizer: Its tokenizer; needs a chat template and an EOS token (the end of an assistant turn).
+        n_ctx: Context window in tokens (capped by the model's `max_position_embeddings`).
+        batch_size: Prompts per `generate`/`choose` batch.
+
+    Example:
+        >>> llm = HFLLM.from_config(LLMConfig(model="smollm2-135m-instruct"))
+        >>> llm.choose([[{"role": "user", "content": "Best space horror movie?"}]], [["Alien", "Titanic"]])
+        ['Alien']
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_ctx: int = 2048, batch_size: int = 8
+    ) -> None:
+        if not tokenizer.chat_template:
+            raise ModelError(
+                f"the tokenizer of {model.config.name_or_path!r} has no chat template; use an instruct/chat model"
+            )
+        if tokenizer.eos_token_id is None:
+            raise ModelError(f"the tokenizer of {model.config.name_or_path!r} has no EOS token")
+        self.model = model
+        self.tokenizer = tokenizer
+        max_positions = model.config.max_position_embeddings
+        self.n_ctx = min(n_ctx, max_positions) if max_positions else n_ctx
+        self.batch_size = batch_size
+        self.eos_id: int = tokenizer.eos_token_id
+        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_config(cls, cfg: LLMConfig, adapter: str | None = None) -> HFLLM:
+        """Load `cfg.model` (and a PEFT LoRA adapter folder, if given) as configured."""
+        from reges.llm.models import load_hf
+
+        model, tokenizer = load_hf(cfg)
+        if adapter:
+            from peft import PeftModel
+
+            try:
+                model = PeftModel.from_pretrained(model, adapter)
+            except (OSError, ValueError) as e:
+                raise ModelError(f"cannot load the LoRA adapter {adapter} ({e}); check the path") from e
+            model.eval()
+        return cls(model, tokenizer, n_ctx=cfg.n_ctx, batch_size=cfg.batch_size)
+
+    # --- prompts -----------------------------------------------------------------------------------------------
+    def render(self, messages: Messages) -> str:
+        """The prompt text: the chat template applied with the generation prompt."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text: str) -> list[int]:
+        # The chat template writes the special tokens itself, so the tokenizer must not add BOS again.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_text(self, messages: Messages, answer_tokens: int) -> str:
+        """Render `messages`, cut from the left if needed to leave `answer_tokens` free in the context window."""
+        budget = self.n_ctx - answer_tokens
+        messages = truncate_left(messages, lambda m: len(self.encode(self.render(m))), budget)
+        return self.render(messages)
+
+    def answer_ids(self, prompt: str, answers: list[str]) -> list[list[int]]:
+        """Token ids of each answer as the tokenizer produces them right after `prompt`.
+
+        Why not `encode(answer)`: byte-level BPE tokenizers encode a word differently at the start of a text and
+        after other text ("Matrix" vs "ĠMatrix"); the model sees answers after the generation prompt, so that is
+        where they are tokenized. When the prompt's own tokens change at the junction (a merge across it), the
+        answer is tokenized alone.
+        """
+        prompt_ids = self.encode(prompt)
+        n = len(prompt_ids)
+        out = []
+        for answer, ids in zip(
+            answers, self.tokenizer([prompt + a for a in answers], add_special_tokens=False)["input_ids"], strict=True
+        ):
+            out.append(ids[n:] if ids[:n] == prompt_ids else self.encode(answer))
+        return out
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            attention_mask[i, width - len(r) :] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    def _generation_config(self, max_new_tokens: int, temperature: float) -> GenerationConfig:
+        # Explicit, so a model's own generation_config.json (sampling defaults) cannot change our decoding.
+        sample = temperature > 0
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_k=0 if sample else None,
+            top_p=1.0 if sample else None,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+
+    # --- LLM interface -----------------------------------------------------------------------------------------
+    def generate(
+        self, prompts: list[Messages], max_new_tokens: int, temperature: float = 0.0, stop: list[str] | None = None
+    ) -> list[str]:
+        """See `LLM.generate`. Greedy when `temperature` is 0; seed torch to make sampling repeatable."""
+        if max_new_tokens < 1:
+            raise ModelError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        answers: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            rows = [self.encode(self.prompt_text(m, max_new_tokens)) for m in batch]
+            input_ids, attention_mask = self._left_pad(rows)
+            criteria = StoppingCriteriaList([_StopOnStrings(self.tokenizer, stop, input_ids.shape[1])] if stop else [])
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=self._generation_config(max_new_tokens, temperature),
+                    stopping_criteria=criteria,
+                )
+            texts = self.tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+            answers.extend(cut_at_stop(t, stop) for t in texts)
+        return answers
+
+    def choose(self, prompts: list[Messages], candidates: list[list[str]]) -> list[str]:
+        """See `LLM.choose`: greedy decoding restricted to a token trie of each prompt's candidates."""
+        check_choose_args(prompts, candidates)
+        chosen: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            batch_cands = [unique(c) for c in candidates[start : start + self.batch_size]]
+            rows, tries = [], []
+            for messages, cands in zip(batch, batch_cands, strict=True):
+                longest = max(len(self.encode(c)) for c in cands) + 8  # slack: junction tokenization may differ
+                text = self.prompt_text(messages, longest)
+                tries.append(TokenTrie(self.answer_ids(text, cands), self.eos_id))
+                rows.append(self.encode(text))
+            input_ids, attention_mask = self._left_pad(rows)
+            width = input_ids.shape[1]
+
+            def allowed(batch_id: int, ids: torch.Tensor, tries: list[TokenTrie] = tries, width: int = width) -> list:
+                return tries[batch_id].allowed(ids[width:].tolist())
+
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=self._generation_config(max(t.max_len for t in tries) + 1, 0.0),
+                    prefix_allowed_tokens_fn=allowed,
+                )
+            for trie, cands, row in zip(tries, batch_cands, out[:, width:].tolist(), strict=True):
+                index = trie.match(row)
+                assert index is not None, f"constrained decoding left the candidates: {row}"
+                chosen.append(cands[index])
+        return chosen
+
+    def rank(self, prompt: Messages, candidates: list[str], length_normalized: bool = False) -> list[float]:
+        """See `LLM.rank`: log p(candidate + EOS | prompt) from the model's log-softmax, summed over tokens.
+
+        One forward pass over the prompt fills the key/value cache; then the candidates go through together, packed
+        into one sequence after the prompt: a block mask lets each candidate's tokens see the prompt and the tokens
+        before them in the same candidate, and position ids restart at the prompt's end for each. Nothing is copied
+        per candidate (repeating the cache for a batch of 50 candidates after an 800-token prompt moved 2 GB).
+        """
+        check_candidates(candidates)
+        longest = max(len(self.encode(c)) for c in candidates) + 8
+        text = self.prompt_text(prompt, longest)
+        prompt_ids = self.encode(text)
+        n_prompt = len(prompt_ids)
+        answers = [ids + [self.eos_id] for ids in self.answer_ids(text, candidates)]
+        scores: list[float] = []
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True, logits_to_keep=1
+            )
+            cache = out.cache
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # (V,) next-token log-probs after the prompt
+            for chunk in _packs(answers, RANK_CHUNK_TOKENS):
+                packed = [t for a in chunk for t in a]
+                width = len(packed)
+                positions = [n_prompt + j for a in chunk for j in range(len(a))]
+                allowed = torch.zeros((width, n_prompt + width), dtype=torch.bool)
+                allowed[:, :n_prompt] = True
+                offset = 0
+                for a in chunk:
+                    block = torch.ones((len(a), len(a)), dtype=torch.bool).tril()
+                    allowed[offset : offset + len(a), n_prompt + offset : n_prompt + offset + len(a)] = block
+                    offset += len(a)
+                dtype = self.model.dtype
+                mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+                logits = self.model(
+                    input_ids=torch.tensor([packed], device=self.device),
+                    position_ids=torch.tensor([positions], device=self.device),
+                    attention_mask=mask[None, None].to(self.device),  # (1, 1, T, P + T), additive
+                    cache=cache,
+                    use_cache=True,
+                ).logits[0]  # (T, V)
+                cache.crop(-width)  # forget this chunk's candidates, keep the prompt
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                offset = 0
+                for a in chunk:
+                    token_logprobs = [first[a[0]].item()] + [
+                        logprobs[offset + j - 1, a[j]].item() for j in range(1, len(a))
+                    ]
+                    offset += len(a)
+                    total = sum(token_logprobs)
+                    scores.append(total / len(token_logprobs) if length_normalized else total)
+        return scores
+
+
+def _packs(answers: list[list[int]], max_tokens: int) -> list[list[list[int]]]:
+    """Consecutive groups of answers with at most `max_tokens` tokens each (an answer longer than that alone)."""
+    packs: list[list[list[int]]] = [[]]
+    size = 0
+    for a in answers:
+        if packs[-1] and size + len(a) > max_tokens:
+            packs.append([])
+            size = 0
+        packs[-1].append(a)
+        size += len(a)
+    return packs

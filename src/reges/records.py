@@ -107,7 +107,7 @@ class RecExample:
 
     def novel_target_ids(self) -> list[str]:
         """Targets not mentioned earlier in the dialogue."""
-        return [i for i, m in zip(self.target_item_ids, self.target_mentioned) if not m]
+        return [i for i, m in zip(self.target_item_ids, self.target_mentioned, strict=True) if not m]
 
     def to_dict(self) -> dict[str, Any]:
         return {

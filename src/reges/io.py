@@ -58,21 +58,29 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     return n
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed line raises DataError naming the file and line number."""
+def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield ("file:line", parsed value) for each non-blank line of a JSONL file.
+
+    The location string lets loaders name file and line in their own errors; a malformed line raises
+    DataError naming both.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}; check the path in your config")
-    rows = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
-    return rows
+            yield f"{path}:{lineno}", value
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line raises DataError naming the file and line number."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -18,7 +18,6 @@ never on which other titles are loaded, so adding a file (the official test spli
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from reges.data import DialogueFile, merge_turns
 from reges.errors import CatalogError, DataError
+from reges.io import iter_jsonl
 from reges.records import Dialogue, Role
 from reges.titles import normalize_title, title_id
 
@@ -138,29 +138,22 @@ def load_inspired_unicrs(path: str | Path, id_prefix: str | None = None) -> Dial
     prefix = id_prefix if id_prefix is not None else path.name.split(".")[0].split("_")[0]
     titles: dict[str, str] = {}
     dialogues: list[Dialogue] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                utterances = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(utterances, list):
-                raise DataError(f"{where}: expected a JSON array of utterances, got {type(utterances).__name__}; "
-                                "is this the UniCRS INSPIRED form? Check data.format")
-            if not utterances:
-                raise DataError(f"{where}: dialogue has no utterances; remove that line")
-            messages: list[tuple[Role, str, list[str]]] = []
-            for u in utterances:
-                if not isinstance(u, dict) or not {"role", "text", "movie"} <= set(u):
-                    raise DataError(f"{where}: each utterance needs role, text and movie keys, got {u!r:.200}")
-                if not isinstance(u["movie"], list):
-                    raise DataError(f"{where}: `movie` must be a list of titles, got {u['movie']!r}")
-                messages.append((_role(u["role"], where), str(u["text"] or ""),
-                                 _item_ids([str(m) for m in u["movie"]], where, titles)))
-            dialogues.append(Dialogue(dialogue_id=f"{prefix}-{lineno:06d}", turns=merge_turns(messages)))
+    for where, utterances in iter_jsonl(path):
+        if not isinstance(utterances, list):
+            raise DataError(f"{where}: expected a JSON array of utterances, got {type(utterances).__name__}; "
+                            "is this the UniCRS INSPIRED form? Check data.format")
+        if not utterances:
+            raise DataError(f"{where}: dialogue has no utterances; remove that line")
+        messages: list[tuple[Role, str, list[str]]] = []
+        for u in utterances:
+            if not isinstance(u, dict) or not {"role", "text", "movie"} <= set(u):
+                raise DataError(f"{where}: each utterance needs role, text and movie keys, got {u!r:.200}")
+            if not isinstance(u["movie"], list):
+                raise DataError(f"{where}: `movie` must be a list of titles, got {u['movie']!r}")
+            messages.append((_role(u["role"], where), str(u["text"] or ""),
+                             _item_ids([str(m) for m in u["movie"]], where, titles)))
+        lineno = int(where.rsplit(":", 1)[1])  # ids number dialogues by their line in the file
+        dialogues.append(Dialogue(dialogue_id=f"{prefix}-{lineno:06d}", turns=merge_turns(messages)))
     logger.info("%s: %d INSPIRED dialogues (UniCRS jsonl)", path, len(dialogues))
     return DialogueFile(path=path, variant="inspired-unicrs", dialogues=dialogues, titles=titles)
 

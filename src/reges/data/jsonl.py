@@ -12,7 +12,6 @@ Turns are kept exactly as given (not merged), so turn indices in example ids mat
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from reges.data import DialogueFile
 from reges.errors import ConfigError, DataError
+from reges.io import iter_jsonl
 from reges.records import ROLES, Dialogue, Turn
 
 logger = logging.getLogger(__name__)
@@ -111,15 +111,7 @@ def load_custom(path: str | Path, column_map: Mapping[str, str] | None = None) -
     if not path.is_file():
         raise DataError(f"dialogues file not found: {path}; check data.train_files/dev_files/test_files")
     dialogues: list[Dialogue] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg}); fix or remove that line") from None
-            dialogues.append(parse_custom_dialogue(raw, cmap, where))
+    for where, raw in iter_jsonl(path):
+        dialogues.append(parse_custom_dialogue(raw, cmap, where))
     logger.info("%s: %d custom dialogues", path, len(dialogues))
     return DialogueFile(path=path, variant="custom", dialogues=dialogues)

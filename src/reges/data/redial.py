@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from typing import Any
 
 from reges.data import DialogueFile, merge_turns
 from reges.errors import DataError
+from reges.io import iter_jsonl
 from reges.records import Dialogue, Role
 from reges.titles import normalize_title
 
@@ -171,27 +171,19 @@ def load_redial(path: str | Path, movie_names: Mapping[str, str]) -> DialogueFil
     variant = ""
     dialogues: list[Dialogue] = []
     titles: dict[str, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(raw, dict):
-                raise DataError(f"{where}: expected a JSON object per line, got {type(raw).__name__}; "
-                                "is this a ReDial file? Check data.format")
-            messages = raw.get("messages")
-            if messages:
-                if not isinstance(messages[0], dict):
-                    raise DataError(f"{where}: messages must be JSON objects, got {messages[0]!r}")
-                line_variant = _variant(messages[0], where)
-                if variant and line_variant != variant:
-                    raise DataError(f"{where}: this dialogue is in the {line_variant} form but earlier lines are "
-                                    f"{variant}; keep one form per file")
-                variant = line_variant
-            dialogues.append(parse_redial_dialogue(raw, movie_names, where, titles))
+    for where, raw in iter_jsonl(path):
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: expected a JSON object per line, got {type(raw).__name__}; "
+                            "is this a ReDial file? Check data.format")
+        messages = raw.get("messages")
+        if messages:
+            if not isinstance(messages[0], dict):
+                raise DataError(f"{where}: messages must be JSON objects, got {messages[0]!r}")
+            line_variant = _variant(messages[0], where)
+            if variant and line_variant != variant:
+                raise DataError(f"{where}: this dialogue is in the {line_variant} form but earlier lines are "
+                                f"{variant}; keep one form per file")
+            variant = line_variant
+        dialogues.append(parse_redial_dialogue(raw, movie_names, where, titles))
     logger.info("%s: %d ReDial dialogues (%s)", path, len(dialogues), variant or "no messages")
     return DialogueFile(path=path, variant=variant or "redial-original", dialogues=dialogues, titles=titles)

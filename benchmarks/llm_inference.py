@@ -55,6 +55,12 @@ def median_time(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
+def median_measured(fn: Callable[[], float], runs: int) -> float:
+    """Median of the seconds `fn` reports for its own timed part, over `runs` calls after one warm-up call."""
+    fn()
+    return statistics.median(fn() for _ in range(runs))
+
+
 def item_prompt(titles: list[str]) -> list[dict[str, str]]:
     listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(titles))
     return [
@@ -78,7 +84,7 @@ def hf_throughput(llm: HFLLM, ids: list[int], new_tokens: int, runs: int) -> tup
         with torch.inference_mode():
             return llm.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
 
-    def decode() -> None:
+    def decode() -> float:
         with torch.inference_mode():
             out = llm.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
             start = time.perf_counter()
@@ -86,15 +92,9 @@ def hf_throughput(llm: HFLLM, ids: list[int], new_tokens: int, runs: int) -> tup
             for _ in range(new_tokens):
                 out = llm.model(input_ids=token, cache=out.cache, use_cache=True)
                 token = out.logits[:, -1:].argmax(-1)
-            decode.seconds = time.perf_counter() - start
+            return time.perf_counter() - start
 
-    prefill_s = median_time(prefill, runs)
-    decode_times = []
-    decode()
-    for _ in range(runs):
-        decode()
-        decode_times.append(decode.seconds)
-    return len(ids) / prefill_s, new_tokens / statistics.median(decode_times)
+    return len(ids) / median_time(prefill, runs), new_tokens / median_measured(decode, runs)
 
 
 def cpp_throughput(llm: LlamaCppLLM, ids: list[int], new_tokens: int, runs: int) -> tuple[float, float]:
@@ -105,21 +105,15 @@ def cpp_throughput(llm: LlamaCppLLM, ids: list[int], new_tokens: int, runs: int)
         lib.reset()
         lib.eval(ids)
 
-    def decode() -> None:
+    def decode() -> float:
         lib.reset()
         lib.eval(ids)
         start = time.perf_counter()
         for _ in range(new_tokens):
             lib.eval([lib.sample(temp=0.0)])
-        decode.seconds = time.perf_counter() - start
+        return time.perf_counter() - start
 
-    prefill_s = median_time(prefill, runs)
-    decode_times = []
-    decode()
-    for _ in range(runs):
-        decode()
-        decode_times.append(decode.seconds)
-    return len(ids) / prefill_s, new_tokens / statistics.median(decode_times)
+    return len(ids) / median_time(prefill, runs), new_tokens / median_measured(decode, runs)
 
 
 def agreement(hf: HFLLM, cpp: LlamaCppLLM) -> dict[str, object]:

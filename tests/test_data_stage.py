@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reges.config import config_from_dict
-from reges.data.examples import dev_score, run, split_dev
+from reges.data.examples import dev_score, run, split_dev, split_tune
 from reges.errors import ConfigError, DataError, StageCompleteError
 from reges.io import MANIFEST, RunDir, read_json, read_jsonl
 from reges.records import Dialogue, RecExample
@@ -222,3 +222,17 @@ def test_lossy_file_excludes_dev(shared_data, tmp_path):
     assert len(lossy) == stats["lossy_dialogues"] == manifest["outputs"]["lossy_dialogues.jsonl"]["rows"]
     assert len(lossy) == 10006 - stats["splits"]["dev"]["dialogues"] - stats["splits"]["train"]["dialogues"]
     # That no dev dialogue leaks in (matched by text and mentions) is checked in tests/test_data_lossy.py.
+
+
+def test_split_tune_is_stable_disjoint_and_independent_of_dev() -> None:
+    dialogues = [Dialogue(str(i), []) for i in range(2000)]
+    train, tune = split_tune(dialogues, 0.1)
+    assert len(train) + len(tune) == 2000 and not {d.dialogue_id for d in train} & {d.dialogue_id for d in tune}
+    assert 150 < len(tune) < 250
+    assert split_tune(list(reversed(dialogues)), 0.1)[1] == list(reversed(tune))
+    # A second hash: the tune slice is not the dev slice of a lower dev_fraction.
+    dev = {d.dialogue_id for d in split_dev(dialogues, 0.1)[1]}
+    assert len(dev & {d.dialogue_id for d in tune}) < 0.3 * len(tune)
+    assert split_tune(dialogues, 0.0) == (dialogues, [])
+    with pytest.raises(ConfigError, match="tune_fraction"):
+        split_tune(dialogues, 1.0)

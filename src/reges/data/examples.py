@@ -87,6 +87,20 @@ def dev_score(dialogue_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def split_tune(dialogues: list[Dialogue], tune_fraction: float) -> tuple[list[Dialogue], list[Dialogue]]:
+    """Hold out a `tune` slice of the train dialogues (a second, independent hash of the dialogue id).
+
+    Why: fusion weights and other choices must be tuned on data no trained part has seen, and never on dev.
+    Every train-time model (encoder, co-mention counts, LoRA experts) is fitted on `train` without this slice.
+    """
+    if not 0.0 <= tune_fraction < 1.0:
+        raise ConfigError(f"data.tune_fraction must be in [0, 1), got {tune_fraction}; e.g. 0.1, or 0 for no "
+                          "tune split")
+    train = [d for d in dialogues if dev_score(d.dialogue_id + "#tune") >= tune_fraction]
+    tune = [d for d in dialogues if dev_score(d.dialogue_id + "#tune") < tune_fraction]
+    return train, tune
+
+
 def split_dev(dialogues: list[Dialogue], dev_fraction: float) -> tuple[list[Dialogue], list[Dialogue]]:
     """Hold out the dialogues whose `dev_score` is below `dev_fraction`.
 
@@ -165,6 +179,9 @@ def _check_config(cfg: DataConfig) -> None:
     if cfg.lossy_file and not cfg.movie_names_file:
         raise ConfigError("data.lossy_file needs data.movie_names_file (movies_with_mentions.csv) to resolve its "
                           "@ids; set it")
+    if not 0.0 <= cfg.tune_fraction < 1.0:
+        raise ConfigError(f"data.tune_fraction must be in [0, 1), got {cfg.tune_fraction}; e.g. 0.1, or 0 for no "
+                          "tune split")
     if not cfg.dev_files and not 0.0 < cfg.dev_fraction < 1.0:
         raise ConfigError(f"data.dev_fraction must be in (0, 1) when data.dev_files is empty, got "
                           f"{cfg.dev_fraction}; set it (e.g. 0.16) or list data.dev_files")
@@ -214,12 +231,16 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             logger.warning("%d train dialogues are also in the dev/test files; removed from train", dropped_overlap)
     if "dev" not in splits:
         train, splits["dev"] = split_dev(train, dcfg.dev_fraction)
+    if dcfg.tune_fraction > 0:
+        train, splits["tune"] = split_tune(train, dcfg.tune_fraction)
     if "test" in splits:
         leaked = sorted({d.dialogue_id for d in splits["dev"]} & {d.dialogue_id for d in splits["test"]})
         if leaked:
             raise DataError(f"{len(leaked)} dialogues are in both dev and test (e.g. {leaked[:3]}); remove them from "
                             "one of data.dev_files/data.test_files")
     splits = {"train": train, **splits}
+    if "tune" in splits and not splits["tune"]:
+        raise DataError(f"data.tune_fraction={dcfg.tune_fraction} held out no train dialogue; raise it or set it to 0")
 
     outputs: dict[str, int] = {}
     stats: dict[str, Any] = {
@@ -231,7 +252,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         "splits": {},
     }
     mentions: dict[str, Counter[str]] = {}
-    for split in ("train", "dev", "test"):
+    for split in ("train", "tune", "dev", "test"):
         if split not in splits:
             continue
         dialogues = sorted(splits[split], key=lambda d: d.dialogue_id)
@@ -250,7 +271,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         from reges.data.lossy import lossy_dialogues
 
         inputs[f"lossy:{dcfg.lossy_file}"] = Path(dcfg.lossy_file)
-        held_out = [d for split in ("dev", "test") for d in splits.get(split, [])]
+        # tune is held out like dev: it measures (and tunes) what train-time statistics predict.
+        held_out = [d for split in ("tune", "dev", "test") for d in splits.get(split, [])]
         lossy = lossy_dialogues(Path(dcfg.lossy_file), held_out, movie_names, known=splits["train"])
         lossy = sorted(lossy, key=lambda d: d.dialogue_id)
         outputs["lossy_dialogues.jsonl"] = write_jsonl(out / "lossy_dialogues.jsonl", lossy)

@@ -43,6 +43,8 @@ class DataConfig:
     dev_files: Files forming the dev split. Empty: a deterministic `dev_fraction` of the train dialogues.
     test_files: Official test files in their published format (optional).
     dev_fraction: Share of train dialogues held out as dev when `dev_files` is empty.
+    tune_fraction: Share of the (remaining) train dialogues held out as the `tune` split: what fusion weights and
+        other choices are tuned on, so dev stays untouched. 0: no tune split.
     movie_names_file: ReDial `movies_with_mentions.csv`, to resolve @ids missing from movieMentions.
     lossy_file: ReDial's lossy 10,006-dialog file (precessed.json.zip); "" to skip it.
     column_map: Custom format only: maps our field names to yours (see docs/custom_data.md).
@@ -53,6 +55,7 @@ class DataConfig:
     dev_files: list[str] = field(default_factory=list)
     test_files: list[str] = field(default_factory=list)
     dev_fraction: float = 0.16
+    tune_fraction: float = 0.0
     movie_names_file: str = ""
     lossy_file: str = ""
     column_map: dict[str, str] = field(default_factory=dict)
@@ -118,6 +121,8 @@ class RetrieveConfig:
     top_k: Candidates kept per example.
     batch_size: Queries encoded per batch.
     max_query_chars: Queries longer than this keep their end (the most recent turns).
+    fusion: Use the learned retriever of `train-retriever/` (fused scores) when that stage is complete; false, or
+        no complete train-retriever: plain dense retrieval with the index encoder (`query`, `max_query_chars`).
     """
 
     splits: list[str] = field(default_factory=lambda: ["dev"])
@@ -125,6 +130,7 @@ class RetrieveConfig:
     top_k: int = 50
     batch_size: int = 64
     max_query_chars: int = 2000
+    fusion: bool = True
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,225 @@ class LLMConfig:
     llamacpp_extra_buffers: bool = False
 
 
+# --- Query Expert (issue 4): distill -> train-query -> rewrite -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Attributes:
+    splits: Splits the teacher writes pseudo-queries for (train-side only: the teacher sees the true item).
+    teacher: "grounded" (offline default: assembles queries from what the dialogue says, choosing and
+        ordering it by the true item's card) or "llm" (any `teacher_llm` backend writes candidate queries, which
+        are then checked for grounding and title leaks).
+    teacher_llm: The LLM used when teacher is "llm" (a large model behind an OpenAI-compatible URL in the
+        paper's setting).
+    num_queries: Candidate queries per example; retrieval feedback keeps the one ranking the true item best.
+    max_query_words: Queries are cut to this many words.
+    max_examples: Examples per split given to the teacher (0: all); a seeded sample.
+    feedback_top_k: Retrieval feedback search depth: a true item below it counts as not found (and as rank
+        feedback_top_k + 1 in the mean rank of stats.json).
+    batch_size: Queries per encoder batch in the feedback search.
+    teacher_temperature: LLM teacher: sampling temperature of the candidates after the first (greedy) one.
+    teacher_max_new_tokens: LLM teacher: most tokens per candidate.
+    """
+
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    teacher: Literal["grounded", "llm"] = "grounded"
+    teacher_llm: LLMConfig = field(default_factory=LLMConfig)
+    num_queries: int = 4
+    max_query_words: int = 32
+    max_examples: int = 0
+    feedback_top_k: int = 200
+    batch_size: int = 64
+    teacher_temperature: float = 0.8
+    teacher_max_new_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class TrainQueryConfig:
+    """Attributes:
+    max_examples: Distilled examples used for training (0: all); a seeded sample.
+    max_prompt_tokens: Prompt token budget. Prompts are built to fit it (the dialogue is cut to
+        query_expert.prompts.MAX_DIALOGUE_CHARS); a longer one would lose its beginning, system message included.
+    max_completion_tokens: Query token budget; longer queries lose their end.
+    epochs: Passes over the examples (when max_steps is 0).
+    max_steps: Optimizer steps; > 0 overrides epochs (for smoke runs and speed measurements).
+    lr: Peak learning rate.
+    r: LoRA rank.
+    alpha: LoRA alpha (the adapter is scaled by alpha / r).
+    dropout: Dropout on the LoRA input.
+    batch_size: Examples per forward/backward pass.
+    grad_accum: Passes per optimizer step.
+    save_every_steps: Checkpoint every N optimizer steps, so a killed run resumes (0: never).
+    dtype: LoRA training dtype ("auto": bf16 where the CPU/GPU supports it, measured 1.67x faster).
+    """
+
+    max_examples: int = 0
+    max_prompt_tokens: int = 448
+    max_completion_tokens: int = 64
+    epochs: int = 1
+    max_steps: int = 0
+    lr: float = 3e-4
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    batch_size: int = 8
+    grad_accum: int = 1
+    save_every_steps: int = 50
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """Attributes:
+    splits: Splits the trained Query Expert writes a query for (splits the data stage did not write are skipped).
+    batch_size: Dialogues per generation call (the hf backend further splits them by llm.batch_size).
+    max_new_tokens: Most tokens per query.
+    """
+
+    splits: list[str] = field(default_factory=lambda: ["tune", "dev"])
+    batch_size: int = 16
+    max_new_tokens: int = 48
+
+
+# --- Learned retriever (issue 4): train-retriever ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainRetrieverConfig:
+    """Attributes:
+    finetune: Fine-tune the sentence encoder contrastively on (dialogue, true item card) pairs of train (false:
+        the frozen index encoder gives the dense features).
+    epochs: Fine-tuning passes.
+    batch_size: Pairs per in-batch-negatives batch.
+    lr: Peak learning rate (linear warmup, then linear decay).
+    warmup_ratio: Share of the steps spent warming up.
+    hard_negatives: Mined hard negatives per pair, sampled from the frozen encoder's top-50 (0: in-batch only).
+    max_pairs: Training pairs used (0: all); a seeded sample, for quick runs.
+    distill_pairs: Also train on (teacher pseudo-query, card) pairs from `distill/train.jsonl` when it exists.
+    save_every_steps: Checkpoint every N steps so a killed fine-tuning resumes (0: never).
+    chunk_size: Texts embedded per forward pass inside a batch, grouped by length (less padding: 2x faster on a
+        CPU with 8); 0 embeds the whole batch at once (better on a GPU). The loss is the same either way.
+    query: Dialogue text of the dense_dialogue feature and of the training anchors: "full" or "last2".
+    max_query_chars: Dialogue text cap (its end is kept); 1000 characters fit MiniLM's 256 tokens.
+    max_seq_length: Encoder token limit when fine-tuning and encoding.
+    comention: Use the co-mention prior as a fusion feature.
+    comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
+    use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.
+    query_feature: Tune a second weight set with the Query Expert's query (when `rewrite/tune.jsonl` exists).
+    popularity: Use log(1 + mention count) as a fusion feature.
+    mentioned: Use "already mentioned in the context" as a fusion feature.
+    weight_grid: Candidate fusion weights of the coordinate search on the tune split.
+    tune_passes: Most coordinate-search passes.
+    """
+
+    finetune: bool = True
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup_ratio: float = 0.1
+    hard_negatives: int = 1
+    max_pairs: int = 0
+    distill_pairs: bool = True
+    save_every_steps: int = 50
+    chunk_size: int = 8
+    query: Literal["full", "last2"] = "full"
+    max_query_chars: int = 1000
+    max_seq_length: int = 256
+    comention: bool = True
+    comention_normalization: Literal["count", "log", "conditional", "cosine", "pmi"] = "conditional"
+    use_lossy: bool = True
+    query_feature: bool = True
+    popularity: bool = True
+    mentioned: bool = True
+    weight_grid: list[float] = field(
+        default_factory=lambda: [-0.5, -0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0]
+    )
+    tune_passes: int = 3
+
+
+# --- Item Generation Expert (issue 5): mine -> train-item -> generate -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """Attributes:
+    splits: Splits to build item-expert examples for (`train-item` trains on `train`).
+    negatives: "hard" (the first top_k of the retrieval run) or "random" (a seeded random sample of catalog items;
+        the ablation).
+    top_k: Candidates per example. The training target is the best-ranked target among them; when none was
+        retrieved, one target replaces a candidate at a seeded random position (the row says `inserted`).
+    query: Whether prompts show the Query Expert's query: "auto" (when `rewrite/{split}.jsonl` exists), "rewrite"
+        (required) or "none". `generate` follows the same setting (and, with the adapter, what training saw).
+    card_fields: Item attributes (meta keys, in order) shown after each candidate's "Title (Year)". The prompt
+        format settings here are shared by `generate`, so train and test prompts are built the same way.
+    max_card_chars: Each candidate's attribute text is cut to this many characters.
+    max_context_chars: The dialogue tail shown (whole turns from the end; the oldest kept turn may be cut).
+    max_query_chars: The query is cut to this many characters.
+    """
+
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    negatives: Literal["hard", "random"] = "hard"
+    top_k: int = 20
+    query: Literal["auto", "rewrite", "none"] = "auto"
+    card_fields: list[str] = field(default_factory=lambda: ["genre"])
+    max_card_chars: int = 60
+    max_context_chars: int = 1200
+    max_query_chars: int = 300
+
+
+@dataclass(frozen=True)
+class TrainItemConfig:
+    """Attributes:
+    max_examples: Mined `train` examples used for training (0: all); a seeded sample.
+    max_prompt_tokens: Prompt token budget; longer prompts lose their beginning (counted and logged).
+    epochs: Passes over the examples (used when max_steps is 0).
+    max_steps: Optimizer steps (> 0 overrides epochs).
+    lr: Peak learning rate.
+    r: LoRA rank (alpha = 2 r).
+    batch_size: Examples per forward/backward pass (memory grows with it: batch 4 of ~700-token prompts peaked at
+        9.5 GiB RSS on CPU, because the loss takes full-vocabulary logits at every position).
+    grad_accum: Passes per optimizer step.
+    dtype: LoRA training dtype ("auto": bf16 on CUDA and on CPUs with native bf16, else fp32).
+    save_every_steps: Checkpoint every N optimizer steps, so a killed run resumes (0: never).
+    """
+
+    max_examples: int = 0
+    max_prompt_tokens: int = 1024
+    epochs: int = 1
+    max_steps: int = 0
+    lr: float = 3e-4
+    r: int = 16
+    batch_size: int = 2
+    grad_accum: int = 4
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    save_every_steps: int = 50
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Attributes:
+    splits: Splits to pick an item for.
+    mode: "free" (greedy title, matched to the candidates, then the catalog), "constrained" (decoding restricted
+        to the candidate titles) or "rank" (every candidate scored by likelihood: a full re-ranked list).
+    top_k: Candidates shown to the Item Expert (the first top_k of the retrieval run).
+    use_adapter: Use the trained item expert (false: the base model, for the untuned comparison).
+    max_examples: Examples per split (0: all); a seeded sample, for quick measurements.
+    batch_size: Prompts per model call (1: `latency_s` is the latency of one turn).
+    max_new_tokens: Free mode: most tokens of the generated title.
+    length_normalized: Rank mode: score by mean log-probability per token instead of the total.
+    """
+
+    splits: list[str] = field(default_factory=lambda: ["dev"])
+    mode: Literal["free", "constrained", "rank"] = "constrained"
+    top_k: int = 20
+    use_adapter: bool = True
+    max_examples: int = 0
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    length_normalized: bool = False
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline: one section per stage (see configs/*.yaml)."""
@@ -202,6 +427,13 @@ class PipelineConfig:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train_query: TrainQueryConfig = field(default_factory=TrainQueryConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    train_retriever: TrainRetrieverConfig = field(default_factory=TrainRetrieverConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    train_item: TrainItemConfig = field(default_factory=TrainItemConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 def _type_name(tp: Any) -> str:

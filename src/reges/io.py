@@ -208,16 +208,15 @@ class RunDir:
     def begin(self, stage: str, overwrite: bool) -> Path:
         """Prepare an empty stage directory. Refuse to clobber a complete stage unless `overwrite`.
 
-        A stage directory without a manifest is the leftover of an interrupted run: it is cleared,
-        except for a `checkpoints/` folder that resumable stages keep.
+        A stage directory without a manifest is the leftover of an interrupted run, and a complete one is redone
+        only with `overwrite`: either way it is cleared, except for a `checkpoints/` folder where resumable stages
+        keep their progress (and finished models keyed by a fingerprint of what they were trained on).
         """
         d = self.stage_dir(stage)
-        if self.is_complete(stage):
-            if not overwrite:
-                raise StageCompleteError(
-                    f"{d}/ is already complete; pass run.overwrite=true to redo it, or use another --run-dir"
-                )
-            shutil.rmtree(d)
+        if self.is_complete(stage) and not overwrite:
+            raise StageCompleteError(
+                f"{d}/ is already complete; pass run.overwrite=true to redo it, or use another --run-dir"
+            )
         if d.exists():
             for child in d.iterdir():
                 if child.name == "checkpoints":

@@ -7,6 +7,12 @@ built the index, and the index returns `retrieve.top_k` items per query -> `retr
 An example with no usable context (an empty query) cannot be embedded meaningfully. Instead of ranking
 items by an arbitrary vector, it gets the popularity ranking (most mentioned items in the train
 dialogues): the usual cold-start answer. This is logged with a count and recorded in the manifest.
+
+Fused mode: when `train-retriever/` is complete and `retrieve.fusion` is on, the learned retriever ranks instead
+(`fusion.FusedRetriever`: tuned encoder, co-mentions, popularity, repeats, and the Query Expert's query from
+`rewrite/{split}.jsonl` when that file exists). Every example leaves its own dialogue out of the co-mention and
+popularity counts, which matters for `train` (retrieved for `mine`): its dialogues are in the counts. Examples
+with no context need no special case there: the features that have no signal z-score to 0.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_jsonl, write_trec
 from reges.records import Dialogue, Hit, RecExample
 from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder, resolve_device
+from reges.retrieval.fusion import FusedRetriever, read_queries
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import context_to_query
 
@@ -81,6 +88,45 @@ def retrieve(
         for q, hits in zip(nonempty, index.search(embeddings, top_k), strict=True):
             results[q] = hits
     return results
+
+
+def retrieve_fused(
+    examples: Sequence[RecExample],
+    retriever: FusedRetriever,
+    queries: dict[str, str] | None,
+    top_k: int,
+    batch_size: int = 256,
+    show_progress: bool = False,
+) -> dict[str, list[Hit]]:
+    """Fused retrieval for examples (in memory), each leaving its own dialogue out of the counts.
+
+    Args:
+        examples: The examples (context, dialogue_id).
+        retriever: The learned retriever.
+        queries: example_id -> the Query Expert's query (None, or ids absent: no query for that example).
+        top_k: Hits kept per example.
+        batch_size: Examples scored per batch (each holds a few (batch, catalog) float64 matrices).
+        show_progress: tqdm bar over batches.
+
+    Returns:
+        example_id -> hits sorted by (-score, item_id).
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ConfigError(f"retrieve.batch_size must be >= 1, got {batch_size}")
+    out: dict[str, list[Hit]] = {}
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(starts, desc="fused retrieval", disable=not show_progress):
+        batch = examples[start : start + batch_size]
+        hits = retriever.search(
+            [ex.context for ex in batch],
+            [(queries or {}).get(ex.example_id) for ex in batch],
+            top_k,
+            exclude_dialogue_ids=[ex.dialogue_id for ex in batch],
+        )
+        out.update(zip([ex.example_id for ex in batch], hits, strict=True))
+    return out
 
 
 def item_popularity(dialogues: list[Dialogue]) -> Counter[str]:
@@ -173,32 +219,58 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         if not path.is_file():
             raise DataError(f"{path} not found; retrieve.splits has {split!r} but the data stage did not write it")
     train_dialogues_path = data_dir / "train_dialogues.jsonl"
+    fused = rc.fusion and run_dir.is_complete("train-retriever")
+    rewrite_paths = {}
+    if fused and run_dir.is_complete("rewrite"):
+        rewrite_paths = {s: run_dir.stage_dir("rewrite") / f"{s}.jsonl" for s in rc.splits}
+        rewrite_paths = {s: p for s, p in rewrite_paths.items() if p.is_file()}
     out = run_dir.begin("retrieve", cfg.run.overwrite)
 
-    index = ItemIndex.load(index_dir)
-    encoder = load_index_encoder(index, cfg.index)
-    fallback = popularity_ranking(item_popularity(read_dialogues(train_dialogues_path)), index.item_ids, cfg.run.seed)
+    if fused:
+        retriever = FusedRetriever.load(run_dir.path, device=cfg.index.device, threads=cfg.index.threads)
+        encoder_name = retriever.encoder_name
+        logger.info("retrieve: fused scores of train-retriever/ (query feature on splits %s)", sorted(rewrite_paths))
+    else:
+        index = ItemIndex.load(index_dir)
+        encoder = load_index_encoder(index, cfg.index)
+        fallback = popularity_ranking(
+            item_popularity(read_dialogues(train_dialogues_path)), index.item_ids, cfg.run.seed
+        )
+        encoder_name = index.encoder
 
     outputs: dict[str, int] = {}
     per_split: dict[str, dict[str, float]] = {}
     for split, path in split_paths.items():
         examples = read_examples(path)
-        queries = {ex.example_id: context_to_query(ex.context, rc.query, rc.max_query_chars) for ex in examples}
         t0 = time.perf_counter()
-        ranking = retrieve(queries, index, encoder, rc.top_k, rc.batch_size, fallback, cfg.run.show_progress)
+        if fused:
+            rewrites = read_queries(rewrite_paths[split]) if split in rewrite_paths else None
+            ranking = retrieve_fused(examples, retriever, rewrites, rc.top_k, show_progress=cfg.run.show_progress)
+            empty = sum(1 for ex in examples if not any(t.content.strip() for t in ex.context))
+            with_query = sum(1 for ex in examples if (rewrites or {}).get(ex.example_id, "").strip())
+        else:
+            queries = {ex.example_id: context_to_query(ex.context, rc.query, rc.max_query_chars) for ex in examples}
+            ranking = retrieve(queries, index, encoder, rc.top_k, rc.batch_size, fallback, cfg.run.show_progress)
+            empty = sum(1 for q in queries.values() if not q.strip())
+            with_query = 0
         seconds = time.perf_counter() - t0
         outputs[f"{split}.trec"] = write_trec(out / f"{split}.trec", ranking, tag=trec_tag(cfg.run.name))
         per_split[split] = {
-            "queries": len(queries),
-            "empty_queries": sum(1 for q in queries.values() if not q.strip()),
+            "queries": len(examples),
+            "empty_queries": empty,
             "seconds": round(seconds, 3),
-            "queries_per_s": round(len(queries) / seconds, 1) if seconds > 0 else 0.0,
+            "queries_per_s": round(len(examples) / seconds, 1) if seconds > 0 else 0.0,
         }
-        logger.info("retrieve %s: %d queries, %.1f queries/s", split, len(queries), per_split[split]["queries_per_s"])
+        if fused:
+            per_split[split]["with_query"] = with_query
+        logger.info("retrieve %s: %d queries, %.1f queries/s", split, len(examples), per_split[split]["queries_per_s"])
 
     inputs = {f"data/{split}": path for split, path in split_paths.items()}
     inputs["data/train_dialogues"] = train_dialogues_path
     inputs["index"] = index_dir / "index.faiss"
+    if fused:
+        inputs["train-retriever/fusion"] = run_dir.stage_dir("train-retriever") / "fusion.json"
+        inputs.update({f"rewrite/{s}": p for s, p in rewrite_paths.items()})
     run_dir.finish(
         "retrieve",
         config=dataclasses.asdict(rc),
@@ -206,5 +278,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         outputs=outputs,
         seed=cfg.run.seed,
         started=started,
-        extra={"encoder": index.encoder, "query": rc.query, "splits": per_split},
+        extra={
+            "mode": "fused" if fused else "dense",
+            "encoder": encoder_name,
+            "query": rc.query,
+            "splits": per_split,
+        },
     )

@@ -1,0 +1,273 @@
+"""Stage `train-retriever`: fine-tune the encoder, count co-mentions, and tune the fusion weights on `tune`.
+
+Steps (each switchable in `train_retriever`, so each part's contribution can be measured):
+1. Co-mention counts over the train dialogues, plus `data/lossy_dialogues.jsonl` when `use_lossy` (always
+   counted: the popularity feature reads them too; `comention` decides whether the prior is a feature).
+2. When `finetune`: contrastive fine-tuning of the index encoder (`finetune.py`) on (dialogue, true card) pairs
+   of `data/train.jsonl` (and (teacher query, card) pairs of `distill/train.jsonl` when present), then the catalog
+   re-embedded with it. Without `finetune` the frozen index is copied, so `index/` always matches the encoder.
+3. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
+   with it when `rewrite/tune.jsonl` exists and `query_feature` is on.
+
+Files written under `run_dir/train-retriever/`:
+    encoder/                     the fine-tuned sentence-transformers model (only when finetune)
+    index/                       ItemIndex over the cards (index.faiss, item_ids.txt, index.json, embeddings.npy);
+                                 index.json's `encoder` is the encoder folder (or the frozen encoder's name)
+    comention.npz, comention_ids.txt, comention_dialogues.jsonl   the counts (see comention.py)
+    fusion.json                  settings, weights {"no_query": {...}, "with_query": {...} | null}, tune metrics
+                                 of every feature alone and of each fusion, the fine-tuning record
+    manifest.json                written last
+While fine-tuning, `checkpoints/` holds step checkpoints and, once training ends, `checkpoints/encoder/` (with
+finetune.json): a rerun after a crash in step 3 reuses it instead of retraining. It is removed once the stage is
+complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reges.config import PipelineConfig, TrainRetrieverConfig
+from reges.errors import ConfigError, DataError
+from reges.io import RunDir, atomic_open, now_iso, read_json, write_json
+from reges.records import Item, RecExample
+from reges.retrieval.comention import CoMention
+from reges.retrieval.encoder import SentenceEncoder, load_encoder, resolve_device
+from reges.retrieval.finetune import build_pairs, finetune_encoder, mine_hard_negatives
+from reges.retrieval.fusion import (
+    EMBEDDINGS_FILE,
+    ENCODER_DIR,
+    FUSION_FILE,
+    INDEX_DIR,
+    NO_QUERY,
+    WITH_QUERY,
+    FusedRetriever,
+    FusionSettings,
+    TunePairs,
+    read_queries,
+    tune_weights,
+    zscore_rows,
+)
+from reges.retrieval.index import ItemIndex, read_catalog
+from reges.retrieval.retrieve import read_dialogues, read_examples
+
+logger = logging.getLogger(__name__)
+
+STAGE = "train-retriever"
+FINETUNE_RECORD = "finetune.json"
+
+
+def _check(tc: TrainRetrieverConfig) -> None:
+    if tc.epochs < 1 or tc.batch_size < 2 or tc.lr <= 0 or tc.max_query_chars < 1 or tc.max_seq_length < 1:
+        raise ConfigError(f"train_retriever needs epochs >= 1, batch_size >= 2, lr > 0, max_query_chars >= 1 and "
+                          f"max_seq_length >= 1; got {tc.epochs}, {tc.batch_size}, {tc.lr}, {tc.max_query_chars}, "
+                          f"{tc.max_seq_length}")
+    if tc.hard_negatives < 0 or tc.max_pairs < 0 or tc.save_every_steps < 0 or not 0 <= tc.warmup_ratio < 1:
+        raise ConfigError("train_retriever.hard_negatives, max_pairs and save_every_steps must be >= 0 and "
+                          f"warmup_ratio in [0, 1); got {tc.hard_negatives}, {tc.max_pairs}, {tc.save_every_steps}, "
+                          f"{tc.warmup_ratio}")
+    if tc.chunk_size < 0:
+        raise ConfigError(f"train_retriever.chunk_size must be >= 0 (0: whole batches), got {tc.chunk_size}")
+    if not tc.weight_grid or tc.tune_passes < 1:
+        raise ConfigError("train_retriever.weight_grid must list weights and tune_passes be >= 1")
+
+
+def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path,
+                          distill_path: Path | None) -> str:
+    """What a finished encoder depends on; a checkpointed encoder is reused only when this matches."""
+    from reges.io import file_sha256
+
+    keys = ("epochs", "batch_size", "lr", "warmup_ratio", "hard_negatives", "max_pairs", "query", "max_query_chars",
+            "max_seq_length")
+    spec = {k: getattr(tc, k) for k in keys}
+    spec.update(encoder=encoder, seed=seed, train=file_sha256(train_path),
+                distill=file_sha256(distill_path) if distill_path else None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: ItemIndex, items: dict[str, Item],
+                   distill_path: Path | None) -> dict[str, Any]:
+    """Fine-tune (or reuse a finished checkpointed) encoder; copy it to `out/encoder`. Returns its record."""
+    tc = cfg.train_retriever
+    train_path = run_dir.stage_dir("data") / "train.jsonl"
+    ckpt = out / "checkpoints"
+    done = ckpt / ENCODER_DIR
+    fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, train_path, distill_path)
+    if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
+        logger.info("reusing the fine-tuned encoder in %s", done)
+    else:
+        device = resolve_device(cfg.index.device)
+        model = load_encoder(cfg.index.encoder, device, tc.max_seq_length, cfg.index.threads)
+        examples = read_examples(train_path)
+        distill = read_queries(distill_path) if distill_path else None
+        pairs = build_pairs(examples, items, tc.query, tc.max_query_chars, distill)
+        if tc.max_pairs and len(pairs) > tc.max_pairs:
+            keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(pairs), tc.max_pairs, replace=False))
+            pairs = [pairs[i] for i in keep]
+        logger.info("fine-tuning on %d pairs (%d from distill)", len(pairs), sum(p.source == "distill" for p in pairs))
+        embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)  # (n, dim) frozen
+        t0 = time.perf_counter()
+        negatives = mine_hard_negatives(pairs, SentenceEncoder(model), embeddings, frozen.item_ids,
+                                        tc.hard_negatives, cfg.run.seed, cfg.index.batch_size, cfg.run.show_progress)
+        mine_s = time.perf_counter() - t0
+        result = finetune_encoder(model, pairs, negatives, items, tc, cfg.run.seed, ckpt / "steps",
+                                  cfg.run.show_progress)
+        tmp = ckpt / f".tmp-{ENCODER_DIR}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save(str(tmp))
+        record = {"fingerprint": fingerprint, "mine_s": round(mine_s, 2), "distill_pairs": distill is not None,
+                  "pairs_by_source": {s: sum(p.source == s for p in pairs) for s in ("dialogue", "distill")},
+                  **dataclasses.asdict(result)}
+        write_json(tmp / FINETUNE_RECORD, record)
+        if done.exists():
+            shutil.rmtree(done)
+        os.replace(tmp, done)
+        shutil.rmtree(ckpt / "steps", ignore_errors=True)
+    if (out / ENCODER_DIR).exists():
+        shutil.rmtree(out / ENCODER_DIR)
+    shutil.copytree(done, out / ENCODER_DIR)
+    record = read_json(out / ENCODER_DIR / FINETUNE_RECORD)
+    (out / ENCODER_DIR / FINETUNE_RECORD).unlink()  # the record goes into fusion.json and the manifest
+    return record
+
+
+def _tune(retriever: FusedRetriever, examples: list[RecExample], queries: dict[str, str] | None,
+          tc: TrainRetrieverConfig, enabled: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tune the no-query (and with-query) weight sets on the tune examples; returns (weights, report)."""
+    contexts = [ex.context for ex in examples]
+    qs: list[str | None] = [queries.get(ex.example_id) for ex in examples] if queries else [None] * len(examples)
+    names = enabled + (["dense_query"] if queries else [])
+    raw = retriever.features(contexts, qs, [ex.dialogue_id for ex in examples], names)
+    z = {name: zscore_rows(x) for name, x in raw.items()}
+    pairs = TunePairs.from_examples(examples, retriever.item_ids)
+    weights: dict[str, Any] = {}
+    report: dict[str, Any] = {"examples": len(examples), "pairs": len(pairs.query_index),
+                              "novel_pairs": int(pairs.novel.sum())}
+    weights[NO_QUERY], report[NO_QUERY] = tune_weights(
+        {n: z[n] for n in enabled}, pairs, retriever.tie, retriever.id_rank, tc.weight_grid, tc.tune_passes
+    )
+    weights[WITH_QUERY] = None
+    if queries:
+        weights[WITH_QUERY], report[WITH_QUERY] = tune_weights(
+            z, pairs, retriever.tie, retriever.id_rank, tc.weight_grid, tc.tune_passes
+        )
+    return weights, report
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Fit co-mentions, fine-tune the encoder, tune fusion weights; write the files above, then the manifest.
+
+    Example:
+        reges train-retriever --config configs/redial.yaml --run-dir runs/redial train_retriever.finetune=false
+    """
+    started = now_iso()
+    tc = cfg.train_retriever
+    _check(tc)
+    data_dir = run_dir.require("data")
+    catalog_path = run_dir.require("catalog") / "items.jsonl"
+    index_dir = run_dir.require("index")
+    paths = {name: data_dir / f"{name}.jsonl" for name in ("train", "tune", "train_dialogues")}
+    for name, path in paths.items():
+        if not path.is_file():
+            fix = "set data.tune_fraction > 0 (e.g. 0.1), then rerun `reges data`" if name == "tune" else "run it"
+            raise DataError(f"{path} not found; train-retriever needs it: {fix}")
+    lossy_path = data_dir / "lossy_dialogues.jsonl"
+    use_lossy = tc.use_lossy and lossy_path.is_file()
+    rewrite_path = run_dir.stage_dir("rewrite") / "tune.jsonl"
+    use_query = tc.query_feature and run_dir.is_complete("rewrite") and rewrite_path.is_file()
+    distill_path = run_dir.stage_dir("distill") / "train.jsonl"
+    use_distill = tc.finetune and tc.distill_pairs and run_dir.is_complete("distill") and distill_path.is_file()
+    out = run_dir.begin(STAGE, cfg.run.overwrite)
+
+    items = read_catalog(catalog_path)
+    by_id = {it.item_id: it for it in items}
+    frozen = ItemIndex.load(index_dir)
+    if frozen.encoder != cfg.index.encoder:
+        raise ConfigError(f"index/ was built with encoder {frozen.encoder!r} but index.encoder is "
+                          f"{cfg.index.encoder!r}; rerun `reges index` with run.overwrite=true, or set it back")
+    if set(frozen.item_ids) != set(by_id):
+        raise DataError(f"{index_dir} does not cover catalog/items.jsonl; rerun `reges index` with run.overwrite=true")
+
+    dialogues = read_dialogues(paths["train_dialogues"]) + (read_dialogues(lossy_path) if use_lossy else [])
+    counts = CoMention.fit(dialogues)
+    outputs = counts.save(out)
+
+    finetune_record: dict[str, Any] | None = None
+    device = resolve_device(cfg.index.device)
+    index_out = out / INDEX_DIR
+    if tc.finetune:
+        finetune_record = _train_encoder(cfg, run_dir, out, frozen, by_id, distill_path if use_distill else None)
+        encoder = SentenceEncoder(load_encoder(str(out / ENCODER_DIR), device, tc.max_seq_length, cfg.index.threads))
+        cards = {it.item_id: it.text for it in items}
+        t0 = time.perf_counter()
+        embeddings = encoder.encode([cards[i] for i in frozen.item_ids], cfg.index.batch_size, cfg.run.show_progress)
+        logger.info("re-embedded %d cards in %.1f s", len(items), time.perf_counter() - t0)
+        index = ItemIndex.from_embeddings(embeddings, frozen.item_ids, cfg.index, cfg.run.seed,
+                                          encoder=str(out / ENCODER_DIR))
+        index.meta["max_seq_length"] = tc.max_seq_length
+        index.save(index_out)
+        with atomic_open(index_out / EMBEDDINGS_FILE, "wb") as f:
+            np.save(f, embeddings)
+        encoder_spec = ENCODER_DIR
+    else:
+        shutil.copytree(index_dir, index_out, ignore=shutil.ignore_patterns("manifest.json"))
+        embeddings = np.load(index_out / EMBEDDINGS_FILE, allow_pickle=False)
+        encoder = SentenceEncoder(load_encoder(cfg.index.encoder, device, tc.max_seq_length, cfg.index.threads))
+        encoder_spec = cfg.index.encoder
+    outputs[f"{INDEX_DIR}/item_ids.txt"] = len(frozen.item_ids)
+
+    settings = FusionSettings(tc.query, tc.max_query_chars, tc.comention_normalization, cfg.index.batch_size,
+                              cfg.run.seed)
+    enabled = ["dense_dialogue"] + [name for name, on in (("comention", tc.comention), ("popularity", tc.popularity),
+                                                          ("mentioned", tc.mentioned)) if on]
+    retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings, encoder_spec)
+    tune_examples = read_examples(paths["tune"])
+    t0 = time.perf_counter()
+    weights, report = _tune(retriever, tune_examples, read_queries(rewrite_path) if use_query else None, tc, enabled)
+    tune_s = time.perf_counter() - t0
+    spec = {
+        "encoder": encoder_spec,
+        "max_seq_length": tc.max_seq_length,
+        "settings": dataclasses.asdict(settings),
+        "features": enabled + (["dense_query"] if use_query else []),
+        "weights": weights,
+        "tune": report,
+        "finetune": finetune_record,
+        "counts": {"dialogues": counts.num_dialogues, "items": len(counts.item_ids), "lossy": use_lossy},
+    }
+    write_json(out / FUSION_FILE, spec)
+    outputs[FUSION_FILE] = 1
+
+    inputs = {f"data/{name}": path for name, path in paths.items()}
+    inputs.update({"catalog": catalog_path, "index": index_dir / "index.faiss"})
+    if use_lossy:
+        inputs["data/lossy_dialogues"] = lossy_path
+    if use_query:
+        inputs["rewrite/tune"] = rewrite_path
+    if use_distill:
+        inputs["distill/train"] = distill_path
+    run_dir.finish(
+        STAGE,
+        config=dataclasses.asdict(tc),
+        inputs=inputs,
+        outputs=outputs,
+        seed=cfg.run.seed,
+        started=started,
+        extra={
+            "tune_objective": {k: report[k]["fused"]["objective"] for k in (NO_QUERY, WITH_QUERY) if k in report},
+            "tune_s": round(tune_s, 2),
+            "finetune": finetune_record,
+        },
+    )
+    # checkpoints/encoder stays: redoing this stage (e.g. to tune the with-query weights once `rewrite/` exists)
+    # reuses the finished encoder when its fingerprint (config + train data) matches, instead of retraining it.

@@ -1,0 +1,129 @@
+"""Fusion: z-scoring, fallback when a feature is silent, weight tuning, tie-breaks and the FusedRetriever."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from retrieval_fakes import KeywordEncoder
+
+from reges.errors import ConfigError, DataError
+from reges.records import Dialogue, RecExample, Turn
+from reges.retrieval.comention import CoMention
+from reges.retrieval.fusion import (
+    FusedRetriever,
+    FusionSettings,
+    TunePairs,
+    fuse,
+    pair_ranks,
+    recall_table,
+    tiebreak,
+    top_hits,
+    tune_weights,
+    zscore_rows,
+)
+from reges.retrieval.retrieve import popularity_ranking
+
+CARDS = {
+    "10": "alien horror space",
+    "11": "family animation",
+    "12": "crime heist",
+    "13": "shark horror",
+    "14": "romance comedy",
+    "15": "space adventure",
+}
+ITEM_IDS = list(CARDS)
+ENCODER = KeywordEncoder(["horror", "family", "crime", "shark", "space", "romance", "comedy", "adventure"])
+TRAIN = [
+    Dialogue("t1", [Turn("user", "x", ["10", "13"]), Turn("assistant", "y", ["12"])]),
+    Dialogue("t2", [Turn("user", "x", ["10"]), Turn("assistant", "y", ["13"])]),
+    Dialogue("t3", [Turn("user", "x", ["11"])]),
+]
+
+
+def _retriever(weights: dict[str, dict[str, float]]) -> FusedRetriever:
+    emb = ENCODER.encode(list(CARDS.values()), 8, False)
+    return FusedRetriever(ENCODER, emb, ITEM_IDS, CoMention.fit(TRAIN), weights, FusionSettings(batch_size=4))
+
+
+def test_zscore_rows_and_constant_rows() -> None:
+    z = zscore_rows(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
+    assert z[0].tolist() == pytest.approx([-1.224744871, 0.0, 1.224744871])
+    assert z[1].tolist() == [0.0, 0.0, 0.0]  # no signal: the feature drops out instead of becoming NaN
+
+
+def test_tiebreak_matches_popularity_ranking() -> None:
+    """With popularity alone the fused order is exactly `popularity_ranking`'s, ties included."""
+    ids = [f"z{i:02d}" for i in range(20)] + ITEM_IDS
+    cm = CoMention.fit(TRAIN)
+    retriever = FusedRetriever(None, None, ids, cm, {"no_query": {"popularity": 1.0}}, FusionSettings(seed=3))
+    hits = retriever.search([[]], [None], top_k=len(ids))[0]
+    counts = {i: int(cm.item_counts[cm.row[i]]) for i in cm.item_ids}
+    assert [h.item_id for h in hits] == [h.item_id for h in popularity_ranking(counts, ids, seed=3)]
+    assert tiebreak(ids, 3).tolist() != tiebreak(ids, 4).tolist()
+    # equal scores come out in item-id order, as in TREC files
+    assert [h.item_id for h in top_hits(np.zeros((1, 3)), ["b", "c", "a"], np.array([1, 2, 0]), 2)[0]] == ["a", "b"]
+
+
+def test_comention_falls_back_to_the_other_features_without_known_items() -> None:
+    retriever = _retriever({"no_query": {"comention": 1.0, "dense_dialogue": 1.0}})
+    dense_only = _retriever({"no_query": {"dense_dialogue": 1.0}})
+    silent = [[Turn("user", "any shark horror film?")]]  # no item mentioned: co-mentions are all zero
+    np.testing.assert_allclose(retriever.scores(silent, [None]), dense_only.scores(silent, [None]))
+    with_item = [[Turn("user", "I liked Alien, any shark horror film?", ["10"])]]
+    assert not np.allclose(retriever.scores(with_item, [None]), dense_only.scores(with_item, [None]))
+    # an all-empty context still gets a full, deterministic ranking
+    assert len(retriever.search([[]], [None], top_k=6)[0]) == 6
+
+
+def test_features_leave_one_dialogue_out_and_mentioned() -> None:
+    retriever = _retriever({"no_query": {"popularity": 1.0}})
+    ctx = [[Turn("user", "x", ["10"])]] * 2
+    f = retriever.features(ctx, [None, None], [None, "t1"], ["popularity", "comention", "mentioned"])
+    col = {i: j for j, i in enumerate(ITEM_IDS)}
+    assert f["popularity"][0, col["10"]] == pytest.approx(np.log1p(2))
+    assert f["popularity"][1, col["10"]] == pytest.approx(np.log1p(1))  # t1 left out
+    assert f["comention"][0, col["12"]] > 0 and f["comention"][1, col["12"]] == 0  # only t1 pairs 10 with 12
+    assert f["mentioned"][0].tolist() == [1, 0, 0, 0, 0, 0]
+
+
+def test_query_weights_apply_only_where_a_query_is_given() -> None:
+    retriever = _retriever({"no_query": {"dense_dialogue": 1.0}, "with_query": {"dense_query": 1.0}})
+    ctx = [Turn("user", "a romance comedy please")]
+    no_q, with_q = retriever.search([ctx, ctx], [None, "a shark"], top_k=1)
+    assert no_q[0].item_id == "14" and with_q[0].item_id == "13"
+    with pytest.raises(DataError, match="1 queries for 2 contexts"):
+        retriever.scores([ctx, ctx], [None])
+    with pytest.raises(ConfigError, match="unknown fusion features"):
+        _retriever({"no_query": {"bm25": 1.0}})
+
+
+def test_tune_weights_picks_the_informative_feature() -> None:
+    rng = np.random.default_rng(0)
+    num_queries, num_items = 40, 60
+    item_ids = [f"i{j:02d}" for j in range(num_items)]
+    examples = [RecExample(f"e{q}", f"d{q}", [], [item_ids[q]], [q % 4 == 0]) for q in range(num_queries)]
+    pairs = TunePairs.from_examples(examples, item_ids)
+    good = rng.normal(size=(num_queries, num_items))
+    good[np.arange(num_queries), np.arange(num_queries)] += 2.5  # the target stands out, not always at rank 1
+    z = {"noise": zscore_rows(rng.normal(size=(num_queries, num_items))), "good": zscore_rows(good)}
+    tie = tiebreak(item_ids, 0)
+    id_rank = np.arange(num_items)
+    weights, report = tune_weights(z, pairs, tie, id_rank, grid=(-0.5, 0.0, 0.5, 1.0, 2.0), passes=2)
+    assert report["anchor"] == "good" and weights["good"] > 0
+    assert abs(weights["noise"]) < weights["good"]
+    assert report["alone"]["good"]["objective"] > report["alone"]["noise"]["objective"]
+    assert report["fused"]["objective"] >= report["alone"]["good"]["objective"]
+    # the reported table is what the weights give
+    table = recall_table(pair_ranks(fuse(z, weights, tie), pairs, id_rank), pairs)
+    assert table == report["fused"]
+    assert 0 < table["novel"]["recall@10"] <= 1
+
+
+def test_pair_ranks_by_hand() -> None:
+    examples = [RecExample("e0", "d0", [], ["b", "zz"], [False, True])]
+    pairs = TunePairs.from_examples(examples, ["a", "b", "c"])
+    ranks = pair_ranks(np.array([[0.5, 0.5, 0.9]]), pairs, np.array([0, 1, 2]))
+    assert ranks[0] == 3  # c scores higher, a ties and wins on id
+    assert ranks[1] > 10**9  # not in the catalog: never retrieved
+    table = recall_table(ranks, pairs, cutoffs=(3,))
+    assert table["all"]["recall@3"] == 0.5 and table["novel"]["recall@3"] == 1.0

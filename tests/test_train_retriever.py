@@ -1,0 +1,227 @@
+"""Stage train-retriever on a tiny run (tiny encoder), and stage retrieve using its fused scores."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from retrieval_fakes import build_tiny_sentence_transformer
+
+from reges.config import IndexConfig, PipelineConfig, RetrieveConfig, RunConfig, TrainRetrieverConfig
+from reges.errors import DataError, StageNotReadyError
+from reges.io import RunDir, now_iso, read_json, read_trec, write_jsonl
+from reges.records import Dialogue, Item, RecExample, Turn
+from reges.retrieval import index as index_stage
+from reges.retrieval import retrieve as retrieve_stage
+from reges.retrieval import train as train_stage
+from reges.retrieval.fusion import FusedRetriever
+from reges.retrieval.index import ItemIndex
+
+ITEMS = [
+    Item("10", "Alien (1979)", "Alien (1979). horror space monster"),
+    Item("11", "Up (2009)", "Up (2009). family animation balloons"),
+    Item("12", "Heat (1995)", "Heat (1995). crime heist city"),
+    Item("13", "Jaws (1975)", "Jaws (1975). horror shark beach"),
+    Item("15", "Notting Hill (1999)", "Notting Hill (1999). romance comedy london"),
+    Item("16", "Toy Story (1995)", "Toy Story (1995). family animation toys"),
+    Item("17", "Ronin (1998)", "Ronin (1998). crime heist cars"),
+]
+
+
+def _dialogue(dialogue_id: str, user: str, liked: list[str], recommended: list[str]) -> Dialogue:
+    return Dialogue(dialogue_id, [Turn("user", user, liked), Turn("assistant", "try this", recommended)])
+
+
+TRAIN_DIALOGUES = [
+    _dialogue("t1", "scary like Jaws", ["13"], ["10"]),
+    _dialogue("t2", "kids movie like Up", ["11"], ["16"]),
+    _dialogue("t3", "a heist like Heat", ["12"], ["17"]),
+    _dialogue("t4", "love story", [], ["15"]),
+    _dialogue("t5", "scary shark", ["13"], ["10"]),
+]
+TUNE_DIALOGUES = [
+    _dialogue("u1", "scary like Jaws", ["13"], ["10"]),
+    _dialogue("u2", "heist like Heat", ["12"], ["17"]),
+]
+
+
+def _examples(dialogues: list[Dialogue]) -> list[RecExample]:
+    return [
+        RecExample(f"{d.dialogue_id}_1", d.dialogue_id, d.turns[:1], d.turns[1].item_ids,
+                   [i in d.turns[0].item_ids for i in d.turns[1].item_ids])
+        for d in dialogues
+    ]
+
+
+def _write_stage(run_dir: RunDir, stage: str, files: dict[str, list]) -> None:
+    out = run_dir.begin(stage, overwrite=False)
+    counts = {name: write_jsonl(out / name, rows) for name, rows in files.items()}
+    run_dir.finish(stage, config={}, inputs={}, outputs=counts, seed=0, started=now_iso())
+
+
+def _run_dir(tmp_path: Path) -> tuple[RunDir, PipelineConfig]:
+    texts = [it.text for it in ITEMS] + [t.content for d in TRAIN_DIALOGUES for t in d.turns] + ["User: Assistant:"]
+    st_dir = build_tiny_sentence_transformer(tmp_path / "st", texts)
+    run_dir = RunDir(tmp_path / "run")
+    _write_stage(run_dir, "data", {
+        "train.jsonl": _examples(TRAIN_DIALOGUES),
+        "train_dialogues.jsonl": TRAIN_DIALOGUES,
+        "tune.jsonl": _examples(TUNE_DIALOGUES),
+        "dev.jsonl": _examples(TUNE_DIALOGUES),
+        "lossy_dialogues.jsonl": [_dialogue("lossy-1", "x", ["11", "16"], [])],
+    })
+    _write_stage(run_dir, "catalog", {"items.jsonl": ITEMS})
+    cfg = PipelineConfig(
+        run=RunConfig(show_progress=False),
+        index=IndexConfig(encoder=str(st_dir), device="cpu"),
+        retrieve=RetrieveConfig(splits=["train", "dev"], top_k=4),
+        train_retriever=TrainRetrieverConfig(epochs=2, batch_size=2, lr=0.05, save_every_steps=1,
+                                             weight_grid=[0.0, 0.5, 1.0], tune_passes=1),
+    )
+    index_stage.run(cfg, run_dir)
+    return run_dir, cfg
+
+
+def test_stage_writes_files_manifest_and_retrieve_uses_them(tmp_path: Path) -> None:
+    run_dir, cfg = _run_dir(tmp_path)
+    with pytest.raises(StageNotReadyError, match="train-retriever"):
+        FusedRetriever.load(run_dir.path)
+    train_stage.run(cfg, run_dir)
+    out = run_dir.stage_dir("train-retriever")
+    for name in ("comention.npz", "comention_ids.txt", "comention_dialogues.jsonl", "fusion.json",
+                 "encoder/modules.json", "index/index.faiss", "index/item_ids.txt", "index/embeddings.npy"):
+        assert (out / name).is_file(), name
+    # Only the finished encoder stays in checkpoints/ (no step checkpoints), for reuse when the stage is redone.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["encoder"]
+    index = ItemIndex.load(out / "index")
+    assert index.encoder == str(out / "encoder")
+    frozen = np.load(run_dir.stage_dir("index") / "embeddings.npy")
+    assert not np.allclose(np.load(out / "index" / "embeddings.npy"), frozen)  # re-embedded by the tuned encoder
+
+    spec = read_json(out / "fusion.json")
+    assert spec["encoder"] == "encoder" and spec["features"] == ["dense_dialogue", "comention", "popularity",
+                                                                 "mentioned"]
+    assert set(spec["weights"]["no_query"]) == set(spec["features"]) and spec["weights"]["with_query"] is None
+    assert set(spec["tune"]["no_query"]["alone"]) == set(spec["features"])
+    assert spec["tune"]["no_query"]["fused"]["objective"] >= max(
+        v["objective"] for v in spec["tune"]["no_query"]["alone"].values()
+    )
+    assert spec["counts"] == {"dialogues": 6, "items": 7, "lossy": True}
+    assert spec["finetune"]["steps"] == 2 * 3 and spec["finetune"]["pairs"] == 5
+    manifest = run_dir.manifest("train-retriever")
+    assert {"data/train", "data/tune", "data/lossy_dialogues", "catalog", "index"} <= set(manifest["inputs"])
+    assert manifest["outputs"]["fusion.json"] == {"rows": 1}
+    assert manifest["tune_objective"]["no_query"] == spec["tune"]["no_query"]["fused"]["objective"]
+
+    retrieve_stage.run(cfg, run_dir)
+    assert run_dir.manifest("retrieve")["mode"] == "fused"
+    trec = read_trec(run_dir.stage_dir("retrieve") / "train.trec")
+    retriever = FusedRetriever.load(run_dir.path, device="cpu")
+    examples = _examples(TRAIN_DIALOGUES)
+    want = retriever.search([ex.context for ex in examples], [None] * len(examples), 4,
+                            exclude_dialogue_ids=[ex.dialogue_id for ex in examples])
+    for ex, hits in zip(examples, want, strict=True):
+        assert [h.item_id for h in trec[ex.example_id]] == [h.item_id for h in hits]
+    # leave-one-dialogue-out: without it, t1's own co-mention of 13 and 10 and its mentions would count
+    leaky = retriever.features([examples[0].context], [None], [None], ["popularity"])["popularity"]
+    fair = retriever.features([examples[0].context], [None], ["t1"], ["popularity"])["popularity"]
+    assert fair[0, retriever.column["10"]] < leaky[0, retriever.column["10"]]
+    counts = [retriever.counts.scores([["13"]], ["10"], "count", exclude_dialogue_ids=[d]) for d in (None, "t1")]
+    assert counts[0][0, 0] == 2 and counts[1][0, 0] == 1
+
+    # fusion off: the plain dense path, as before
+    plain = dataclasses.replace(cfg, run=RunConfig(overwrite=True, show_progress=False),
+                                retrieve=RetrieveConfig(splits=["dev"], top_k=4, fusion=False))
+    retrieve_stage.run(plain, run_dir)
+    assert run_dir.manifest("retrieve")["mode"] == "dense"
+
+
+def test_query_feature_without_finetune(tmp_path: Path) -> None:
+    run_dir, cfg = _run_dir(tmp_path)
+    _write_stage(run_dir, "rewrite", {
+        "tune.jsonl": [{"example_id": "u1_1", "query": "horror space"}, {"example_id": "u2_1", "query": "crime"}],
+        "dev.jsonl": [{"example_id": "u1_1", "query": "horror space"}],
+    })
+    cfg = dataclasses.replace(cfg, train_retriever=dataclasses.replace(cfg.train_retriever, finetune=False,
+                                                                       use_lossy=False, mentioned=False))
+    train_stage.run(cfg, run_dir)
+    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
+    assert spec["encoder"] == cfg.index.encoder and spec["finetune"] is None
+    assert spec["features"] == ["dense_dialogue", "comention", "popularity", "dense_query"]
+    assert set(spec["weights"]["with_query"]) == set(spec["features"])
+    assert spec["counts"]["lossy"] is False
+    assert not (run_dir.stage_dir("train-retriever") / "encoder").exists()
+    retrieve_stage.run(dataclasses.replace(cfg, retrieve=RetrieveConfig(splits=["dev"], top_k=3)), run_dir)
+    manifest = run_dir.manifest("retrieve")
+    assert manifest["splits"]["dev"]["with_query"] == 1 and "rewrite/dev" in manifest["inputs"]
+
+
+def test_finished_encoder_is_not_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, cfg = _run_dir(tmp_path)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed while tuning")
+
+    monkeypatch.setattr(train_stage, "tune_weights", crash)
+    with pytest.raises(RuntimeError, match="killed while tuning"):
+        train_stage.run(cfg, run_dir)
+    assert (run_dir.stage_dir("train-retriever") / "checkpoints" / "encoder" / "finetune.json").is_file()
+    monkeypatch.undo()
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the finished encoder was trained again")
+
+    monkeypatch.setattr(train_stage, "finetune_encoder", no_training)
+    train_stage.run(cfg, run_dir)
+    assert run_dir.is_complete("train-retriever")
+    assert read_json(run_dir.stage_dir("train-retriever") / "fusion.json")["finetune"]["steps"] == 6
+
+
+def test_missing_tune_split_is_a_clear_error(tmp_path: Path) -> None:
+    run_dir, cfg = _run_dir(tmp_path)
+    (run_dir.stage_dir("data") / "tune.jsonl").unlink()
+    with pytest.raises(DataError, match="tune_fraction"):
+        train_stage.run(cfg, run_dir)
+
+
+@pytest.mark.slow
+def test_real_minilm_on_the_books_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundled MiniLM fine-tuned for a few steps on the books example, fused, retrieved and evaluated."""
+    from reges.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # config paths are relative to the repository root
+    run = str(tmp_path / "books")
+    overrides = ["data.tune_fraction=0.3", "train_retriever.batch_size=4", "train_retriever.epochs=2",
+                 "train_retriever.save_every_steps=0", "index.threads=1", "index.device=cpu",
+                 "retrieve.splits=[train,tune,dev]", "evaluate.baselines=[popularity,dense_full]",
+                 "evaluate.splits=[tune]"]
+    for stage in ("data", "catalog", "index", "train-retriever", "retrieve", "evaluate"):
+        assert main([stage, "--config", "configs/tiny.yaml", "--run-dir", run, *overrides]) == 0, stage
+    rd = RunDir(run)
+    spec = read_json(rd.stage_dir("train-retriever") / "fusion.json")
+    assert spec["finetune"]["steps"] >= 2 and np.isfinite(spec["finetune"]["loss_end"])
+    tuned = np.load(rd.stage_dir("train-retriever") / "index" / "embeddings.npy")
+    frozen = np.load(rd.stage_dir("index") / "embeddings.npy")
+    assert tuned.shape == frozen.shape == (20, 384) and not np.allclose(tuned, frozen)
+    assert rd.manifest("retrieve")["mode"] == "fused"
+    tune = read_json(rd.stage_dir("evaluate") / "metrics.json")["splits"]["tune"]
+    # the stage's own tune numbers are what the evaluate stage measures on the written TREC run
+    for protocol in ("all", "novel"):
+        want = spec["tune"]["no_query"]["fused"][protocol]["recall@10"]
+        assert tune["retrieve"][protocol]["recall@10"]["mean"] == pytest.approx(want, abs=1e-4)
+
+
+def test_redoing_a_complete_stage_reuses_the_finished_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The with-query fusion weights need rewrite/tune.jsonl, which may come after a first train-retriever run:
+    # redoing the stage (run.overwrite=true) re-tunes the fusion without fine-tuning the encoder again.
+    run_dir, cfg = _run_dir(tmp_path)
+    train_stage.run(cfg, run_dir)
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the finished encoder was trained again")
+
+    monkeypatch.setattr(train_stage, "finetune_encoder", no_training)
+    train_stage.run(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True)), run_dir)
+    assert run_dir.is_complete("train-retriever")

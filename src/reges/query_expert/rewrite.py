@@ -1,0 +1,186 @@
+"""Stage `rewrite`: the trained Query Expert writes one preference query per example.
+
+`llm.model` with the adapter of `train-query` (the PEFT folder for the hf backend, `adapter.gguf` for llamacpp;
+an openai endpoint must serve the trained adapter itself) reads the student prompt of each example
+(`prompts.query_prompt`, the same as in training) and writes a query by greedy decoding, in batches.
+
+Files under `rewrite/`:
+    {split}.jsonl   {"example_id", "query"}, sorted by example_id, one row per example of the split
+    manifest.json   written last; per split: queries, empty queries, seconds, queries/s, latency p50/p95
+
+Latency: generation runs in batches of `rewrite.batch_size`, so a query's latency is the wall time of the batch
+it was in (what a caller waits for its answer); queries/s is the throughput. The server calls `rewrite_queries`
+with one dialogue at a time, where the two agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from reges.config import PipelineConfig, RewriteConfig
+from reges.errors import ConfigError, ModelError
+from reges.io import RunDir, now_iso, write_jsonl
+from reges.llm.base import LLM
+from reges.query_expert.prompts import query_prompt
+from reges.records import Turn
+from reges.retrieval.retrieve import read_examples
+
+logger = logging.getLogger(__name__)
+
+_WRAPPING = "\"'“”‘’`* "
+
+
+def clean_query(text: str) -> str:
+    """The query in a generated answer: its first non-empty line, without wrapping quotes, whitespace collapsed."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    return " ".join(line.strip().strip(_WRAPPING).split())
+
+
+def rewrite_queries_timed(
+    llm: LLM,
+    contexts: Sequence[list[Turn]],
+    batch_size: int,
+    max_new_tokens: int,
+    show_progress: bool = False,
+) -> tuple[list[str], list[float]]:
+    """`rewrite_queries`, also returning each query's latency (the wall time of its batch, in seconds)."""
+    if batch_size < 1:
+        raise ConfigError(f"rewrite.batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ConfigError(f"rewrite.max_new_tokens must be >= 1, got {max_new_tokens}")
+    queries: list[str] = []
+    latencies: list[float] = []
+    starts = range(0, len(contexts), batch_size)
+    for start in tqdm(starts, desc="rewrite", unit="batch", disable=not show_progress):
+        batch = [query_prompt(list(c)) for c in contexts[start : start + batch_size]]
+        t0 = time.perf_counter()
+        answers = llm.generate(batch, max_new_tokens, temperature=0.0, stop=["\n"])
+        seconds = time.perf_counter() - t0
+        if len(answers) != len(batch):
+            raise ModelError(f"the LLM returned {len(answers)} answers for {len(batch)} prompts")
+        queries.extend(clean_query(a) for a in answers)
+        latencies.extend([seconds] * len(batch))
+    return queries, latencies
+
+
+def rewrite_queries(
+    llm: LLM,
+    contexts: list[list[Turn]],
+    batch_size: int,
+    max_new_tokens: int,
+    show_progress: bool = False,
+) -> list[str]:
+    """Write one preference query per dialogue context with the Query Expert (greedy, batched, in memory).
+
+    Args:
+        llm: The student: the base model with the `train-query` adapter (any `reges.llm` backend).
+        contexts: Dialogue contexts, oldest turn first.
+        batch_size: Prompts per `llm.generate` call.
+        max_new_tokens: Most tokens per query.
+        show_progress: tqdm bar over the batches.
+
+    Returns:
+        One query per context, in order ("" when the model wrote nothing).
+
+    Example:
+        >>> llm = load_llm(LLMConfig(), adapter="runs/redial/train-query/adapter")
+        >>> rewrite_queries(llm, [[Turn("user", "Something scary like Alien (1979)?")]], 8, 48)
+        ['horror, sci-fi. Alien (1979)']
+    """
+    return rewrite_queries_timed(llm, contexts, batch_size, max_new_tokens, show_progress)[0]
+
+
+def adapter_for_backend(cfg: PipelineConfig, train_dir: Path) -> str | None:
+    """The adapter file the configured backend loads: the PEFT folder (hf), the GGUF file (llamacpp), none (openai).
+
+    Raises:
+        ConfigError: llamacpp was asked for but train-query wrote no GGUF adapter (the base is not a GGUF model).
+    """
+    backend = cfg.llm.backend
+    if backend == "auto":
+        backend = "openai" if cfg.llm.model.startswith(("http://", "https://")) else "hf"
+    if backend == "hf":
+        return str(train_dir / "adapter")
+    if backend == "llamacpp":
+        path = train_dir / "adapter.gguf"
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} not found: train-query writes a GGUF adapter only when llm.model is a GGUF file or a bundled "
+                "name; use llm.backend=hf, or retrain from a GGUF base"
+            )
+        return str(path)
+    logger.info("backend %s: the endpoint must serve the trained adapter (%s) itself", backend, train_dir / "adapter")
+    return None
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Write `rewrite/{split}.jsonl` for every split of `rewrite.splits` the data stage wrote, then the manifest.
+
+    Example:
+        reges rewrite --config configs/redial.yaml --run-dir runs/redial llm.backend=llamacpp
+    """
+    from reges.llm import load_llm
+
+    started = now_iso()
+    rc: RewriteConfig = cfg.rewrite
+    if not rc.splits:
+        raise ConfigError("rewrite.splits is empty; list the splits to rewrite, e.g. [tune, dev]")
+    data_dir = run_dir.require("data")
+    train_dir = run_dir.require("train-query")
+    split_paths = {}
+    for split in rc.splits:
+        path = data_dir / f"{split}.jsonl"
+        if path.is_file():
+            split_paths[split] = path
+        else:
+            logger.warning("rewrite: the data stage wrote no %s split (%s); skipped", split, path)
+    if not split_paths:
+        raise ConfigError(f"none of rewrite.splits={rc.splits} was written by the data stage; check data/")
+    adapter = adapter_for_backend(cfg, train_dir)
+    out = run_dir.begin("rewrite", cfg.run.overwrite)
+    llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
+
+    outputs: dict[str, int] = {}
+    per_split: dict[str, dict[str, float | int]] = {}
+    for split, path in split_paths.items():
+        examples = sorted(read_examples(path), key=lambda ex: ex.example_id)
+        t0 = time.perf_counter()
+        queries, latencies = rewrite_queries_timed(
+            llm, [ex.context for ex in examples], rc.batch_size, rc.max_new_tokens, cfg.run.show_progress
+        )
+        seconds = time.perf_counter() - t0
+        rows = [{"example_id": ex.example_id, "query": q} for ex, q in zip(examples, queries, strict=True)]
+        outputs[f"{split}.jsonl"] = write_jsonl(out / f"{split}.jsonl", rows)
+        per_split[split] = {
+            "queries": len(rows),
+            "empty_queries": sum(1 for q in queries if not q),
+            "seconds": round(seconds, 3),
+            "queries_per_s": round(len(rows) / seconds, 2) if seconds > 0 else 0.0,
+            "latency_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else 0.0,
+            "latency_p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else 0.0,
+            "query_words_mean": round(float(np.mean([len(q.split()) for q in queries])), 2) if queries else 0.0,
+        }
+        logger.info("rewrite %s: %d queries, %.2f queries/s", split, len(rows), per_split[split]["queries_per_s"])
+
+    inputs = {f"data/{split}": path for split, path in split_paths.items()}
+    inputs["train-query/adapter"] = train_dir / "adapter"
+    run_dir.finish(
+        "rewrite",
+        config=dataclasses.asdict(rc),
+        inputs=inputs,
+        outputs=outputs,
+        seed=cfg.run.seed,
+        started=started,
+        extra={
+            "llm": {"model": cfg.llm.model, "backend": cfg.llm.backend, "threads": cfg.llm.threads},
+            "adapter": adapter,
+            "splits": per_split,
+        },
+    )

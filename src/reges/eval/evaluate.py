@@ -9,6 +9,10 @@ Files written under `run_dir/evaluate/`:
     metrics.json       {"primary_metric": "recall@50", "splits": {split: {method: {protocol: {...}}}}, ...}
     per_example.jsonl  one row per (split, method, example): each target's rank, so any metric can be recomputed
     report.md          markdown tables, one per split and protocol
+When `generate/` is complete, metrics.json and report.md also get an end-to-end section ("end_to_end"): for each
+evaluated split that generate covered, the Item Expert's success rate, success given a target is among the
+candidates, hallucination and catalog-miss rates next to the retriever's top-1 on the same examples, and in rank
+mode Recall@{1,5,10} of the re-ranked list next to the retriever's own order (see `end_to_end_metrics`).
     manifest.json      written last
 """
 
@@ -23,8 +27,16 @@ from typing import Any
 from reges.config import PipelineConfig
 from reges.errors import ConfigError, DataError
 from reges.eval.baselines import BASELINES, BM25Ranker, oracle_query
-from reges.eval.metrics import PROTOCOLS, TargetRank, recall_key, summarize, target_ranks
-from reges.io import RunDir, atomic_open, now_iso, read_trec, write_json, write_jsonl
+from reges.eval.metrics import (
+    PROTOCOLS,
+    PickOutcome,
+    TargetRank,
+    recall_key,
+    summarize,
+    summarize_picks,
+    target_ranks,
+)
+from reges.io import RunDir, atomic_open, now_iso, read_jsonl, read_trec, write_json, write_jsonl
 from reges.records import Hit, Item, RecExample
 from reges.retrieval.index import ItemIndex, read_catalog
 from reges.retrieval.queries import context_to_query
@@ -122,6 +134,8 @@ def render_report(metrics: dict[str, Any], run_name: str, catalog_size: int, det
                     f"| {method} | " + " | ".join(cells) + f" | [{_fmt(ci['ci_low'])}, {_fmt(ci['ci_high'])}] |"
                 )
             lines.append("")
+    if "end_to_end" in metrics:
+        lines += render_end_to_end(metrics["end_to_end"])
     lines += ["## Methods", ""]
     shown = {m for methods in metrics["splits"].values() for m in methods}
     fields = ", ".join(metrics["oracle_fields"])
@@ -141,6 +155,137 @@ def render_report(metrics: dict[str, Any], run_name: str, catalog_size: int, det
     if notes:
         lines += ["", "## Notes", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+# --- End to end: the Item Expert's pick (generate/) against the retriever's top-1 -----------------------------------
+
+E2E_CUTOFFS = (1, 5, 10)
+E2E_METHODS = {
+    "retriever_top1": "the first of the candidates the Item Expert saw (the retriever's pick)",
+    "item_expert": "the Item Expert's pick (generate/)",
+}
+
+
+def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: Path) -> dict[str, list[PickOutcome]]:
+    """Outcomes of the Item Expert's picks and of the retriever's top-1 on the examples generate covered.
+
+    Raises:
+        DataError: A row names an example the split does not have, or has no candidates.
+    """
+    by_id = {ex.example_id: ex for ex in examples}
+    expert, top1 = [], []
+    for row in rows:
+        ex = by_id.get(str(row["example_id"]))
+        if ex is None:
+            raise DataError(
+                f"{path} has example {row['example_id']!r}, which the data split lacks; the data changed after "
+                "generate ran: rerun `reges generate` with run.overwrite=true"
+            )
+        candidates = tuple(row.get("candidate_ids") or ())
+        if not candidates:
+            raise DataError(f"{path}: example {ex.example_id!r} has no candidate_ids; rerun `reges generate`")
+        targets, mentioned = tuple(ex.target_item_ids), tuple(ex.target_mentioned)
+        expert.append(
+            PickOutcome(ex.example_id, ex.dialogue_id, row["item_id"], bool(row["in_candidates"]),
+                        bool(row["in_catalog"]), targets, mentioned, candidates)
+        )
+        first = candidates[0]
+        top1.append(PickOutcome(ex.example_id, ex.dialogue_id, first, True, True, targets, mentioned, candidates))
+    return {"retriever_top1": top1, "item_expert": expert}
+
+
+def end_to_end_metrics(
+    examples: list[RecExample],
+    rows: list[dict[str, Any]],
+    path: Path,
+    generate_manifest: dict[str, Any],
+    catalog_ids: frozenset[str],
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """End-to-end metrics of one split: see `summarize_picks`; rank mode adds Recall@k of the re-ranked list.
+
+    Recall@k of the rank list and of the retriever's order are computed over the same candidate lists (the top_k the
+    Item Expert saw), so their difference is what re-ranking changed; cutoffs above top_k are left out.
+    """
+    outcomes = pick_outcomes(examples, rows, path)
+    top_k = int(generate_manifest["top_k"])
+    out: dict[str, Any] = {
+        "mode": generate_manifest["mode"],
+        "top_k": top_k,
+        "use_adapter": generate_manifest["use_adapter"],
+        "model": generate_manifest.get("model", ""),
+        "methods": {
+            method: {protocol: summarize_picks(picked, protocol, resamples, seed) for protocol in PROTOCOLS}
+            for method, picked in outcomes.items()
+        },
+    }
+    if generate_manifest["mode"] == "rank":
+        cutoffs = [k for k in E2E_CUTOFFS if k <= top_k]
+        by_id = {ex.example_id: ex for ex in examples}
+        lists = {
+            "retriever": {str(r["example_id"]): list(r["candidate_ids"]) for r in rows},
+            "item_expert": {str(r["example_id"]): [item_id for item_id, _ in r["ranking"]] for r in rows},
+        }
+        out["rank_recall"] = {"cutoffs": cutoffs}
+        for method, ranked in lists.items():
+            pairs = [
+                p
+                for example_id, ids in sorted(ranked.items())
+                for p in target_ranks(
+                    example_id, by_id[example_id].dialogue_id, by_id[example_id].target_item_ids,
+                    by_id[example_id].target_mentioned, ids, catalog_ids,
+                )
+            ]
+            out["rank_recall"][method] = {
+                protocol: summarize(pairs, protocol, cutoffs, resamples, seed) for protocol in PROTOCOLS
+            }
+    return out
+
+
+def render_end_to_end(end_to_end: dict[str, Any]) -> list[str]:
+    """Markdown lines of the end-to-end section: one table per split, plus the rank-list recall in rank mode."""
+    lines: list[str] = []
+    for split, e2e in end_to_end.items():
+        tuned = "trained adapter" if e2e["use_adapter"] else "base model, untuned"
+        first = e2e["methods"]["item_expert"]
+        lines += [
+            f"## End to end: {split} (mode {e2e['mode']}, {tuned}, k = {e2e['top_k']}; "
+            f"{first['all']['n_examples']} examples, {first['novel']['n_examples']} with a novel target)",
+            "",
+            "Success: the single pick is a target (novel: a novel target); 95% CI over dialogues. "
+            "*|shown*: over examples where a target was among the k candidates.",
+            "",
+            "| method | success all | 95% CI | success novel | 95% CI | success all \\|shown | "
+            "success novel \\|shown | hallucination | catalog miss |",
+            "|---|---:|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for method, by_protocol in e2e["methods"].items():
+            a, n = by_protocol["all"], by_protocol["novel"]
+            lines.append(
+                f"| {method} | {_fmt(a['success_rate']['mean'])} | [{_fmt(a['success_rate']['ci_low'])}, "
+                f"{_fmt(a['success_rate']['ci_high'])}] | {_fmt(n['success_rate']['mean'])} | "
+                f"[{_fmt(n['success_rate']['ci_low'])}, {_fmt(n['success_rate']['ci_high'])}] | "
+                f"{_fmt(a['success_given_candidates']['mean'])} ({a['n_target_in_candidates']}) | "
+                f"{_fmt(n['success_given_candidates']['mean'])} ({n['n_target_in_candidates']}) | "
+                f"{_fmt(a['hallucination_rate']['mean'])} | {_fmt(a['catalog_miss_rate']['mean'])} |"
+            )
+        lines.append("")
+        if "rank_recall" in e2e:
+            cutoffs = e2e["rank_recall"]["cutoffs"]
+            lines += [
+                f"Recall@k of the candidate list, retriever order vs the Item Expert's re-ranking ({split}):",
+                "",
+                "| list | " + " | ".join(f"R@{k} {p}" for p in PROTOCOLS for k in cutoffs) + " |",
+                "|---|" + "---:|" * (len(cutoffs) * len(PROTOCOLS)),
+            ]
+            for method in ("retriever", "item_expert"):
+                m = e2e["rank_recall"][method]
+                cells = [_fmt(m[p][recall_key(k)]["mean"]) for p in PROTOCOLS for k in cutoffs]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines += [f"- **{m}**: {d}" for m, d in E2E_METHODS.items()] + [""] if end_to_end else []
+    return lines
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
@@ -309,6 +454,31 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             )
     metrics["details"] = details
 
+    generate_inputs: dict[str, Path] = {}
+    if run_dir.is_complete("generate"):
+        generate_manifest = run_dir.manifest("generate")
+        end_to_end: dict[str, Any] = {}
+        for split, path in split_paths.items():
+            gen_path = run_dir.stage_dir("generate") / f"{split}.jsonl"
+            if not gen_path.is_file():
+                logger.info("generate/ has no %s split: no end-to-end metrics for it", split)
+                continue
+            end_to_end[split] = end_to_end_metrics(
+                read_examples(path), read_jsonl(gen_path), gen_path, generate_manifest, catalog_ids, ec.bootstrap,
+                cfg.run.seed,
+            )
+            generate_inputs[f"generate/{split}"] = gen_path
+            m = end_to_end[split]["methods"]
+            expert, top1 = m["item_expert"], m["retriever_top1"]
+            logger.info(
+                "%s end to end (%s, k=%d): success all %.3f (retriever top-1 %.3f), novel %.3f (%.3f)",
+                split, end_to_end[split]["mode"], end_to_end[split]["top_k"],
+                expert["all"]["success_rate"]["mean"], top1["all"]["success_rate"]["mean"],
+                expert["novel"]["success_rate"]["mean"], top1["novel"]["success_rate"]["mean"],
+            )
+        if end_to_end:
+            metrics["end_to_end"] = end_to_end
+
     write_json(out / "metrics.json", metrics)
     n_rows = write_jsonl(out / "per_example.jsonl", per_example)
     with atomic_open(out / "report.md") as f:
@@ -321,6 +491,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         inputs["index"] = index_dir / "index.faiss"
     if retrieve_dir is not None:
         inputs.update({f"retrieve/{split}": retrieve_dir / f"{split}.trec" for split in split_paths})
+    inputs.update(generate_inputs)
     run_dir.finish(
         "evaluate",
         config=dataclasses.asdict(ec),

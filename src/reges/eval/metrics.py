@@ -1,4 +1,4 @@
-"""Retrieval metrics, each defined once here, with its formula and evaluation protocol.
+"""Retrieval and end-to-end metrics, each defined once here, with its formula and evaluation protocol.
 
 Unit of evaluation: the (example, target) pair
     A recommendation example (`RecExample`) has one or more target items: the items the assistant
@@ -194,3 +194,164 @@ def summarize(
     out["n_dialogues"] = len({p.dialogue_id for p in selected})
     out["missing_targets"] = sum(1 for p in selected if not p.in_catalog)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end: the Item Expert's single pick per example.
+#
+# Unit of evaluation: the example (one pick each), not the (example, target) pair: a recommender that names one
+# item is right when that item is any of the targets. Protocols select examples: "all" keeps examples with at least
+# one target, "novel" keeps examples with at least one novel target and counts a pick as right only when it is a
+# novel target (repeating an item already mentioned earlier in the dialogue does not count). Confidence intervals
+# resample dialogues, as for recall, and for the same reason.
+
+
+@dataclass(frozen=True)
+class PickOutcome:
+    """One example's final pick and what it is scored against.
+
+    Attributes:
+        example_id: The example.
+        dialogue_id: Its dialogue (the bootstrap cluster).
+        item_id: The picked item; None when the answer matched no item at all.
+        in_candidates: The answer matched one of the candidates shown (False: a hallucination).
+        in_catalog: The answer matched a catalog item (False: a catalog miss).
+        target_item_ids: The example's targets.
+        target_mentioned: For each target, whether it was mentioned earlier in the dialogue.
+        candidate_ids: The candidates shown to the Item Expert, in order.
+    """
+
+    example_id: str
+    dialogue_id: str
+    item_id: str | None
+    in_candidates: bool
+    in_catalog: bool
+    target_item_ids: tuple[str, ...]
+    target_mentioned: tuple[bool, ...]
+    candidate_ids: tuple[str, ...] = ()
+
+    def targets(self, protocol: EvalProtocol) -> set[str]:
+        """The targets a protocol scores: all, or those not mentioned earlier."""
+        if protocol == "all":
+            return set(self.target_item_ids)
+        if protocol == "novel":
+            return {t for t, m in zip(self.target_item_ids, self.target_mentioned, strict=True) if not m}
+        raise ConfigError(f"protocol must be 'all' or 'novel', got {protocol!r}")
+
+    def success(self, protocol: EvalProtocol) -> bool:
+        """Whether the pick is a target under the protocol."""
+        return self.item_id is not None and self.item_id in self.targets(protocol)
+
+    def target_in_candidates(self, protocol: EvalProtocol) -> bool:
+        """Whether a target under the protocol was among the candidates (so a perfect picker could succeed)."""
+        return bool(self.targets(protocol) & set(self.candidate_ids))
+
+
+def select_outcomes(outcomes: Sequence[PickOutcome], protocol: EvalProtocol) -> list[PickOutcome]:
+    """The examples a protocol scores: those with at least one target under it."""
+    return [o for o in outcomes if o.targets(protocol)]
+
+
+def _mean(flags: Sequence[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+def success_rate(outcomes: Sequence[PickOutcome], protocol: EvalProtocol) -> float:
+    """Share of examples whose single pick is a target.
+
+    Formula:
+        success_rate = (1 / |E|) * sum over e in E of [pick_e in T_e]
+    where E is the set of examples with at least one target under the protocol and T_e their targets under it.
+    Protocol "all": T_e = every target. Protocol "novel": E = examples with a novel target, T_e = the novel targets
+    only (a pick repeating an item already in the dialogue is a failure). A pick that matched nothing, or a target
+    missing from the catalog, is a miss. A retriever's top-1 is scored the same way, pick = its first candidate.
+
+    Returns:
+        The rate in [0, 1]; 0.0 when no example qualifies.
+    """
+    return _mean([o.success(protocol) for o in select_outcomes(outcomes, protocol)])
+
+
+def hallucination_rate(outcomes: Sequence[PickOutcome], protocol: EvalProtocol = "all") -> float:
+    """Share of examples whose answer matches none of the candidates it was shown.
+
+    Formula:
+        hallucination_rate = (1 / |E|) * sum over e in E of [answer_e matches no candidate of e]
+    over the examples E a protocol scores (see `success_rate`). Free decoding can hallucinate (the paper's
+    measurement); constrained decoding and ranking cannot (0 by construction).
+    """
+    return _mean([not o.in_candidates for o in select_outcomes(outcomes, protocol)])
+
+
+def catalog_miss_rate(outcomes: Sequence[PickOutcome], protocol: EvalProtocol = "all") -> float:
+    """Share of examples whose answer matches no catalog item at all (a title that does not exist in the catalog).
+
+    Formula:
+        catalog_miss_rate = (1 / |E|) * sum over e in E of [answer_e matches no catalog item]
+    over the examples E a protocol scores; always <= hallucination_rate (a candidate is a catalog item).
+    """
+    return _mean([not o.in_catalog for o in select_outcomes(outcomes, protocol)])
+
+
+def bootstrap_mean_ci(
+    flags: Sequence[bool], dialogue_ids: Sequence[str], resamples: int, seed: int
+) -> tuple[float, float]:
+    """95% clustered-bootstrap interval of a share of examples (clusters = dialogues).
+
+    Each resample draws as many dialogues as there are, with replacement, and recomputes the share as (flagged
+    examples in the drawn dialogues) / (examples in the drawn dialogues); percentiles 2.5 and 97.5.
+
+    Args:
+        flags: One boolean per example.
+        dialogue_ids: Each example's dialogue.
+        resamples: Bootstrap resamples (0: the interval collapses to the point estimate).
+        seed: Seed of the resampling.
+    """
+    if resamples < 0:
+        raise ConfigError(f"evaluate.bootstrap must be >= 0, got {resamples}")
+    if len(flags) != len(dialogue_ids):
+        raise DataError(f"{len(flags)} flags but {len(dialogue_ids)} dialogue ids; pass one per example")
+    if not flags:
+        return (0.0, 0.0)
+    clusters = sorted(set(dialogue_ids))
+    col = {d: i for i, d in enumerate(clusters)}
+    hits = np.zeros(len(clusters))  # (D,) flagged examples per dialogue
+    counts = np.zeros(len(clusters))  # (D,) examples per dialogue
+    for flag, d in zip(flags, dialogue_ids, strict=True):
+        counts[col[d]] += 1
+        hits[col[d]] += flag
+    if resamples == 0:
+        point = float(hits.sum() / counts.sum())
+        return (point, point)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(clusters), np.full(len(clusters), 1.0 / len(clusters)), size=resamples)  # (B, D)
+    shares = (draws @ hits) / (draws @ counts)  # (B,)
+    return (float(np.percentile(shares, 2.5)), float(np.percentile(shares, 97.5)))
+
+
+def summarize_picks(
+    outcomes: Sequence[PickOutcome], protocol: EvalProtocol, resamples: int, seed: int
+) -> dict[str, object]:
+    """End-to-end metrics with 95% CIs for one method under one protocol.
+
+    Returns:
+        {"success_rate", "success_given_candidates", "hallucination_rate", "catalog_miss_rate"}: each
+        {"mean", "ci_low", "ci_high"}; plus "n_examples", "n_dialogues" and "n_target_in_candidates" (the
+        examples `success_given_candidates` is computed over: a target under the protocol was shown).
+    """
+    selected = select_outcomes(outcomes, protocol)
+    shown = [o for o in selected if o.target_in_candidates(protocol)]
+
+    def entry(group: list[PickOutcome], flags: list[bool]) -> dict[str, float]:
+        low, high = bootstrap_mean_ci(flags, [o.dialogue_id for o in group], resamples, seed)
+        return {"mean": _mean(flags), "ci_low": low, "ci_high": high}
+
+    return {
+        "success_rate": entry(selected, [o.success(protocol) for o in selected]),
+        "success_given_candidates": entry(shown, [o.success(protocol) for o in shown]),
+        "hallucination_rate": entry(selected, [not o.in_candidates for o in selected]),
+        "catalog_miss_rate": entry(selected, [not o.in_catalog for o in selected]),
+        "n_examples": len(selected),
+        "n_dialogues": len({o.dialogue_id for o in selected}),
+        "n_target_in_candidates": len(shown),
+    }

@@ -1,0 +1,424 @@
+"""Stage `generate`: the Item Expert picks one of the retrieved candidates for every example.
+
+Modes (`generate.mode`):
+    free         greedy decoding of a title, mapped to a candidate by `match_candidate` (exact display title, then
+                 normalised, then fuzzy title matching from `reges.titles`). A *hallucination* is an answer that
+                 matches no candidate; such an answer is also looked up in the whole catalog (`in_catalog`), and
+                 when it names a catalog item that item is the pick (it can still be right, just not from the list).
+    constrained  `llm.choose` over the candidate titles: decoding cannot leave them, zero hallucination.
+    rank         `llm.rank` scores every candidate title (log-likelihood as the answer): a full re-ranked list,
+                 whose first item is the pick.
+The candidates are the first `generate.top_k` items of `retrieve/{split}.trec`; the prompt is `item_prompt` with the
+`mine.*` prompt settings, and the Query Expert's query from `rewrite/{split}.jsonl` when it is used (see
+`mine.query`; with the adapter, prompts show a query exactly when the training prompts did).
+
+Files written under `run_dir/generate/`:
+    {split}.jsonl   one row per example, sorted by example_id: {"example_id", "mode", "text", "item_id" (null when
+                    the answer matches nothing), "in_candidates", "in_catalog", "candidate_ids", "ranking":
+                    [[item_id, score], ...] (rank mode only, best first), "latency_s"}
+    manifest.json   written last; per split: examples, hallucinations, catalog misses, latency p50/p95
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from reges.config import PipelineConfig
+from reges.errors import ConfigError, DataError, ModelError
+from reges.io import RunDir, now_iso, read_trec, write_jsonl
+from reges.item_expert.prompts import PromptFormat, candidate_titles, item_prompt, strip_id_suffix
+from reges.llm.base import LLM, Messages
+from reges.records import Item, RecExample
+from reges.retrieval.index import read_catalog
+from reges.retrieval.mining import query_path, read_queries
+from reges.retrieval.retrieve import read_examples
+from reges.titles import TitleMatcher
+
+logger = logging.getLogger(__name__)
+
+PickMode = Literal["free", "constrained", "rank"]
+MODES: tuple[PickMode, ...] = ("free", "constrained", "rank")
+# rapidfuzz score above which a free answer matches a candidate title (the catalog's default threshold).
+FUZZY_THRESHOLD = 92.0
+# A free answer ends at a new line, or where a model copying a candidate line reaches its card (" | genre: ...").
+FREE_STOP = ["\n", " | "]
+# "3. Title", "3) Title", "- Title": list markers a model copies from the numbered candidate list.
+_LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}\s*[.)]|[-*•])\s+")
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The Item Expert's answer to one prompt.
+
+    Attributes:
+        text: What the model answered (free: the generated text; constrained: the chosen title; rank: the best).
+        index: Position of the picked candidate; None when a free answer matches no candidate (a hallucination).
+        ranking: Rank mode: (candidate position, score) for every candidate, best first; otherwise empty.
+        latency_s: Model time for this prompt: its batch's wall time divided by the batch size (rank: its own).
+    """
+
+    text: str
+    index: int | None
+    ranking: list[tuple[int, float]]
+    latency_s: float
+
+
+def clean_answer(text: str) -> str:
+    """The title part of a free answer: first line, list marker and a copied " | attributes" card removed."""
+    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
+    line = _LIST_MARKER.sub("", line)
+    return line.split(" | ", 1)[0].strip()
+
+
+def match_candidate(text: str, titles: Sequence[str], fuzzy_threshold: float = FUZZY_THRESHOLD) -> int | None:
+    """Position of the candidate a free answer names, or None (a hallucination).
+
+    Order: the exact display title (after `clean_answer`); then `TitleMatcher` over the titles without their
+    " [item_id]" suffix (normalised key and year, then fuzzy). When several candidates tie (a shared title answered
+    without its id), the first in the list, the retriever's best, wins.
+    """
+    answer = clean_answer(text)
+    if not answer:
+        return None
+    exact = [i for i, t in enumerate(titles) if t == answer]
+    if exact:
+        return exact[0]
+    folded = [i for i, t in enumerate(titles) if t.casefold() == answer.casefold()]
+    if folded:
+        return folded[0]
+    matcher = TitleMatcher([(str(i), strip_id_suffix(t)) for i, t in enumerate(titles)], fuzzy_threshold)
+    found = matcher.match_all(strip_id_suffix(answer))
+    return min(int(i) for i in found) if found else None
+
+
+def pick_items(
+    llm: LLM,
+    prompts: Sequence[Messages],
+    candidate_titles: Sequence[Sequence[str]],
+    mode: PickMode,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    length_normalized: bool = False,
+    show_progress: bool = False,
+) -> list[Pick]:
+    """Let the Item Expert pick one candidate per prompt (in memory; the server reuses it).
+
+    Args:
+        llm: Any `LLM` (the base model or the trained expert).
+        prompts: One `item_prompt` chat per decision.
+        candidate_titles: For each prompt, its candidates' display titles (`candidate_titles`), in the order shown.
+        mode: "free", "constrained" or "rank".
+        max_new_tokens: Free mode: most tokens generated.
+        batch_size: Prompts per model call (free and constrained); 1 makes `latency_s` a per-turn latency.
+        length_normalized: Rank mode: mean log-probability per token instead of the total.
+        show_progress: tqdm bar over prompts.
+
+    Returns:
+        One `Pick` per prompt, in order.
+
+    Raises:
+        ConfigError: Unknown mode, or batch_size / max_new_tokens < 1.
+        ModelError: Prompt and title lists differ in length, or a title list is empty.
+
+    Example:
+        >>> titles = candidate_titles(candidates)
+        >>> pick_items(llm, [item_prompt(context, None, candidates)], [titles], "constrained")[0].index
+        3
+    """
+    if mode not in MODES:
+        raise ConfigError(f"generate.mode must be one of {list(MODES)}, got {mode!r}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ConfigError(
+            f"generate.batch_size and generate.max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}"
+        )
+    if len(prompts) != len(candidate_titles):
+        raise ModelError(f"pick_items got {len(prompts)} prompts but {len(candidate_titles)} title lists")
+    for i, titles in enumerate(candidate_titles):
+        if not titles or len(set(titles)) != len(titles):
+            raise ModelError(f"prompt {i}: candidate titles must be a non-empty list of distinct strings")
+    picks: list[Pick] = []
+    bar = tqdm(total=len(prompts), desc=f"pick ({mode})", disable=not show_progress)
+    if mode == "rank":
+        for prompt, titles in zip(prompts, candidate_titles, strict=True):
+            t0 = time.perf_counter()
+            scores = llm.rank(prompt, list(titles), length_normalized)
+            seconds = time.perf_counter() - t0
+            order = sorted(range(len(titles)), key=lambda i: (-scores[i], i))
+            ranking = [(i, float(scores[i])) for i in order]
+            picks.append(Pick(titles[order[0]], order[0], ranking, seconds))
+            bar.update(1)
+    else:
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start : start + batch_size])
+            batch_titles = [list(t) for t in candidate_titles[start : start + batch_size]]
+            t0 = time.perf_counter()
+            if mode == "free":
+                texts = llm.generate(batch, max_new_tokens, temperature=0.0, stop=FREE_STOP)
+            else:
+                texts = llm.choose(batch, batch_titles)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for text, titles in zip(texts, batch_titles, strict=True):
+                if mode == "free":
+                    index = match_candidate(text, titles)
+                else:
+                    assert text in titles, f"constrained decoding returned {text!r}, not a candidate"
+                    index = titles.index(text)
+                picks.append(Pick(text, index, [], seconds))
+            bar.update(len(batch))
+    bar.close()
+    return picks
+
+
+@dataclass(frozen=True)
+class SplitInputs:
+    """What one split's prompts are built from.
+
+    Attributes:
+        examples: The examples to pick for.
+        candidates: example id -> candidate items, in the retriever's order.
+        queries: example id -> query, or None when prompts show no query.
+    """
+
+    examples: list[RecExample]
+    candidates: dict[str, list[Item]]
+    queries: dict[str, str] | None
+
+
+def build_prompts(inputs: SplitInputs, fmt: PromptFormat) -> tuple[list[Messages], list[list[str]]]:
+    """The prompt and the candidate display titles of every example, in `inputs.examples` order."""
+    prompts, titles = [], []
+    for ex in inputs.examples:
+        cands = inputs.candidates[ex.example_id]
+        query = inputs.queries[ex.example_id] if inputs.queries is not None else None
+        prompts.append(item_prompt(ex.context, query, cands, fmt))
+        titles.append(candidate_titles(cands))
+    return prompts, titles
+
+
+def pick_rows(
+    inputs: SplitInputs, picks: Sequence[Pick], mode: PickMode, catalog: TitleMatcher | None
+) -> list[dict[str, Any]]:
+    """Rows of `generate/{split}.jsonl` from the picks (free-mode misses are looked up in `catalog`)."""
+    rows = []
+    for ex, pick in zip(inputs.examples, picks, strict=True):
+        cands = inputs.candidates[ex.example_id]
+        if pick.index is not None:
+            item_id, in_catalog = cands[pick.index].item_id, True
+        else:
+            assert catalog is not None, "a free answer outside the candidates needs the catalog matcher"
+            item_id = catalog.match(strip_id_suffix(clean_answer(pick.text)))
+            in_catalog = item_id is not None
+        rows.append(
+            {
+                "example_id": ex.example_id,
+                "mode": mode,
+                "text": pick.text,
+                "item_id": item_id,
+                "in_candidates": pick.index is not None,
+                "in_catalog": in_catalog,
+                "candidate_ids": [c.item_id for c in cands],
+                "ranking": [[cands[i].item_id, round(s, 4)] for i, s in pick.ranking] if mode == "rank" else [],
+                "latency_s": round(pick.latency_s, 4),
+            }
+        )
+    return sorted(rows, key=lambda r: r["example_id"])
+
+
+def sample_examples(examples: list[RecExample], max_examples: int, seed: int) -> list[RecExample]:
+    """A seeded sample of `max_examples` examples (all when 0 or more than there are), sorted by id."""
+    examples = sorted(examples, key=lambda e: e.example_id)
+    if max_examples <= 0 or max_examples >= len(examples):
+        return examples
+    keep = np.random.default_rng(seed).choice(len(examples), size=max_examples, replace=False)
+    return [examples[i] for i in sorted(keep.tolist())]
+
+
+def load_split_inputs(
+    run_dir: RunDir,
+    split: str,
+    items: dict[str, Item],
+    top_k: int,
+    query_file: Path | None,
+    max_examples: int,
+    seed: int,
+) -> SplitInputs:
+    """Examples (a seeded sample when max_examples > 0), their first top_k retrieved items and their queries.
+
+    Raises:
+        DataError: An example has no ranking, or a ranked item is not in the catalog, or a query is missing.
+    """
+    if top_k < 1:
+        raise ConfigError(f"generate.top_k must be >= 1, got {top_k}; set generate.top_k in the YAML")
+    data_path = run_dir.require("data") / f"{split}.jsonl"
+    if not data_path.is_file():
+        raise DataError(f"{data_path} not found; the data stage did not write split {split!r}")
+    trec = run_dir.require("retrieve") / f"{split}.trec"
+    if not trec.is_file():
+        raise DataError(f"{trec} not found; add {split!r} to retrieve.splits and rerun retrieve")
+    examples = sample_examples(read_examples(data_path), max_examples, seed)
+    rankings = read_trec(trec)
+    candidates: dict[str, list[Item]] = {}
+    for ex in examples:
+        hits = rankings.get(ex.example_id)
+        if not hits:
+            raise DataError(f"{trec} has no candidates for example {ex.example_id!r}; rerun `reges retrieve`")
+        ids = list(dict.fromkeys(h.item_id for h in hits))[:top_k]
+        unknown = [i for i in ids if i not in items]
+        if unknown:
+            raise DataError(
+                f"{trec} ranks item {unknown[0]!r}, which is not in the catalog; rerun `reges retrieve` with "
+                "run.overwrite=true"
+            )
+        candidates[ex.example_id] = [items[i] for i in ids]
+    queries = None
+    if query_file is not None:
+        all_queries = read_queries(query_file)
+        missing = [ex.example_id for ex in examples if ex.example_id not in all_queries]
+        if missing:
+            raise DataError(f"{query_file} has no query for {len(missing)} examples (e.g. {missing[0]!r})")
+        queries = {ex.example_id: all_queries[ex.example_id] for ex in examples}
+    return SplitInputs(examples, candidates, queries)
+
+
+def adapter_path(cfg: PipelineConfig, run_dir: RunDir) -> str:
+    """The trained adapter for `llm.backend`: adapter/ (hf) or adapter.gguf (llamacpp).
+
+    Raises:
+        ModelError: The backend takes no local adapter, or train-item wrote no GGUF adapter.
+    """
+    train_dir = run_dir.require("train-item")
+    backend = cfg.llm.backend
+    if backend == "auto":
+        backend = "openai" if cfg.llm.model.startswith(("http://", "https://")) else "hf"
+    if backend == "hf":
+        return str(train_dir / "adapter")
+    if backend == "llamacpp":
+        path = train_dir / "adapter.gguf"
+        if not path.is_file():
+            raise ModelError(f"{path} not found (train-item writes it only for a GGUF base model); use llm.backend=hf")
+        return str(path)
+    raise ModelError(
+        f"llm.backend={backend} cannot load the item expert's adapter; serve it behind the endpoint, or set "
+        "generate.use_adapter=false"
+    )
+
+
+def resolve_query_file(cfg: PipelineConfig, run_dir: RunDir, split: str) -> Path | None:
+    """The rewrite file whose queries this split's prompts show (the same rule as training, see module doc).
+
+    Raises:
+        ConfigError: The adapter was trained with queries but none exist for this split, or the prompt format
+            changed since training.
+    """
+    path = query_path(run_dir, split, cfg.mine.query)
+    if not cfg.generate.use_adapter:
+        return path
+    trained = run_dir.manifest("train-item")
+    fmt = PromptFormat.from_config(cfg.mine).to_dict()
+    if trained.get("prompt_format") != fmt:
+        raise ConfigError(
+            f"the item expert was trained on prompts with {trained.get('prompt_format')}, but the mine.* prompt "
+            f"settings now give {fmt}; restore them, or retrain (reges mine/train-item with run.overwrite=true)"
+        )
+    if trained.get("query_used") and path is None:
+        raise ConfigError(
+            f"the item expert was trained on prompts with a query, but there is no rewrite/{split}.jsonl; add "
+            f"{split!r} to rewrite.splits and rerun rewrite"
+        )
+    if not trained.get("query_used") and path is not None:
+        logger.info("%s: the item expert was trained without queries, so its prompts show none", split)
+        return None
+    return path
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Pick an item for every example of `generate.splits`; write `generate/{split}.jsonl`, then the manifest.
+
+    Example:
+        reges generate --config configs/redial.yaml --run-dir runs/redial generate.mode=rank generate.top_k=20
+    """
+    from reges.llm import load_llm
+
+    started = now_iso()
+    gc = cfg.generate
+    if not gc.splits:
+        raise ConfigError("generate.splits is empty; list the splits to pick items for, e.g. [dev]")
+    if gc.mode not in MODES:
+        raise ConfigError(f"generate.mode must be one of {list(MODES)}, got {gc.mode!r}")
+    fmt = PromptFormat.from_config(cfg.mine)
+    items_path = run_dir.require("catalog") / "items.jsonl"
+    items_list = read_catalog(items_path)
+    items = {it.item_id: it for it in items_list}
+    adapter = adapter_path(cfg, run_dir) if gc.use_adapter else None
+    query_files = {split: resolve_query_file(cfg, run_dir, split) for split in gc.splits}
+    split_inputs = {
+        split: load_split_inputs(run_dir, split, items, gc.top_k, query_files[split], gc.max_examples, cfg.run.seed)
+        for split in gc.splits
+    }
+    out = run_dir.begin("generate", cfg.run.overwrite)
+    llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
+    catalog = (
+        TitleMatcher([(it.item_id, it.title) for it in items_list], cfg.catalog.fuzzy_threshold)
+        if gc.mode == "free"
+        else None
+    )
+
+    outputs: dict[str, int] = {}
+    per_split: dict[str, Any] = {}
+    inputs: dict[str, Path] = {"catalog": items_path}
+    if adapter is not None:
+        inputs["adapter"] = Path(adapter)
+    for split, si in split_inputs.items():
+        inputs[f"data/{split}"] = run_dir.stage_dir("data") / f"{split}.jsonl"
+        inputs[f"retrieve/{split}"] = run_dir.stage_dir("retrieve") / f"{split}.trec"
+        if query_files[split] is not None:
+            inputs[f"rewrite/{split}"] = query_files[split]
+        prompts, titles = build_prompts(si, fmt)
+        t0 = time.perf_counter()
+        picks = pick_items(
+            llm, prompts, titles, gc.mode, gc.max_new_tokens, gc.batch_size, gc.length_normalized,
+            cfg.run.show_progress,
+        )
+        seconds = time.perf_counter() - t0
+        rows = pick_rows(si, picks, gc.mode, catalog)
+        outputs[f"{split}.jsonl"] = write_jsonl(out / f"{split}.jsonl", rows)
+        latencies = np.asarray([r["latency_s"] for r in rows]) if rows else np.zeros(1)
+        per_split[split] = {
+            "examples": len(rows),
+            "hallucinations": sum(not r["in_candidates"] for r in rows),
+            "catalog_misses": sum(not r["in_catalog"] for r in rows),
+            "query_used": si.queries is not None,
+            "seconds": round(seconds, 2),
+            "latency_s": {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))},
+        }
+        logger.info(
+            "generate %s (%s, k=%d): %d examples, %d hallucinations, %.2f s/example",
+            split, gc.mode, gc.top_k, len(rows), per_split[split]["hallucinations"], seconds / max(len(rows), 1),
+        )
+    run_dir.finish(
+        "generate",
+        config=dataclasses.asdict(gc),
+        inputs=inputs,
+        outputs=outputs,
+        seed=cfg.run.seed,
+        started=started,
+        extra={
+            "splits": per_split,
+            "mode": gc.mode,
+            "top_k": gc.top_k,
+            "use_adapter": gc.use_adapter,
+            "model": cfg.llm.model,
+            "backend": cfg.llm.backend,
+            "prompt_format": fmt.to_dict(),
+        },
+    )

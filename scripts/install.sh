@@ -6,6 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Headless Chromium + chromedriver for the web-page test (tests/test_web.py skips, saying why, without them).
+# Installed only when missing and only as root; elsewhere install them yourself (Debian: chromium chromium-driver).
+if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        # A fresh image has no package lists yet: update only when the first try finds nothing.
+        apt-get install -y chromium chromium-driver || { apt-get update && apt-get install -y chromium chromium-driver; }
+    else
+        echo "note: chromium/chromedriver not found and not root: tests/test_web.py will be skipped" >&2
+    fi
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true

@@ -45,6 +45,18 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for protocol in ("all", "novel"):
         assert picks["methods"]["item_expert"][protocol]["hallucination_rate"]["mean"] == 0.0
 
+    # The trained run on a separate file in the dataset's format: same report, trained stages linked, not redone.
+    held_out = tmp_path / "held_out.jsonl"
+    rows = [json.loads(line) for line in (REPO / "examples/books/dialogues.jsonl").read_text().splitlines()[:2]]
+    held_out.write_text("".join(json.dumps({**r, "dialogue_id": "new-" + r["dialogue_id"]}) + "\n" for r in rows))
+    args = ["evaluate", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir), "--dataset-file", str(held_out)]
+    assert main(args) == 0
+    child = run_dir / "eval-held-out"
+    assert (child / "train-item").is_symlink() and (child / "evaluate" / "report.md").is_file()
+    test_metrics = json.loads((child / "evaluate" / "metrics.json").read_text())
+    assert set(test_metrics["splits"]) == {"test"} and "test" in test_metrics["end_to_end"]
+    assert json.loads((child / "data" / "stats.json").read_text())["splits"]["test"]["dialogues"] == 2
+
     # A second `all` finds every stage complete and redoes nothing.
     before = {s: (run_dir / s / "manifest.json").stat().st_mtime_ns for s, _, _ in PIPELINE}
     assert main(["all", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir)]) == 0

@@ -60,7 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reges", description="ReGeS conversational recommendation, offline.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, _, help_text in PIPELINE:
-        _add_common(sub.add_parser(name, help=help_text))
+        stage = sub.add_parser(name, help=help_text)
+        _add_common(stage)
+        if name == "evaluate":
+            stage.add_argument(
+                "--dataset-file", type=Path, default=None,
+                help="evaluate the trained run on this file in its published format (ReDial test_data.jsonl, "
+                "INSPIRED test.tsv); results in <run-dir>/eval-<file name>/evaluate/",
+            )
     _add_common(sub.add_parser("all", help="run every stage in order, skipping complete ones"))
 
     # Serving: read a run directory, never write it. Models load once per command.
@@ -132,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                     logger.info("stage %s: complete, skipped", name)
                     continue
                 _run_stage(name, module, cfg, run_dir)
+        elif args.command == "evaluate" and args.dataset_file is not None:
+            from reges.eval.test_file import evaluate_file
+
+            child = evaluate_file(cfg, run_dir, args.dataset_file)
+            print(f"report: {child / 'evaluate' / 'report.md'}")
         else:
             module = dict((n, m) for n, m, _ in PIPELINE)[args.command]
             _run_stage(args.command, module, cfg, run_dir)

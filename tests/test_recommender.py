@@ -118,9 +118,10 @@ def test_fused_retriever_replaces_the_frozen_path() -> None:
     assert recommender.stages == {
         "query": "none (dialogue text)",
         "retrieve": "fused retriever",
+        "linking": "catalog titles in typed turns",
         "pick": "retriever top-1",
     }
-    with pytest.raises(ConfigError, match="needs the index encoder or a fused retriever"):
+    with pytest.raises(ConfigError, match="needs the index and its encoder, or a fused retriever"):
         PipelineRecommender(PipelineConfig(), ITEMS, index, encoder=None)
 
 
@@ -165,6 +166,7 @@ def test_query_expert_and_item_expert_compose() -> None:
     assert recommender.stages == {
         "query": "query expert",
         "retrieve": f"frozen {index.encoder or 'encoder'}",
+        "linking": "catalog titles in typed turns",
         "pick": "item expert (constrained)",
     }
 
@@ -285,3 +287,12 @@ def test_cli_chat_keeps_the_dialogue(
     assert "(dialogue cleared)" in replies[4]
     assert replies[5].endswith(ASK_FOR_PREFERENCES)  # after /reset, "hello" starts from nothing again
     assert len(replies) == 6  # /quit stopped the loop before "never read"
+
+
+def test_typed_titles_are_linked_and_never_recommended_back() -> None:
+    recommender = _recommender()
+    turns = [Turn("user", "I loved Jaws, more horror with a shark please")]
+    assert recommender.link_titles(turns)[0].item_ids == ["13"]
+    rec = recommender.recommend(turns, top_k=3)
+    # Jaws is the best match for (horror, shark) but the user named it: the pick is the next one.
+    assert "13" not in [c.item_id for c in rec.candidates] and rec.item_id == "10"

@@ -28,6 +28,7 @@ from reges.catalog import read_items
 from reges.config import PipelineConfig, load_config
 from reges.errors import CatalogError, ConfigError, DataError
 from reges.io import RunDir
+from reges.linking import TitleSpotter
 from reges.records import ROLES, Hit, Item, Turn
 from reges.retrieval.encoder import Encoder
 from reges.retrieval.index import ItemIndex
@@ -217,12 +218,13 @@ class PipelineRecommender:
         self,
         cfg: PipelineConfig,
         items: list[Item],
-        index: ItemIndex,
+        index: ItemIndex | None,
         encoder: Encoder | None,
         query_llm: LLM | None = None,
         fused: CandidateRetriever | None = None,
         item_llm: LLM | None = None,
         item_sees_query: bool = False,
+        mention_counts: dict[str, float] | None = None,
     ) -> None:
         """Compose already loaded parts (tests build it from fakes; `from_run_dir` from a run directory).
 
@@ -235,20 +237,21 @@ class PipelineRecommender:
             fused: A `reges.retrieval.fusion.FusedRetriever`, or None.
             item_llm: The Item Expert (base LLM + train-item adapter), or None.
             item_sees_query: Show the Item Expert the query (only if it was trained with queries in its prompts).
+            mention_counts: item id -> training mentions; picks among same-titled films when linking typed titles.
 
         Raises:
             CatalogError: the index holds an item the catalog lacks.
             ConfigError: neither an encoder nor a fused retriever is given.
         """
         self.items = {it.item_id: it for it in items}
-        missing = [i for i in index.item_ids if i not in self.items]
+        if (index is None or encoder is None) and fused is None:
+            raise ConfigError("PipelineRecommender needs the index and its encoder, or a fused retriever; got neither")
+        missing = [i for i in (index.item_ids if index is not None else []) if i not in self.items]
         if missing:
             raise CatalogError(
                 f"{len(missing)} indexed items are not in the catalog (first: {missing[0]!r}); rebuild the index "
                 "from this catalog with `reges index --run-dir ... run.overwrite=true`"
             )
-        if encoder is None and fused is None:
-            raise ConfigError("PipelineRecommender needs the index encoder or a fused retriever; got neither")
         self.cfg = cfg
         self.index = index
         self.encoder = encoder
@@ -256,13 +259,16 @@ class PipelineRecommender:
         self.fused = fused
         self.item_llm = item_llm
         self.item_sees_query = item_sees_query
+        self.spotter = TitleSpotter(items, mention_counts)
 
     @property
     def stages(self) -> dict[str, str]:
         """What each stage runs, for logs, /health and benchmark reports."""
         return {
             "query": "query expert" if self.query_llm is not None else "none (dialogue text)",
-            "retrieve": "fused retriever" if self.fused is not None else f"frozen {self.index.encoder or 'encoder'}",
+            "retrieve": "fused retriever" if self.fused is not None or self.index is None
+            else f"frozen {self.index.encoder or 'encoder'}",
+            "linking": "catalog titles in typed turns",
             "pick": f"item expert ({self.cfg.generate.mode})" if self.item_llm is not None else "retriever top-1",
         }
 
@@ -284,9 +290,11 @@ class PipelineRecommender:
             raise ConfigError(f"{config_path} not found; point --run-dir at a run directory made by `reges`")
         cfg = load_config(config_path, overrides)
         items = read_items(run_dir.require("catalog") / "items.jsonl")
-        index = ItemIndex.load(run_dir.require("index"))
+        # The frozen index is needed only without the fused retriever (which carries its own item embeddings).
+        index = None if run_dir.is_complete("train-retriever") else ItemIndex.load(run_dir.require("index"))
 
         query_llm: LLM | None = None
+        mention_counts: dict[str, float] = {}
         fused: CandidateRetriever | None = None
         item_llm: LLM | None = None
         item_sees_query = False
@@ -302,6 +310,7 @@ class PipelineRecommender:
             from reges.retrieval.fusion import FusedRetriever
 
             fused = FusedRetriever.load(run_dir.path, device=cfg.index.device, threads=cfg.index.threads)
+            mention_counts = dict(zip(fused.counts.item_ids, fused.counts.item_counts.tolist(), strict=True))
         # INTEGRATION POINT (Item Expert): the base LLM with the train-item adapter (generate.use_adapter=false: the
         # base model); its prompts show the query only when it was trained on prompts with one.
         if run_dir.is_complete("train-item"):
@@ -319,8 +328,8 @@ class PipelineRecommender:
             adapter = adapter_path(cfg, run_dir) if cfg.generate.use_adapter else None
             item_llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
             item_sees_query = bool(trained.get("query_used")) and query_llm is not None
-        encoder = load_index_encoder(index, cfg.index) if fused is None else None
-        recommender = cls(cfg, items, index, encoder, query_llm, fused, item_llm, item_sees_query)
+        encoder = load_index_encoder(index, cfg.index) if index is not None else None
+        recommender = cls(cfg, items, index, encoder, query_llm, fused, item_llm, item_sees_query, mention_counts)
         logger.info("recommender from %s: %s", run_dir.path, recommender.stages)
         return recommender
 
@@ -339,8 +348,8 @@ class PipelineRecommender:
             One `Recommendation` per dialogue, in order. Items already mentioned in a dialogue (the `item_ids` of its
             turns: what the user named, what was recommended before) are left out of its candidates and never
             picked: a user who loved X wants something else, and a rejected pick must not come back. (Evaluation
-            protocol "novel" makes the same point.) Text is not entity-linked: a title only typed in `content`
-            counts as mentioned only if the client also sends its id.
+            protocol "novel" makes the same point.) Turns sent without ids are linked first: catalog titles
+            typed in `content` count as mentioned (`reges.linking.TitleSpotter`).
 
         Raises:
             ConfigError: `top_k` < 1.
@@ -352,6 +361,7 @@ class PipelineRecommender:
             check_context(context)
         if not contexts:
             return []
+        contexts = [self.link_titles(c) for c in contexts]
         latency: dict[str, float] = {}
         t0 = time.perf_counter()
 
@@ -396,6 +406,13 @@ class PipelineRecommender:
                 )
             )
         return results
+
+    def link_titles(self, context: list[Turn]) -> list[Turn]:
+        """Fill in the item ids of turns that name catalog titles but carry no ids (typed text, not a dataset).
+
+        Turns that already have ids (dataset dialogues, clients that send them) are left as they are.
+        """
+        return [t if t.item_ids else Turn(t.role, t.content, self.spotter.spot(t.content)) for t in context]
 
     def _write_queries(self, contexts: list[list[Turn]]) -> list[str]:
         """The Query Expert's preference query per dialogue; "" per dialogue on the frozen path."""

@@ -1,0 +1,44 @@
+"""TitleSpotter: titles named in free text -> catalog ids, conservative on common words."""
+
+from __future__ import annotations
+
+from reges.linking import TitleSpotter
+from reges.records import Item
+
+
+def _items(*titles: str) -> list[Item]:
+    return [Item(f"i{n}", t, t, year=int(t[-5:-1]) if t.endswith(")") else None) for n, t in enumerate(titles)]
+
+
+ITEMS = _items("Inception (2010)", "Interstellar (2014)", "Up (2009)", "Her (2013)", "Loved (1997)",
+               "The Dark Knight (2008)", "Toy Story (1995)", "Dune (1984)", "Dune (2021)", "2 (1980)", "A (1998)",
+               "It (1990)", "It (2017)", "The Watch (2012)")
+
+
+def _titles(spotter: TitleSpotter, text: str) -> list[str]:
+    by_id = {i.item_id: i.title for i in ITEMS}
+    return [by_id[i] for i in spotter.spot(text)]
+
+
+def test_names_in_free_text_are_linked_in_order_without_duplicates() -> None:
+    spotter = TitleSpotter(ITEMS)
+    assert _titles(spotter, "I loved Inception and Interstellar, and inception again") == [
+        "Inception (2010)", "Interstellar (2014)"]
+    # Multi-word titles match in lower case; the longest span wins.
+    assert _titles(spotter, "have you seen the dark knight or toy story?") == ["The Dark Knight (2008)",
+                                                                               "Toy Story (1995)"]
+
+
+def test_common_words_match_only_when_written_as_titles() -> None:
+    spotter = TitleSpotter(ITEMS)
+    assert _titles(spotter, "I want to watch a good movie, something up my alley like Up or Her") == [
+        "Up (2009)", "Her (2013)"]
+    assert _titles(spotter, "Loved it. it was a lot of fun, 2 hours") == []
+    assert _titles(spotter, "Up was great") == []  # a capitalised common word at the start is just a word
+
+
+def test_a_year_picks_among_remakes_else_the_most_mentioned() -> None:
+    assert _titles(TitleSpotter(ITEMS), "Dune (2021) or the other Dune 1984") == ["Dune (2021)", "Dune (1984)"]
+    counts = {"i12": 50.0, "i11": 3.0}
+    assert _titles(TitleSpotter(ITEMS, counts), "scary like It") == ["It (2017)"]
+    assert _titles(TitleSpotter(ITEMS), "scary like It") == ["It (1990)"]  # no counts: a stable order by id

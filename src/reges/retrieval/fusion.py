@@ -330,7 +330,8 @@ class FusedRetriever:
         encoder = embeddings = None
         name = str(stage / ENCODER_DIR) if spec["encoder"] == ENCODER_DIR else spec["encoder"]
         if needs_dense:
-            embeddings = np.load(index_dir / EMBEDDINGS_FILE, allow_pickle=False)
+            # float32 for scoring; a shipped bundle stores them as float16 (reges.shipped)
+            embeddings = np.load(index_dir / EMBEDDINGS_FILE, allow_pickle=False).astype(np.float32, copy=False)
             encoder = SentenceEncoder(load_encoder(name, device, int(spec["max_seq_length"]), threads))
         weights = {k: v for k, v in spec["weights"].items() if v is not None}
         return cls(encoder, embeddings, item_ids, counts, weights, settings, name)

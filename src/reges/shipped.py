@@ -1,0 +1,104 @@
+"""The trained recommender that ships inside the package, and how a trained run becomes one.
+
+`reges recommend`, `chat` and `serve` use it when no `--run-dir` is given, so a fresh install recommends offline
+right away. It is a minimal run directory (`src/reges/shipped/<name>/`) holding only what serving reads:
+
+    config.yaml                         the trained run's config (models by bundled name)
+    catalog/items.jsonl                 the catalog (+ manifest)
+    train-retriever/                    fusion.json, co-mention counts, index/ (item ids + float16 embeddings)
+    train-query/adapter/                the Query Expert's LoRA adapter (+ manifest)
+    train-item/adapter/                 the Item Expert's LoRA adapter (+ manifest)
+    SOURCES.md                          where the data came from and its licence
+
+Why the retriever in a shipped bundle uses the bundled (frozen) MiniLM: a fine-tuned encoder is a whole 90 MB model,
+LoRA adapters are a few MB. `export_run` refuses a fine-tuned retriever and says how to train the frozen variant,
+whose dev numbers are reported next to the fine-tuned one's (docs/results/end_to_end.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from reges.errors import ConfigError, StageNotReadyError
+from reges.io import RunDir, atomic_open, read_json
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
+DEFAULT_NAME = "redial"
+
+# What serving reads, per stage (paths relative to the stage folder); manifests are always copied.
+SERVING_FILES: dict[str, tuple[str, ...]] = {
+    "catalog": ("items.jsonl",),
+    "train-retriever": ("fusion.json", "comention.npz", "comention_ids.txt", "comention_dialogues.jsonl",
+                        "index/item_ids.txt", "index/embeddings.npy"),
+    "train-query": ("adapter",),
+    "train-item": ("adapter",),
+}
+
+
+def default_run_dir(name: str = DEFAULT_NAME) -> Path:
+    """The shipped run directory `name`.
+
+    Raises:
+        StageNotReadyError: this installation has no shipped recommender of that name.
+    """
+    path = SHIPPED_ROOT / name
+    if not (path / "config.yaml").is_file():
+        known = sorted(p.name for p in SHIPPED_ROOT.glob("*") if (p / "config.yaml").is_file())
+        raise StageNotReadyError(
+            f"no shipped recommender {name!r} in {SHIPPED_ROOT} (shipped: {known or 'none'}); pass --run-dir with a "
+            "run trained by `reges all`"
+        )
+    return path
+
+
+def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
+    """Copy what serving needs from a trained run into `out` (a new minimal run directory).
+
+    Args:
+        run_dir: A run with catalog, train-retriever, train-query and train-item complete.
+        out: The bundle folder; replaced if it exists.
+        sources_note: Markdown for SOURCES.md: the data and its licence (credit it).
+
+    Raises:
+        StageNotReadyError: a needed stage is not complete.
+        ConfigError: the retriever uses a fine-tuned encoder (too big to ship).
+    """
+    for stage in SERVING_FILES:
+        run_dir.require(stage)
+    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
+    if spec.get("encoder") == "encoder":
+        raise ConfigError(
+            f"{run_dir.path}/train-retriever uses a fine-tuned encoder (about 90 MB), too big to ship; redo that "
+            "stage with train_retriever.finetune=false in a run directory for shipping"
+        )
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for stage, names in SERVING_FILES.items():
+        src, dst = run_dir.stage_dir(stage), tmp / stage
+        dst.mkdir(parents=True)
+        for name in (*names, "manifest.json"):
+            if (src / name).is_dir():
+                shutil.copytree(src / name, dst / name, ignore=shutil.ignore_patterns("*.gguf", "checkpoints"))
+            elif name.endswith(".npy"):
+                (dst / name).parent.mkdir(parents=True, exist_ok=True)
+                # float16 halves the size; scores are computed in float32 after loading (FusedRetriever.load).
+                np.save(dst / name, np.load(src / name, allow_pickle=False).astype(np.float16), allow_pickle=False)
+            else:
+                (dst / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / name, dst / name)
+    shutil.copy2(run_dir.path / "config.yaml", tmp / "config.yaml")
+    with atomic_open(tmp / "SOURCES.md") as f:
+        f.write(sources_note)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    logger.info("exported %s -> %s (%.1f MB)", run_dir.path, out, size / 1e6)
+    return out

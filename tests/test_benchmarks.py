@@ -1,0 +1,223 @@
+"""benchmarks/end_to_end_report.py on hand-made inputs: the rows, the skip notes, the markdown and the PNG plots."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from reges.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str) -> ModuleType:
+    """Import a benchmark script by path (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load("end_to_end_report")
+
+
+def summary(means: dict[int, float], n_targets: int, ci: float = 0.05) -> dict[str, Any]:
+    """A metrics.json protocol entry: recall@k {mean, ci_low, ci_high} per cutoff."""
+    out: dict[str, Any] = {
+        f"recall@{k}": {"mean": m, "ci_low": round(m - ci, 3), "ci_high": round(m + ci, 3)} for k, m in means.items()
+    }
+    out.update(n_examples=n_targets - 1, n_targets=n_targets, n_dialogues=3, missing_targets=0)
+    return out
+
+
+def pick_summary(success: float, n: int) -> dict[str, Any]:
+    return {
+        "success_rate": {"mean": success, "ci_low": round(success - 0.1, 3), "ci_high": round(success + 0.1, 3)},
+        "success_given_candidates": {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6},
+        "hallucination_rate": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+        "catalog_miss_rate": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+        "n_examples": n,
+        "n_dialogues": 3,
+        "n_target_in_candidates": n - 1,
+    }
+
+
+@pytest.fixture()
+def metrics() -> dict[str, Any]:
+    """metrics.json of a run with three baselines (no bm25, no oracle), the retrieve stage and an end-to-end part."""
+    means = {"popularity": {1: 0.01, 10: 0.05, 50: 0.2}, "dense_full": {1: 0.02, 10: 0.1, 50: 0.3},
+             "dense_last2": {1: 0.03, 10: 0.12}, "retrieve": {1: 0.1, 10: 0.4, 50: 0.7}}  # fmt: skip
+    return {
+        "primary_metric": "recall@10",
+        "cutoffs": [1, 10, 50],
+        "protocols": ["all", "novel"],
+        "bootstrap": 100,
+        "catalog_size": 500,
+        "splits": {
+            "dev": {
+                method: {"all": summary(m, 20), "novel": summary({k: v / 2 for k, v in m.items()}, 12)}
+                for method, m in means.items()
+            }
+        },
+        "end_to_end": {
+            "dev": {
+                "mode": "constrained", "top_k": 20, "use_adapter": True, "model": "m",
+                "methods": {"retriever_top1": {"all": pick_summary(0.25, 19), "novel": pick_summary(0.2, 11)},
+                            "item_expert": {"all": pick_summary(0.3, 19), "novel": pick_summary(0.22, 11)}},
+            }  # fmt: skip
+        },
+    }
+
+
+@pytest.fixture()
+def ablation() -> dict[str, Any]:
+    """retrieval_ablation.py's JSON: cutoffs 1/10/20/50, no teacher query."""
+    return {
+        "run_dir": "x", "split": "dev", "examples": 19, "cutoffs": [1, 10, 20, 50], "weights": {}, "seconds": {},
+        "results": {
+            "fused_no_query": {"all": summary({1: 0.08, 10: 0.35, 20: 0.5, 50: 0.65}, 20),
+                               "novel": summary({1: 0.04, 10: 0.2, 20: 0.3, 50: 0.4}, 12)},
+            "frozen_full": {"all": summary({1: 0.02, 10: 0.1, 20: 0.2, 50: 0.3}, 20),
+                            "novel": summary({1: 0.01, 10: 0.05, 20: 0.1, 50: 0.15}, 12)},
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture()
+def item_expert() -> dict[str, Any]:
+    """item_expert.py's JSON: means only, two k, one variant and mode."""
+    def means(s: float) -> dict[str, Any]:
+        return {"success_rate": s, "success_given_candidates": s, "hallucination_rate": 0.0,
+                "catalog_miss_rate": 0.0, "n_examples": 10, "n_dialogues": 4, "n_target_in_candidates": 6}
+
+    return {
+        "runs": [
+            {"variant": "tuned", "top_k": k, "mode": "rank", "examples": 10,
+             "metrics": {"all": means(s), "novel": means(s / 2)}}
+            for k, s in ((10, 0.3), (20, 0.4))
+        ],
+        "retriever_top1": {"10": {"all": means(0.2), "novel": means(0.1)},
+                           "20": {"all": means(0.2), "novel": means(0.1)}},
+        "prompt_tokens": {},
+        "setup": {"split": "dev", "max_examples": 10, "model": "m", "date": "2026-01-01", "machine": "cpu"},
+    }  # fmt: skip
+
+
+def write_run(tmp_path: Path, metrics: dict[str, Any] | None) -> Path:
+    run_dir = tmp_path / "run"
+    (run_dir / "evaluate").mkdir(parents=True)
+    if metrics is not None:
+        (run_dir / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+        (run_dir / "evaluate" / "manifest.json").write_text(json.dumps({"finished": "2026-01-02T00:00:00+00:00"}))
+    return run_dir
+
+
+def test_rows_from_every_source_in_table_order(metrics, ablation, item_expert):
+    inputs = report.Inputs("d", Path("run"), metrics, ablation, item_expert, {})
+    rows = report.build_rows(inputs, "dev")
+    assert [(r.group, r.method) for r in rows] == [
+        ("baseline", "popularity"), ("baseline", "dense_full"), ("baseline", "dense_last2"),
+        ("ablation", "frozen_full"), ("ablation", "fused_no_query"),
+        ("shipped", "retrieve"),
+        ("pick", "retriever_top1 (k=20)"), ("pick", "item_expert (tuned, constrained, k=20)"),
+        ("pick", "retriever_top1 (k=10)"), ("pick", "retriever_top1 (k=20)"),
+        ("pick", "item_expert (tuned, rank, k=10)"), ("pick", "item_expert (tuned, rank, k=20)"),
+    ]  # fmt: skip
+    shipped = rows[5]
+    assert shipped.cells["all"]["recall@10"] == report.Cell(0.4, 0.35, 0.45)
+    assert shipped.cells["novel"]["recall@50"] == report.Cell(0.35, 0.3, 0.4)
+    assert shipped.counts == {"all": 20, "novel": 12}
+    assert rows[2].cells["all"]["recall@50"] is None  # dense_last2 has no cutoff 50 here
+    assert rows[7].cells["all"]["success_rate"] == report.Cell(0.3, 0.2, 0.4)
+    assert rows[-1].cells["novel"]["success_rate"] == report.Cell(0.2)  # item_expert.py: a mean, no CI
+    notes = "\n".join(inputs.notes)
+    assert "baseline bm25: not in metrics.json" in notes and "baseline oracle" in notes
+    assert "recall@50 not computed for dense_last2" in notes
+    assert "teacher_query" in notes and "student_query" in notes
+
+
+def test_table_renders_cis_dashes_and_success_in_r1_column(metrics, ablation, item_expert):
+    inputs = report.Inputs("d", Path("run"), metrics, ablation, item_expert, {})
+    rows = report.build_rows(inputs, "dev")
+    lines = report.table_lines(rows)
+    assert len(lines) == 2 + len(rows)
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == 11
+    by_method = {line.split(" | ")[1]: line for line in lines[2:]}
+    assert by_method["`retrieve`"] == (
+        "| shipped | `retrieve` | metrics.json | 0.100 [0.050, 0.150] | 0.400 [0.350, 0.450] | 0.700 [0.650, 0.750] "
+        "| 0.050 [0.000, 0.100] | 0.200 [0.150, 0.250] | 0.350 [0.300, 0.400] | 20 / 12 |"
+    )
+    assert "| 0.030 [-0.020, 0.080] | 0.120 [0.070, 0.170] | - |" in by_method["`dense_last2`"]
+    assert by_method["`item_expert (tuned, constrained, k=20)`"].endswith(
+        "| 0.300 [0.200, 0.400] |  |  | 0.220 [0.120, 0.320] |  |  | 19 / 11 |"
+    )
+    assert "| 0.400 |  |  | 0.200 |  |  | 10 / 10 |" in by_method["`item_expert (tuned, rank, k=20)`"]
+
+
+def test_missing_inputs_are_skipped_with_notes_and_no_rows(tmp_path):
+    run_dir = write_run(tmp_path, None)
+    inputs = report.read_inputs("ghost", run_dir, tmp_path / "abl", "dev")
+    assert inputs.metrics is None and inputs.ablation is None and inputs.item_expert is None
+    assert report.build_rows(inputs, "dev") == []
+    plots = report.dataset_plots(inputs, "dev", tmp_path / "out")
+    assert plots == {"recall@k": None, "success vs k": None}
+    assert not (tmp_path / "out").exists()
+    text = "\n".join(inputs.notes)
+    for expected in ("metrics.json` not found", "retrieval_ablation_ghost.json` not found",
+                     "item_expert_ghost.json` not found", "recall@k plot", "success-vs-k plot"):
+        assert expected in text
+
+
+def test_benchmark_json_of_another_split_is_skipped(tmp_path, metrics, ablation, item_expert):
+    run_dir = write_run(tmp_path, metrics)
+    abl_dir = tmp_path / "abl"
+    abl_dir.mkdir()
+    (abl_dir / "retrieval_ablation_d.json").write_text(json.dumps({**ablation, "split": "test"}))
+    (abl_dir / "item_expert_d.json").write_text(json.dumps(item_expert))
+    inputs = report.read_inputs("d", run_dir, abl_dir, "dev")
+    assert inputs.metrics == metrics and inputs.item_expert == item_expert and inputs.ablation is None
+    assert any("is for split 'test', not 'dev'" in n for n in inputs.notes)
+    assert inputs.evaluated == "2026-01-02T00:00:00+00:00"
+
+
+def test_main_writes_markdown_json_and_png_plots(tmp_path, metrics, ablation, item_expert):
+    run_dir = write_run(tmp_path, metrics)
+    abl_dir = tmp_path / "abl"
+    abl_dir.mkdir()
+    (abl_dir / "retrieval_ablation_d.json").write_text(json.dumps(ablation))
+    (abl_dir / "item_expert_d.json").write_text(json.dumps(item_expert))
+    out = tmp_path / "results" / "end_to_end.md"
+    assert report.main(["--runs", f"d={run_dir}", f"gone={tmp_path / 'nothing'}", "--ablation-dir", str(abl_dir),
+                        "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## d (dev)" in text and "## gone (dev)" in text and "end_to_end_report.py --runs" in text
+    assert "![recall@k](recall_at_k_d.png)" in text and "![success vs k](success_vs_k_d.png)" in text
+    for name in ("recall_at_k_d.png", "success_vs_k_d.png"):
+        assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out.parent / "recall_at_k_gone.png").exists()
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert len(payload["datasets"]["d"]["rows"]) == 12 and payload["datasets"]["gone"]["rows"] == []
+
+
+def test_curves_keep_every_cutoff_per_method(metrics, ablation, item_expert):
+    inputs = report.Inputs("d", Path("run"), metrics, ablation, item_expert, {})
+    curves = report.recall_curves(inputs, "dev")
+    assert curves["retrieve"]["all"] == [(1, 0.1), (10, 0.4), (50, 0.7)]
+    assert curves["ablation: fused_no_query"]["novel"] == [(1, 0.04), (10, 0.2), (20, 0.3), (50, 0.4)]
+    success = report.success_curves(item_expert)
+    assert success == {"retriever top-1": {"all": [(10, 0.2), (20, 0.2)], "novel": [(10, 0.1), (20, 0.1)]},
+                       "tuned rank": {"all": [(10, 0.3), (20, 0.4)], "novel": [(10, 0.15), (20, 0.2)]}}
+
+
+@pytest.mark.parametrize("specs", [["redial"], ["=runs/x"], ["a=x", " a =y"], []])
+def test_parse_runs_refuses_bad_pairs(specs):
+    with pytest.raises(ConfigError, match="--runs"):
+        report.parse_runs(specs)

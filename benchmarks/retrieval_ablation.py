@@ -17,7 +17,9 @@ Needs a run dir whose `train-retriever` stage is complete. Every method ranks th
 Every example leaves its own dialogue out of the counts (matters only for split=train).
 
 Usage:
-    .venv/bin/python benchmarks/retrieval_ablation.py runs/redial --split dev --out docs/results/ablation_redial.md
+    .venv/bin/python benchmarks/retrieval_ablation.py runs/redial --split dev --teacher-run runs/redial-teacher \
+        --out docs/results/retrieval_ablation_redial.md
+(`runs/redial-teacher`: `reges distill distill.splits=[dev]` in a run dir linking data/, catalog/, index/.)
 Writes the markdown table to --out and the full numbers (means, CIs, counts) to the same path with .json.
 """
 
@@ -80,6 +82,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--max-examples", type=int, default=0, help="first N examples only (0: all)")
+    parser.add_argument(
+        "--teacher-run", type=Path, default=None,
+        help="run dir whose distill/{split}.jsonl holds teacher queries for this split (default: run_dir); the "
+        "teacher sees the true item, so dev teacher queries belong in a separate evaluation-only run",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -123,9 +130,10 @@ def main() -> None:
     no_query = [None] * len(contexts)
     names = ["dense_dialogue", "comention", "popularity", "mentioned"]
     rewrite_path = rd.stage_dir("rewrite") / f"{args.split}.jsonl"
-    distill_path = rd.stage_dir("distill") / f"{args.split}.jsonl"
+    teacher_rd = RunDir(args.teacher_run) if args.teacher_run else rd
+    distill_path = teacher_rd.stage_dir("distill") / f"{args.split}.jsonl"
     student = read_queries(rewrite_path) if rd.is_complete("rewrite") and rewrite_path.is_file() else None
-    teacher = read_queries(distill_path) if rd.is_complete("distill") and distill_path.is_file() else None
+    teacher = read_queries(distill_path) if teacher_rd.is_complete("distill") and distill_path.is_file() else None
     t0 = time.perf_counter()
     raw = retriever.features(contexts, no_query, dialogue_ids, names)
     z = {name: zscore_rows(x) for name, x in raw.items()}

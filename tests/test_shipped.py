@@ -50,8 +50,10 @@ def test_export_refuses_a_fine_tuned_encoder_and_incomplete_runs(tmp_path: Path)
     with pytest.raises(ConfigError, match="finetune=false"):
         export_run(_fake_trained_run(tmp_path / "a", encoder="encoder"), tmp_path / "out", "")
     run = _fake_trained_run(tmp_path / "b", encoder="all-MiniLM-L6-v2")
-    (run.path / "train-item" / MANIFEST).unlink()
-    with pytest.raises(StageNotReadyError, match="train-item"):
+    (run.path / "train-item" / MANIFEST).unlink()  # an expert is optional: shipped without it
+    assert not (export_run(run, tmp_path / "out", "") / "train-item").exists()
+    (run.path / "train-retriever" / MANIFEST).unlink()
+    with pytest.raises(StageNotReadyError, match="train-retriever"):
         export_run(run, tmp_path / "out", "")
     with pytest.raises(StageNotReadyError, match="no shipped recommender 'nope'"):
         default_run_dir("nope")

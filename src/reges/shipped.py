@@ -7,7 +7,7 @@ right away. It is a minimal run directory (`src/reges/shipped/<name>/`) holding 
     catalog/items.jsonl                 the catalog (+ manifest)
     train-retriever/                    fusion.json, co-mention counts, index/ (item ids + float16 embeddings)
     train-query/adapter/                the Query Expert's LoRA adapter (+ manifest)
-    train-item/adapter/                 the Item Expert's LoRA adapter (+ manifest)
+    train-item/adapter/                 the Item Expert's LoRA adapter (+ manifest), when the run ships one
     SOURCES.md                          where the data came from and its licence
 
 Why the retriever in a shipped bundle uses the bundled (frozen) MiniLM: a fine-tuned encoder is a whole 90 MB model,
@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
 DEFAULT_NAME = "redial"
 
-# What serving reads, per stage (paths relative to the stage folder); manifests are always copied.
+# What serving reads, per stage (paths relative to the stage folder); manifests are always copied. The experts are
+# optional: a run without train-item picks the retriever's top-1, one without train-query retrieves from the dialogue.
 SERVING_FILES: dict[str, tuple[str, ...]] = {
     "catalog": ("items.jsonl",),
     "train-retriever": ("fusion.json", "comention.npz", "comention_ids.txt", "comention_dialogues.jsonl",
@@ -39,6 +40,8 @@ SERVING_FILES: dict[str, tuple[str, ...]] = {
     "train-query": ("adapter",),
     "train-item": ("adapter",),
 }
+
+REQUIRED_STAGES: tuple[str, ...] = ("catalog", "train-retriever")
 
 
 def default_run_dir(name: str = DEFAULT_NAME) -> Path:
@@ -61,7 +64,8 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
     """Copy what serving needs from a trained run into `out` (a new minimal run directory).
 
     Args:
-        run_dir: A run with catalog, train-retriever, train-query and train-item complete.
+        run_dir: A run with catalog and train-retriever complete; train-query and train-item are copied when
+            complete (leave one out of the run to ship without it).
         out: The bundle folder; replaced if it exists.
         sources_note: Markdown for SOURCES.md: the data and its licence (credit it).
 
@@ -69,7 +73,7 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
         StageNotReadyError: a needed stage is not complete.
         ConfigError: the retriever uses a fine-tuned encoder (too big to ship).
     """
-    for stage in SERVING_FILES:
+    for stage in REQUIRED_STAGES:
         run_dir.require(stage)
     spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
     if spec.get("encoder") == "encoder":
@@ -81,6 +85,9 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     for stage, names in SERVING_FILES.items():
+        if stage not in REQUIRED_STAGES and not run_dir.is_complete(stage):
+            logger.info("%s is not complete in %s: shipped without it", stage, run_dir.path)
+            continue
         src, dst = run_dir.stage_dir(stage), tmp / stage
         dst.mkdir(parents=True)
         for name in (*names, "manifest.json"):

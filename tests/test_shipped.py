@@ -26,6 +26,10 @@ def _fake_trained_run(root: Path, encoder: str) -> RunDir:
                 (path / "adapter.gguf").write_bytes(b"not shipped")
             elif name.endswith(".npy"):
                 np.save(path, np.arange(6, dtype=np.float32).reshape(2, 3))
+            elif name == "items.jsonl":
+                item = {"item_id": "1", "title": "Alien (1979)", "text": "Alien (1979). Plot: a crew.", "year": 1979,
+                        "meta": {"genre": ["horror"], "plot": "A crew meets an alien."}}
+                path.write_text(json.dumps(item) + "\n")
             elif name == "fusion.json":
                 path.write_text(json.dumps({"encoder": encoder}))
             else:
@@ -42,6 +46,8 @@ def test_export_copies_what_serving_reads_with_float16_embeddings(tmp_path: Path
     assert emb.dtype == np.float16 and emb.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert (out / "train-item" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (out / "train-item" / "adapter" / "adapter.gguf").exists()
+    shipped_item = json.loads((out / "catalog" / "items.jsonl").read_text())
+    assert shipped_item["text"] == "Alien (1979). Genre: horror." and "plot" not in shipped_item["meta"]
     assert (out / "SOURCES.md").read_text().startswith("# Sources") and (out / "config.yaml").is_file()
     assert all((out / stage / MANIFEST).is_file() for stage in SERVING_FILES)
 

@@ -4,7 +4,7 @@
 right away. It is a minimal run directory (`src/reges/shipped/<name>/`) holding only what serving reads:
 
     config.yaml                         the trained run's config (models by bundled name)
-    catalog/items.jsonl                 the catalog (+ manifest)
+    catalog/items.jsonl                 the catalog without plot texts (+ manifest)
     train-retriever/                    fusion.json, co-mention counts, index/ (item ids + float16 embeddings)
     train-query/adapter/                the Query Expert's LoRA adapter (+ manifest)
     train-item/adapter/                 the Item Expert's LoRA adapter (+ manifest), when the run ships one
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from reges.catalog import build_card, read_items
 from reges.errors import ConfigError, StageNotReadyError
-from reges.io import RunDir, atomic_open, read_json
+from reges.io import RunDir, atomic_open, read_json, write_jsonl
+from reges.records import Item
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,14 @@ def default_run_dir(name: str = DEFAULT_NAME) -> Path:
     return path
 
 
+def _without_plot(item: Item) -> Item:
+    """The item without its plot text: plots in the source metadata look IMDb-derived (non-commercial terms), so
+    the shipped catalog keeps title, year and the short attributes only. Serving needs titles and ids."""
+    meta = {k: v for k, v in item.meta.items() if k != "plot"}
+    fields = [k for k in ("genre", "director", "star") if k in meta]
+    return Item(item.item_id, item.title, build_card(item.title, meta, fields, 600), item.year, meta)
+
+
 def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
     """Copy what serving needs from a trained run into `out` (a new minimal run directory).
 
@@ -93,6 +103,8 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
         for name in (*names, "manifest.json"):
             if (src / name).is_dir():
                 shutil.copytree(src / name, dst / name, ignore=shutil.ignore_patterns("*.gguf", "checkpoints"))
+            elif stage == "catalog" and name == "items.jsonl":
+                write_jsonl(dst / name, [_without_plot(it) for it in read_items(src / name)])
             elif name.endswith(".npy"):
                 (dst / name).parent.mkdir(parents=True, exist_ok=True)
                 # float16 halves the size; scores are computed in float32 after loading (FusedRetriever.load).

@@ -31,8 +31,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
-import platform
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from reges.errors import ConfigError
+from reges.io import machine_info
 
 logger = logging.getLogger("end_to_end_report")
 
@@ -482,28 +481,6 @@ def dataset_plots(inputs: Inputs, split: str, out_dir: Path) -> dict[str, Path |
 
 
 # --- Report ---------------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo ("unknown" where there is none, e.g. macOS)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, logical cores (all and usable by this process), platform and the 1/5/15-min load average now."""
-    return {
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if sys.platform.startswith("linux") else os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def build_report(

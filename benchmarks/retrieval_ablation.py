@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from reges.eval.metrics import PROTOCOLS, TargetRank, summarize
-from reges.io import RunDir
+from reges.io import RunDir, machine_info, now_iso
 from reges.records import RecExample
 from reges.retrieval.encoder import SentenceEncoder, load_encoder
 from reges.retrieval.fusion import (
@@ -157,7 +157,18 @@ def main() -> None:
         target_ranks = to_target_ranks(examples, pairs, ranks, item_ids)
         results[method] = {p: summarize(target_ranks, p, CUTOFFS, args.bootstrap, seed) for p in PROTOCOLS}
 
+    m = machine_info()
     lines = [
+        f"# Retrieval ablation: {rd.path} / {args.split}",
+        "",
+        f"Measured {now_iso()} on {m['cpu_model']} ({m['cores']} logical cores; {m['platform']}, "
+        f"Python {m['python']}, {args.threads} torch thread(s)); load average (1/5/15 min) at the end "
+        f"{m['load_average']}.",
+        "",
+        "```",
+        " ".join([".venv/bin/python", "benchmarks/retrieval_ablation.py", *sys.argv[1:]]),
+        "```",
+        "",
         f"Retrieval ablation on {rd.path} / {args.split}: {len(examples)} examples, full catalog of {len(item_ids)} "
         f"items, R@k with 95% clustered-bootstrap CI ({args.bootstrap} resamples).",
         "",
@@ -180,7 +191,8 @@ def main() -> None:
     markdown = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown + "\n", encoding="utf-8")
-    payload = {"run_dir": str(rd.path), "split": args.split, "examples": len(examples), "cutoffs": list(CUTOFFS),
+    payload = {"date": now_iso(), "machine": m, "command": sys.argv,
+               "run_dir": str(rd.path), "split": args.split, "examples": len(examples), "cutoffs": list(CUTOFFS),
                "weights": retriever.weights, "seconds": seconds, "results": results}
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     sys.stdout.write(markdown + "\n")

@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import logging
 import os
-import platform
 import random
 import resource
 import shlex
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from reges.errors import RegesError
+from reges.io import machine_info
 from reges.recommender import PipelineRecommender, check_context
 from reges.records import RecExample
 from reges.retrieval.retrieve import read_examples
@@ -44,28 +44,6 @@ from reges.retrieval.retrieve import read_examples
 logger = logging.getLogger("turn_latency")
 
 STAGES = ("query", "retrieve", "pick", "total")
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo ("unknown" where there is none, e.g. macOS)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, logical cores (all and usable by this process), platform and the 1/5/15-min load average now."""
-    return {
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if sys.platform.startswith("linux") else os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def peak_rss_mib() -> float:

@@ -11,8 +11,10 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -165,6 +167,29 @@ def library_versions() -> dict[str, str]:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return versions
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo ("unknown" where there is none, e.g. macOS)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """What a benchmark result names as its machine: CPU model, logical cores (all and usable by this process),
+    platform, Python, and the 1/5/15-min load average now (these machines are shared; load explains noise)."""
+    return {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if sys.platform.startswith("linux") else os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def now_iso() -> str:

@@ -37,6 +37,7 @@ from reges.config import PipelineConfig
 from reges.errors import ConfigError, DataError, ModelError
 from reges.io import RunDir, now_iso, read_trec, write_jsonl
 from reges.item_expert.prompts import PromptFormat, candidate_titles, item_prompt, strip_id_suffix
+from reges.llm import resolve_backend, trained_adapter
 from reges.llm.base import LLM, Messages
 from reges.records import Item, RecExample
 from reges.retrieval.index import read_catalog
@@ -291,26 +292,19 @@ def load_split_inputs(
 
 
 def adapter_path(cfg: PipelineConfig, run_dir: RunDir) -> str:
-    """The trained adapter for `llm.backend`: adapter/ (hf) or adapter.gguf (llamacpp).
+    """The trained adapter for `llm.backend` (`reges.llm.trained_adapter`): adapter/ (hf) or adapter.gguf (llamacpp).
 
     Raises:
-        ModelError: The backend takes no local adapter, or train-item wrote no GGUF adapter.
+        ConfigError: llamacpp was asked for but train-item wrote no GGUF adapter.
+        ModelError: The backend takes no local adapter (openai).
     """
-    train_dir = run_dir.require("train-item")
-    backend = cfg.llm.backend
-    if backend == "auto":
-        backend = "openai" if cfg.llm.model.startswith(("http://", "https://")) else "hf"
-    if backend == "hf":
-        return str(train_dir / "adapter")
-    if backend == "llamacpp":
-        path = train_dir / "adapter.gguf"
-        if not path.is_file():
-            raise ModelError(f"{path} not found (train-item writes it only for a GGUF base model); use llm.backend=hf")
-        return str(path)
-    raise ModelError(
-        f"llm.backend={backend} cannot load the item expert's adapter; serve it behind the endpoint, or set "
-        "generate.use_adapter=false"
-    )
+    adapter = trained_adapter(cfg.llm, run_dir.require("train-item"))
+    if adapter is None:
+        raise ModelError(
+            f"llm.backend={resolve_backend(cfg.llm)} cannot load the item expert's adapter; serve it behind the "
+            "endpoint, or set generate.use_adapter=false"
+        )
+    return adapter
 
 
 def resolve_query_file(cfg: PipelineConfig, run_dir: RunDir, split: str) -> Path | None:

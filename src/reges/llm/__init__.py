@@ -7,15 +7,46 @@ when chosen.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reges.errors import ModelError
+from reges.errors import ConfigError, ModelError
 from reges.llm.base import LLM, Messages
 
 if TYPE_CHECKING:
     from reges.config import LLMConfig
 
-__all__ = ["LLM", "Messages", "load_llm"]
+__all__ = ["LLM", "Messages", "load_llm", "resolve_backend", "trained_adapter"]
+
+
+def resolve_backend(cfg: LLMConfig) -> str:
+    """`llm.backend` with "auto" resolved: openai for an http(s) URL in `llm.model`, hf otherwise."""
+    if cfg.backend == "auto":
+        return "openai" if cfg.model.startswith(("http://", "https://")) else "hf"
+    return cfg.backend
+
+
+def trained_adapter(cfg: LLMConfig, train_dir: Path) -> str | None:
+    """The adapter a training stage wrote in `train_dir`, in the form the backend loads.
+
+    hf loads the PEFT folder `adapter/`, llamacpp the GGUF file `adapter.gguf` (written only when the base model is a
+    GGUF file or a bundled name), openai none: the endpoint must serve the adapter itself (None is returned).
+
+    Raises:
+        ConfigError: llamacpp was asked for but there is no `adapter.gguf`.
+    """
+    backend = resolve_backend(cfg)
+    if backend == "hf":
+        return str(train_dir / "adapter")
+    if backend == "llamacpp":
+        path = train_dir / "adapter.gguf"
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} not found: {train_dir.name} writes a GGUF adapter only when llm.model is a GGUF file or a "
+                "bundled name; use llm.backend=hf, or retrain from a GGUF base"
+            )
+        return str(path)
+    return None
 
 
 def load_llm(cfg: LLMConfig, adapter: str | None = None, seed: int = 0) -> LLM:
@@ -37,9 +68,7 @@ def load_llm(cfg: LLMConfig, adapter: str | None = None, seed: int = 0) -> LLM:
         >>> llm.choose([[{"role": "user", "content": "A space horror movie?"}]], [["Alien", "Titanic"]])
         ['Alien']
     """
-    backend = cfg.backend
-    if backend == "auto":
-        backend = "openai" if cfg.model.startswith(("http://", "https://")) else "hf"
+    backend = resolve_backend(cfg)
     if backend == "hf":
         from reges.llm.hf import HFLLM
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from reges.config import PipelineConfig, RewriteConfig
 from reges.errors import ConfigError, ModelError
 from reges.io import RunDir, now_iso, write_jsonl
+from reges.llm import resolve_backend, trained_adapter
 from reges.llm.base import LLM
 from reges.query_expert.prompts import query_prompt
 from reges.records import Turn
@@ -98,26 +99,16 @@ def rewrite_queries(
 
 
 def adapter_for_backend(cfg: PipelineConfig, train_dir: Path) -> str | None:
-    """The adapter file the configured backend loads: the PEFT folder (hf), the GGUF file (llamacpp), none (openai).
+    """The Query Expert's adapter for the configured backend (`reges.llm.trained_adapter`); openai: none, logged.
 
     Raises:
         ConfigError: llamacpp was asked for but train-query wrote no GGUF adapter (the base is not a GGUF model).
     """
-    backend = cfg.llm.backend
-    if backend == "auto":
-        backend = "openai" if cfg.llm.model.startswith(("http://", "https://")) else "hf"
-    if backend == "hf":
-        return str(train_dir / "adapter")
-    if backend == "llamacpp":
-        path = train_dir / "adapter.gguf"
-        if not path.is_file():
-            raise ConfigError(
-                f"{path} not found: train-query writes a GGUF adapter only when llm.model is a GGUF file or a bundled "
-                "name; use llm.backend=hf, or retrain from a GGUF base"
-            )
-        return str(path)
-    logger.info("backend %s: the endpoint must serve the trained adapter (%s) itself", backend, train_dir / "adapter")
-    return None
+    adapter = trained_adapter(cfg.llm, train_dir)
+    if adapter is None:
+        logger.info("backend %s: the endpoint must serve the trained adapter (%s) itself", resolve_backend(cfg.llm),
+                    train_dir / "adapter")
+    return adapter
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir) -> None:

@@ -16,7 +16,16 @@ from reges.eval.metrics import (
     success_rate,
     summarize_picks,
 )
-from reges.item_expert.generate import Pick, SplitInputs, clean_answer, match_candidate, pick_items, pick_rows
+from reges.item_expert.generate import (
+    Pick,
+    SplitInputs,
+    clean_answer,
+    fuse_scores,
+    match_candidate,
+    pick_items,
+    pick_rows,
+    tune_alpha,
+)
 from reges.item_expert.prompts import SYSTEM_PROMPT, PromptFormat, candidate_titles, card_line, item_prompt
 from reges.records import Item, RecExample, Turn
 from reges.titles import TitleMatcher
@@ -54,6 +63,13 @@ def test_prompt_layout_is_compact_and_domain_neutral() -> None:
     )
     with pytest.raises(DataError, match="no candidates"):
         item_prompt(context, None, [])
+    # a candidate the dialogue already named says so (unless mark_mentioned is off)
+    named = [Turn("user", "I loved Up (2009)", ["11"]), Turn("assistant", "Great!")]
+    marked = item_prompt(named, None, ITEMS[:2])[1]["content"]
+    assert marked.endswith("1. Alien (1979) | genre: horror, sci-fi\n2. Up (2009) | genre: animation, family | "
+                           "mentioned earlier")
+    unmarked = item_prompt(named, None, ITEMS[:2], PromptFormat(mark_mentioned=False))[1]["content"]
+    assert "mentioned" not in unmarked.split("Candidates:")[1]
     with pytest.raises(ConfigError, match="max_card_chars"):
         PromptFormat(max_card_chars=0)
 
@@ -189,3 +205,38 @@ def test_free_mode_tiny_llm_is_deterministic(tiny_llm) -> None:
     b = pick_items(tiny_llm, [prompt], [titles], "free", max_new_tokens=3)[0]
     assert (a.text, a.index) == (b.text, b.index)
 
+
+
+def test_fusion_alpha_moves_from_the_retriever_order_to_the_expert() -> None:
+    retriever, llm = [3.0, 2.0, 1.0], [-9.0, -1.0, -5.0]
+    assert fuse_scores(retriever, llm, 0.0).argmax() == 0  # the retriever's top-1
+    assert fuse_scores(retriever, llm, 1.0).argmax() == 1  # the expert's
+    assert fuse_scores([1.0, 1.0], [0.0, 2.0], 0.1).argmax() == 1  # flat retriever scores: the expert decides
+    with pytest.raises(ConfigError, match="fusion_alpha"):
+        fuse_scores(retriever, llm, 1.5)
+    with pytest.raises(ModelError, match="scores"):
+        fuse_scores(retriever, llm[:2], 0.5)
+
+
+def _fusion_inputs(targets: list[str]) -> SplitInputs:
+    examples = [RecExample(f"x{i}", f"d{i}", [], [t], [False]) for i, t in enumerate(targets)]
+    return SplitInputs(examples, {ex.example_id: ITEMS[:3] for ex in examples}, None,
+                       {ex.example_id: [3.0, 2.0, 1.0] for ex in examples})
+
+
+def test_tune_alpha_trusts_the_expert_only_where_it_helps() -> None:
+    # the retriever always ranks item 10 first; the targets are 11, 11, 10; the expert's scores favour 11 each time
+    inputs = _fusion_inputs(["11", "11", "10"])
+    picks = [Pick("Up (2009)", 1, [(1, -1.0), (0, -4.0), (2, -6.0)], 0.1)] * 3
+    alpha, table = tune_alpha(inputs, picks)
+    assert [r["alpha"] for r in table][0] == 0.0 and table[-1]["alpha"] == 1.0 and len(table) == 21
+    assert table[0]["success_all"] == pytest.approx(1 / 3) and table[-1]["success_all"] == pytest.approx(2 / 3)
+    assert 0.0 < alpha <= 1.0 and next(r for r in table if r["alpha"] == alpha)["success_all"] == pytest.approx(2 / 3)
+    rows = pick_rows(inputs, picks, "rank", None, alpha)
+    assert [r["item_id"] for r in rows] == ["11", "11", "11"]
+    assert rows[0]["llm_scores"] == [-4.0, -1.0, -6.0] and rows[0]["ranking"][0][0] == "11"
+    assert [r["item_id"] for r in pick_rows(inputs, picks, "rank", None, 0.0)] == ["10", "10", "10"]
+    # an expert that is always wrong gets alpha 0: the retriever's order (ties go to the smaller alpha)
+    assert tune_alpha(_fusion_inputs(["10", "10", "12"]), picks)[0] == 0.0
+    with pytest.raises(ModelError, match="rank-mode"):
+        tune_alpha(inputs, [Pick("Up (2009)", 1, [], 0.1)] * 3)

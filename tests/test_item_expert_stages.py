@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from item_expert_fakes import make_run_dir
+from item_expert_fakes import DEV, make_run_dir
 from tiny_models import build_tiny_gguf
 
 from reges.config import (
@@ -21,14 +22,14 @@ from reges.config import (
 )
 from reges.errors import ConfigError, StageNotReadyError
 from reges.eval import evaluate as evaluate_stage
-from reges.io import RunDir, read_jsonl
+from reges.io import RunDir, read_jsonl, write_jsonl
 from reges.item_expert import generate as generate_stage
 from reges.item_expert import train as train_stage
 from reges.llm import lora
 from reges.retrieval import mining
 
 ROW_KEYS = {"example_id", "mode", "text", "item_id", "in_candidates", "in_catalog", "candidate_ids", "ranking",
-            "latency_s"}
+            "llm_scores", "latency_s"}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_train_item_writes_adapters_and_resumes_after_a_kill(trained: tuple[RunD
 @pytest.mark.parametrize("mode", ["constrained", "rank", "free"])
 def test_generate_writes_one_row_per_example(trained: tuple[RunDir, PipelineConfig], mode: str) -> None:
     rd, cfg = trained
-    generate_stage.run(_overwrite(cfg, mode=mode), rd)
+    generate_stage.run(_overwrite(cfg, mode=mode, fusion_alpha=1.0), rd)
     rows = read_jsonl(rd.path / "generate" / "dev.jsonl")
     assert [r["example_id"] for r in rows] == ["v1", "v2", "v3"]
     expected_candidates = {"v1": ["13", "10", "16"], "v2": ["11", "12", "13"], "v3": ["14", "11", "15"]}
@@ -119,15 +120,37 @@ def test_generate_writes_one_row_per_example(trained: tuple[RunDir, PipelineConf
             assert row["in_catalog"] == (row["item_id"] is not None)
         if mode == "rank":
             assert sorted(i for i, _ in row["ranking"]) == sorted(row["candidate_ids"])
-            assert row["ranking"][0][0] == row["item_id"]
+            assert row["ranking"][0][0] == row["item_id"] and len(row["llm_scores"]) == 3
         else:
-            assert row["ranking"] == []
+            assert row["ranking"] == [] and row["llm_scores"] == []
     manifest = rd.manifest("generate")
     assert manifest["mode"] == mode and manifest["use_adapter"] is True and manifest["top_k"] == 3
     assert manifest["splits"]["dev"]["examples"] == 3
     assert "adapter" in manifest["inputs"]
     if mode != "free":
         assert manifest["splits"]["dev"]["hallucinations"] == 0
+
+
+def test_rank_mode_tunes_the_fusion_alpha_on_the_tune_split(trained: tuple[RunDir, PipelineConfig]) -> None:
+    rd, cfg = trained
+    with pytest.raises(ConfigError, match="fusion_alpha"):  # no tune split yet: say how to get one
+        generate_stage.run(_overwrite(cfg, mode="rank"), rd)
+    write_jsonl(rd.stage_dir("data") / "tune.jsonl", DEV)
+    shutil.copy(rd.stage_dir("retrieve") / "dev.trec", rd.stage_dir("retrieve") / "tune.trec")
+    try:
+        generate_stage.run(_overwrite(cfg, mode="rank"), rd)
+    finally:
+        (rd.stage_dir("data") / "tune.jsonl").unlink()
+        (rd.stage_dir("retrieve") / "tune.trec").unlink()
+    manifest = rd.manifest("generate")
+    tuning = manifest["fusion_tuning"]
+    assert tuning["split"] == "tune" and len(tuning["alphas"]) == 21
+    best = max(r["success_all"] for r in tuning["alphas"])
+    assert manifest["fusion_alpha"] == min(r["alpha"] for r in tuning["alphas"] if r["success_all"] == best)
+    assert set(manifest["splits"]) == {"tune", "dev"} and set(manifest["outputs"]) == {"tune.jsonl", "dev.jsonl"}
+    rows = read_jsonl(rd.path / "generate" / "tune.jsonl")
+    hits = sum(r["item_id"] in t for r, t in zip(rows, [ex.target_item_ids for ex in DEV], strict=True))
+    assert hits / len(rows) == pytest.approx(best, abs=1e-3)  # the rows are the tuned alpha's picks
 
 
 def test_generate_follows_the_training_prompts(trained: tuple[RunDir, PipelineConfig]) -> None:
@@ -153,7 +176,7 @@ def test_generate_with_llamacpp_and_the_gguf_adapter(trained: tuple[RunDir, Pipe
 
 def test_evaluate_adds_the_end_to_end_section(trained: tuple[RunDir, PipelineConfig]) -> None:
     rd, cfg = trained
-    generate_stage.run(_overwrite(cfg, mode="rank"), rd)
+    generate_stage.run(_overwrite(cfg, mode="rank", fusion_alpha=1.0), rd)
     evaluate_stage.run(_overwrite(cfg), rd)
     metrics = json.loads((rd.path / "evaluate" / "metrics.json").read_text())
     e2e = metrics["end_to_end"]["dev"]
@@ -172,7 +195,10 @@ def test_evaluate_adds_the_end_to_end_section(trained: tuple[RunDir, PipelineCon
     assert recall["retriever"]["all"]["recall@1"]["mean"] == pytest.approx(0.5)
     assert recall["item_expert"]["all"]["n_targets"] == 4
     report = (rd.path / "evaluate" / "report.md").read_text()
-    assert "## End to end: dev (mode rank, trained adapter, k = 3" in report
+    assert "## End to end: dev (mode rank, trained adapter, fusion alpha 1.00, k = 3" in report
+    # alpha 1: the fused pick is the expert's own first choice
+    alone = e2e["methods"]["item_expert_alone"]["all"]["success_rate"]["mean"]
+    assert alone == e2e["methods"]["item_expert"]["all"]["success_rate"]["mean"] and "| item_expert_alone |" in report
     assert "| retriever_top1 | 0.667 |" in report
     assert "generate/dev" in rd.manifest("evaluate")["inputs"]
 

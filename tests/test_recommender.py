@@ -143,7 +143,7 @@ class ScriptedLLM:
         return [c[-1] for c in candidates]
 
     def rank(self, prompt: Messages, candidates: list[str], length_normalized: bool = False) -> list[float]:
-        return [0.0] * len(candidates)
+        return [0.0] * (len(candidates) - 1) + [5.0]  # likes the last candidate best
 
 
 def test_query_expert_and_item_expert_compose() -> None:
@@ -169,6 +169,21 @@ def test_query_expert_and_item_expert_compose() -> None:
         "linking": "catalog titles in typed turns",
         "pick": "item expert (constrained)",
     }
+
+
+@pytest.mark.parametrize(("alpha", "picked"), [(0.0, "13"), (1.0, "11")])
+def test_rank_mode_fuses_the_expert_with_the_retriever(alpha: float, picked: str) -> None:
+    encoder = KeywordEncoder(KEYWORDS)
+    index = ItemIndex.from_embeddings(
+        encoder.encode([it.text for it in ITEMS], 8, False), ["10", "11", "12", "13"], IndexConfig(), seed=0
+    )
+    generate = dataclasses.replace(PipelineConfig().generate, top_k=3, mode="rank", fusion_alpha=alpha)
+    recommender = PipelineRecommender(
+        dataclasses.replace(PipelineConfig(), generate=generate), ITEMS, index, encoder, item_llm=ScriptedLLM("")
+    )
+    rec = recommender.recommend([Turn("user", "A horror film with a shark")], top_k=3)
+    assert [c.item_id for c in rec.candidates] == ["13", "10", "11"]
+    assert rec.item_id == picked  # alpha 0: the retriever's top-1; alpha 1: the expert's favourite (the last)
 
 
 def test_messages_roles_and_the_preference_rule() -> None:

@@ -352,6 +352,7 @@ class MineConfig:
     max_card_chars: Each candidate's attribute text is cut to this many characters.
     max_context_chars: The dialogue tail shown (whole turns from the end; the oldest kept turn may be cut).
     max_query_chars: The query is cut to this many characters.
+    mark_mentioned: Mark candidates the dialogue already named ("mentioned earlier" on their card).
     """
 
     splits: list[str] = field(default_factory=lambda: ["train"])
@@ -362,6 +363,7 @@ class MineConfig:
     max_card_chars: int = 60
     max_context_chars: int = 1200
     max_query_chars: int = 300
+    mark_mentioned: bool = True
 
 
 @dataclass(frozen=True)
@@ -404,6 +406,10 @@ class GenerateConfig:
     batch_size: Prompts per model call (1: `latency_s` is the latency of one turn).
     max_new_tokens: Free mode: most tokens of the generated title.
     length_normalized: Rank mode: score by mean log-probability per token instead of the total.
+    fusion_alpha: Rank mode: the pick maximises (1 - alpha) z(retriever score) + alpha z(LLM log-likelihood), z-scores
+        taken within each candidate list; 1 is the Item Expert alone, 0 the retriever's own order. null: tuned on
+        `tune_split` (the alpha with the best success rate there; never on dev).
+    tune_split: The split fusion_alpha is tuned on (needs data/ and retrieve/ of that split).
     """
 
     splits: list[str] = field(default_factory=lambda: ["dev"])
@@ -414,6 +420,8 @@ class GenerateConfig:
     batch_size: int = 8
     max_new_tokens: int = 32
     length_normalized: bool = False
+    fusion_alpha: float | None = None
+    tune_split: str = "tune"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ concurrent requests into one `recommend_many` call.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -327,6 +328,12 @@ class PipelineRecommender:
                 )
             adapter = adapter_path(cfg, run_dir) if cfg.generate.use_adapter else None
             item_llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
+            if cfg.generate.mode == "rank" and cfg.generate.fusion_alpha is None:
+                # the alpha the generate stage tuned; the Item Expert alone when there is none
+                tuned = run_dir.manifest("generate").get("fusion_alpha") if run_dir.is_complete("generate") else None
+                alpha = 1.0 if tuned is None else float(tuned)
+                cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, fusion_alpha=alpha))
+                logger.info("item expert: rank mode, fusion alpha %.2f", alpha)
             item_sees_query = bool(trained.get("query_used")) and query_llm is not None
         encoder = load_index_encoder(index, cfg.index) if index is not None else None
         recommender = cls(cfg, items, index, encoder, query_llm, fused, item_llm, item_sees_query, mention_counts)
@@ -457,6 +464,14 @@ class PipelineRecommender:
         picks = pick_items(
             self.item_llm, prompts, titles, gc.mode, gc.max_new_tokens, gc.batch_size, gc.length_normalized
         )
+        if gc.mode == "rank":  # the generate stage's fusion of the expert's and the retriever's scores
+            from reges.item_expert.generate import fuse_pick
+
+            alpha = 1.0 if gc.fusion_alpha is None else gc.fusion_alpha
+            picks = [
+                fuse_pick(pick, t, [h.score for h in hits], alpha)
+                for pick, t, hits in zip(picks, titles, candidates, strict=True)
+            ]
         positions = []
         for pick in picks:
             if pick.index is None:  # only in generate.mode=free: an answer that names no candidate

@@ -162,18 +162,21 @@ def render_report(metrics: dict[str, Any], run_name: str, catalog_size: int, det
 E2E_CUTOFFS = (1, 5, 10)
 E2E_METHODS = {
     "retriever_top1": "the first of the candidates the Item Expert saw (the retriever's pick)",
-    "item_expert": "the Item Expert's pick (generate/)",
+    "item_expert": "the Item Expert's pick (generate/; rank mode: fused with the retriever's scores, fusion alpha)",
+    "item_expert_alone": "rank mode: the candidate the Item Expert's log-likelihood alone ranks first (alpha 1)",
 }
 
 
 def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: Path) -> dict[str, list[PickOutcome]]:
     """Outcomes of the Item Expert's picks and of the retriever's top-1 on the examples generate covered.
 
+    Rank-mode rows also give "item_expert_alone": the expert's own first choice, before fusion.
+
     Raises:
         DataError: A row names an example the split does not have, or has no candidates.
     """
     by_id = {ex.example_id: ex for ex in examples}
-    expert, top1 = [], []
+    expert, top1, alone = [], [], []
     for row in rows:
         ex = by_id.get(str(row["example_id"]))
         if ex is None:
@@ -191,7 +194,14 @@ def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: 
         )
         first = candidates[0]
         top1.append(PickOutcome(ex.example_id, ex.dialogue_id, first, True, True, targets, mentioned, candidates))
-    return {"retriever_top1": top1, "item_expert": expert}
+        scores = row.get("llm_scores") or []
+        if scores:
+            best = candidates[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+            alone.append(PickOutcome(ex.example_id, ex.dialogue_id, best, True, True, targets, mentioned, candidates))
+    outcomes = {"retriever_top1": top1, "item_expert": expert}
+    if alone and len(alone) == len(expert):
+        outcomes["item_expert_alone"] = alone
+    return outcomes
 
 
 def end_to_end_metrics(
@@ -215,6 +225,7 @@ def end_to_end_metrics(
         "top_k": top_k,
         "use_adapter": generate_manifest["use_adapter"],
         "model": generate_manifest.get("model", ""),
+        "fusion_alpha": generate_manifest.get("fusion_alpha"),
         "methods": {
             method: {protocol: summarize_picks(picked, protocol, resamples, seed) for protocol in PROTOCOLS}
             for method, picked in outcomes.items()
@@ -248,6 +259,8 @@ def render_end_to_end(end_to_end: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for split, e2e in end_to_end.items():
         tuned = "trained adapter" if e2e["use_adapter"] else "base model, untuned"
+        if e2e.get("fusion_alpha") is not None:
+            tuned += f", fusion alpha {e2e['fusion_alpha']:.2f}"
         first = e2e["methods"]["item_expert"]
         lines += [
             f"## End to end: {split} (mode {e2e['mode']}, {tuned}, k = {e2e['top_k']}; "
@@ -284,7 +297,8 @@ def render_end_to_end(end_to_end: dict[str, Any]) -> list[str]:
                 cells = [_fmt(m[p][recall_key(k)]["mean"]) for p in PROTOCOLS for k in cutoffs]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines += [f"- **{m}**: {d}" for m, d in E2E_METHODS.items()] + [""] if end_to_end else []
+    shown = {m for e2e in end_to_end.values() for m in e2e["methods"]}
+    lines += [f"- **{m}**: {d}" for m, d in E2E_METHODS.items() if m in shown] + [""] if end_to_end else []
     return lines
 
 

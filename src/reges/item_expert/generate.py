@@ -6,8 +6,12 @@ Modes (`generate.mode`):
                  matches no candidate; such an answer is also looked up in the whole catalog (`in_catalog`), and
                  when it names a catalog item that item is the pick (it can still be right, just not from the list).
     constrained  `llm.choose` over the candidate titles: decoding cannot leave them, zero hallucination.
-    rank         `llm.rank` scores every candidate title (log-likelihood as the answer): a full re-ranked list,
-                 whose first item is the pick.
+    rank         `llm.rank` scores every candidate title (log-likelihood as the answer); the list is re-ranked by
+                 (1 - alpha) z(retriever score) + alpha z(log-likelihood) (`fuse_scores`), whose first item is the
+                 pick. alpha (`generate.fusion_alpha`) is tuned on the `tune` split when not given (`tune_alpha`):
+                 a 135M expert alone orders 20 candidates worse than the retriever, but it knows things the
+                 retriever does not (which discussed item the next turn returns to, what the last turn asks for),
+                 and the fusion keeps both.
 The candidates are the first `generate.top_k` items of `retrieve/{split}.trec`; the prompt is `item_prompt` with the
 `mine.*` prompt settings, and the Query Expert's query from `rewrite/{split}.jsonl` when it is used (see
 `mine.query`; with the adapter, prompts show a query exactly when the training prompts did).
@@ -15,8 +19,11 @@ The candidates are the first `generate.top_k` items of `retrieve/{split}.trec`; 
 Files written under `run_dir/generate/`:
     {split}.jsonl   one row per example, sorted by example_id: {"example_id", "mode", "text", "item_id" (null when
                     the answer matches nothing), "in_candidates", "in_catalog", "candidate_ids", "ranking":
-                    [[item_id, score], ...] (rank mode only, best first), "latency_s"}
-    manifest.json   written last; per split: examples, hallucinations, catalog misses, latency p50/p95
+                    [[item_id, fused score], ...] (rank mode only, best first), "llm_scores" (rank mode: the
+                    log-likelihood of each candidate, in candidate_ids order), "latency_s"}
+                    When alpha is tuned, the tune split's rows are written too (`{tune_split}.jsonl`).
+    manifest.json   written last; per split: examples, hallucinations, catalog misses, latency p50/p95; rank mode:
+                    the alpha used and, when tuned, the success rate of every alpha on the tune split
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ MODES: tuple[PickMode, ...] = ("free", "constrained", "rank")
 FUZZY_THRESHOLD = 92.0
 # A free answer ends at a new line, or where a model copying a candidate line reaches its card (" | genre: ...").
 FREE_STOP = ["\n", " | "]
+# The alphas `tune_alpha` tries: 0 (the retriever's order) to 1 (the Item Expert alone).
+ALPHA_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
 # "3. Title", "3) Title", "- Title": list markers a model copies from the numbered candidate list.
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}\s*[.)]|[-*•])\s+")
 
@@ -188,11 +197,86 @@ class SplitInputs:
         examples: The examples to pick for.
         candidates: example id -> candidate items, in the retriever's order.
         queries: example id -> query, or None when prompts show no query.
+        retriever_scores: example id -> the retriever's score of each candidate, in candidate order.
     """
 
     examples: list[RecExample]
     candidates: dict[str, list[Item]]
     queries: dict[str, str] | None
+    retriever_scores: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+
+def _zscore(values: Sequence[float]) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
+def fuse_scores(retriever_scores: Sequence[float], llm_scores: Sequence[float], alpha: float) -> np.ndarray:
+    """(1 - alpha) z(retriever) + alpha z(LLM) per candidate: both scales made comparable within the list.
+
+    Raises:
+        ConfigError: alpha outside [0, 1].
+        ModelError: The two score lists differ in length.
+
+    Example:
+        >>> fuse_scores([3.0, 2.0, 1.0], [-9.0, -1.0, -5.0], 0.0).argmax()  # alpha 0: the retriever's top-1
+        0
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"generate.fusion_alpha must be in [0, 1], got {alpha}")
+    if len(retriever_scores) != len(llm_scores):
+        raise ModelError(f"{len(retriever_scores)} retriever scores but {len(llm_scores)} LLM scores")
+    return (1.0 - alpha) * _zscore(retriever_scores) + alpha * _zscore(llm_scores)
+
+
+def _llm_scores(pick: Pick, n: int) -> list[float]:
+    """A rank-mode pick's log-likelihoods back in candidate order."""
+    scores = [0.0] * n
+    for i, score in pick.ranking:
+        scores[i] = score
+    return scores
+
+
+def fuse_pick(pick: Pick, titles: Sequence[str], retriever_scores: Sequence[float], alpha: float) -> Pick:
+    """A rank-mode pick re-ranked by `fuse_scores`: index, text and ranking (fused scores) of the fused list."""
+    fused = fuse_scores(retriever_scores, _llm_scores(pick, len(titles)), alpha)
+    order = sorted(range(len(titles)), key=lambda i: (-fused[i], i))
+    return Pick(titles[order[0]], order[0], [(i, float(fused[i])) for i in order], pick.latency_s)
+
+
+def tune_alpha(inputs: SplitInputs, picks: Sequence[Pick]) -> tuple[float, list[dict[str, float]]]:
+    """The fusion alpha with the best success rate on a held-out split (protocol all; ties: novel, then smaller).
+
+    Returns:
+        (alpha, one {"alpha", "success_all", "success_novel"} row per alpha of `ALPHA_GRID`).
+
+    Raises:
+        ModelError: The picks are not rank-mode picks (no ranking).
+    """
+    if any(not p.ranking for p in picks):
+        raise ModelError("tune_alpha needs rank-mode picks (generate.mode=rank)")
+    table = []
+    for alpha in ALPHA_GRID:
+        hits_all, hits_novel, n_novel = 0, 0, 0
+        for ex, pick in zip(inputs.examples, picks, strict=True):
+            cands = inputs.candidates[ex.example_id]
+            fused = fuse_scores(inputs.retriever_scores[ex.example_id], _llm_scores(pick, len(cands)), alpha)
+            chosen = cands[int(np.argmax(fused))].item_id
+            hits_all += chosen in ex.target_item_ids
+            novel = ex.novel_target_ids()
+            if novel:
+                n_novel += 1
+                hits_novel += chosen in novel
+        table.append(
+            {
+                "alpha": alpha,
+                "success_all": hits_all / max(len(picks), 1),
+                "success_novel": hits_novel / max(n_novel, 1),
+            }
+        )
+    best = max(table, key=lambda r: (r["success_all"], r["success_novel"], -r["alpha"]))
+    return best["alpha"], table
 
 
 def build_prompts(inputs: SplitInputs, fmt: PromptFormat) -> tuple[list[Messages], list[list[str]]]:
@@ -207,12 +291,23 @@ def build_prompts(inputs: SplitInputs, fmt: PromptFormat) -> tuple[list[Messages
 
 
 def pick_rows(
-    inputs: SplitInputs, picks: Sequence[Pick], mode: PickMode, catalog: TitleMatcher | None
+    inputs: SplitInputs,
+    picks: Sequence[Pick],
+    mode: PickMode,
+    catalog: TitleMatcher | None,
+    alpha: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Rows of `generate/{split}.jsonl` from the picks (free-mode misses are looked up in `catalog`)."""
+    """Rows of `generate/{split}.jsonl` from the picks (free-mode misses are looked up in `catalog`).
+
+    Rank mode: the ranking and the pick are those of `fuse_scores` with `alpha`.
+    """
     rows = []
     for ex, pick in zip(inputs.examples, picks, strict=True):
         cands = inputs.candidates[ex.example_id]
+        llm_scores: list[float] = []
+        if mode == "rank":
+            llm_scores = _llm_scores(pick, len(cands))
+            pick = fuse_pick(pick, candidate_titles(cands), inputs.retriever_scores[ex.example_id], alpha)
         if pick.index is not None:
             item_id, in_catalog = cands[pick.index].item_id, True
         else:
@@ -229,6 +324,7 @@ def pick_rows(
                 "in_catalog": in_catalog,
                 "candidate_ids": [c.item_id for c in cands],
                 "ranking": [[cands[i].item_id, round(s, 4)] for i, s in pick.ranking] if mode == "rank" else [],
+                "llm_scores": [round(s, 4) for s in llm_scores],
                 "latency_s": round(pick.latency_s, 4),
             }
         )
@@ -269,6 +365,7 @@ def load_split_inputs(
     examples = sample_examples(read_examples(data_path), max_examples, seed)
     rankings = read_trec(trec)
     candidates: dict[str, list[Item]] = {}
+    retriever_scores: dict[str, list[float]] = {}
     for ex in examples:
         hits = rankings.get(ex.example_id)
         if not hits:
@@ -281,6 +378,10 @@ def load_split_inputs(
                 "run.overwrite=true"
             )
         candidates[ex.example_id] = [items[i] for i in ids]
+        best = {}
+        for h in hits:
+            best.setdefault(h.item_id, h.score)
+        retriever_scores[ex.example_id] = [best[i] for i in ids]
     queries = None
     if query_file is not None:
         all_queries = read_queries(query_file)
@@ -288,7 +389,7 @@ def load_split_inputs(
         if missing:
             raise DataError(f"{query_file} has no query for {len(missing)} examples (e.g. {missing[0]!r})")
         queries = {ex.example_id: all_queries[ex.example_id] for ex in examples}
-    return SplitInputs(examples, candidates, queries)
+    return SplitInputs(examples, candidates, queries, retriever_scores)
 
 
 def adapter_path(cfg: PipelineConfig, run_dir: RunDir) -> str:
@@ -354,10 +455,23 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     items_list = read_catalog(items_path)
     items = {it.item_id: it for it in items_list}
     adapter = adapter_path(cfg, run_dir) if gc.use_adapter else None
-    query_files = {split: resolve_query_file(cfg, run_dir, split) for split in gc.splits}
+    tuning = gc.mode == "rank" and gc.fusion_alpha is None
+    splits = list(dict.fromkeys([gc.tune_split, *gc.splits] if tuning else gc.splits))
+    if tuning:
+        have = (
+            run_dir.stage_dir("data") / f"{gc.tune_split}.jsonl",
+            run_dir.stage_dir("retrieve") / f"{gc.tune_split}.trec",
+        )
+        if not all(path.is_file() for path in have):
+            raise ConfigError(
+                f"generate.mode=rank tunes generate.fusion_alpha on split {gc.tune_split!r}, but {have[0]} or "
+                f"{have[1]} is missing; set data.tune_fraction and add {gc.tune_split!r} to retrieve.splits, or set "
+                "generate.fusion_alpha (0: the retriever's order, 1: the Item Expert alone)"
+            )
+    query_files = {split: resolve_query_file(cfg, run_dir, split) for split in splits}
     split_inputs = {
         split: load_split_inputs(run_dir, split, items, gc.top_k, query_files[split], gc.max_examples, cfg.run.seed)
-        for split in gc.splits
+        for split in splits
     }
     out = run_dir.begin("generate", cfg.run.overwrite)
     llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
@@ -367,11 +481,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         else None
     )
 
-    outputs: dict[str, int] = {}
-    per_split: dict[str, Any] = {}
     inputs: dict[str, Path] = {"catalog": items_path}
     if adapter is not None:
         inputs["adapter"] = Path(adapter)
+    split_picks: dict[str, tuple[list[Pick], float]] = {}
     for split, si in split_inputs.items():
         inputs[f"data/{split}"] = run_dir.stage_dir("data") / f"{split}.jsonl"
         inputs[f"retrieve/{split}"] = run_dir.stage_dir("retrieve") / f"{split}.trec"
@@ -383,15 +496,24 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             llm, prompts, titles, gc.mode, gc.max_new_tokens, gc.batch_size, gc.length_normalized,
             cfg.run.show_progress,
         )
-        seconds = time.perf_counter() - t0
-        rows = pick_rows(si, picks, gc.mode, catalog)
+        split_picks[split] = (picks, time.perf_counter() - t0)
+
+    alpha, alpha_table = (gc.fusion_alpha if gc.fusion_alpha is not None else 1.0), None
+    if tuning:
+        alpha, alpha_table = tune_alpha(split_inputs[gc.tune_split], split_picks[gc.tune_split][0])
+        logger.info("fusion alpha tuned on %s: %.2f (success %s)", gc.tune_split, alpha,
+                    next(r for r in alpha_table if r["alpha"] == alpha))
+    outputs: dict[str, int] = {}
+    per_split: dict[str, Any] = {}
+    for split, (picks, seconds) in split_picks.items():
+        rows = pick_rows(split_inputs[split], picks, gc.mode, catalog, alpha)
         outputs[f"{split}.jsonl"] = write_jsonl(out / f"{split}.jsonl", rows)
         latencies = np.asarray([r["latency_s"] for r in rows]) if rows else np.zeros(1)
         per_split[split] = {
             "examples": len(rows),
             "hallucinations": sum(not r["in_candidates"] for r in rows),
             "catalog_misses": sum(not r["in_catalog"] for r in rows),
-            "query_used": si.queries is not None,
+            "query_used": split_inputs[split].queries is not None,
             "seconds": round(seconds, 2),
             "latency_s": {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))},
         }
@@ -414,5 +536,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             "model": cfg.llm.model,
             "backend": cfg.llm.backend,
             "prompt_format": fmt.to_dict(),
+            "fusion_alpha": alpha if gc.mode == "rank" else None,
+            "fusion_tuning": {"split": gc.tune_split, "alphas": alpha_table} if alpha_table is not None else None,
         },
     )

@@ -13,10 +13,14 @@ catalog) and compact, because the candidate list dominates its length:
 
             Candidates:
             1. Title (Year) | genre: drama, romance
-            2. ...
+            2. Title (Year) | genre: comedy | mentioned earlier
+            ...
 
 Each candidate is its display title plus a short card of a few attributes (`card_fields`, at most
-`MAX_VALUES_PER_FIELD` values each, cut to `max_card_chars`). Display titles are unique within a prompt
+`MAX_VALUES_PER_FIELD` values each, cut to `max_card_chars`), and "mentioned earlier" when the dialogue already
+named the item (`mark_mentioned`): whether the next turn returns to a discussed item or brings a new one is the
+decision the retriever's order gets most wrong (on ReDial's tune split its best unmentioned candidate is a target
+more often than its top-1, which is mostly a mentioned item). Display titles are unique within a prompt
 (`candidate_titles`), so an answer maps back to exactly one item id. Token counts on ReDial with the SmolLM2
 tokenizer: see `benchmarks/item_expert.py` and docs/results/item_expert.md (k = 20 fits in 1,024 tokens, k = 50
 in 2,048).
@@ -56,6 +60,7 @@ class PromptFormat:
         max_card_chars: Each candidate's attribute text is cut to this many characters.
         max_context_chars: Characters of dialogue shown (whole turns from the end).
         max_query_chars: Characters of query shown.
+        mark_mentioned: Add "mentioned earlier" to the card of a candidate the dialogue already named.
 
     Example:
         >>> fmt = PromptFormat.from_config(cfg.mine)
@@ -66,6 +71,7 @@ class PromptFormat:
     max_card_chars: int = 60
     max_context_chars: int = 1200
     max_query_chars: int = 300
+    mark_mentioned: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_card_chars", "max_context_chars", "max_query_chars"):
@@ -74,7 +80,9 @@ class PromptFormat:
 
     @classmethod
     def from_config(cls, cfg: MineConfig) -> PromptFormat:
-        return cls(tuple(cfg.card_fields), cfg.max_card_chars, cfg.max_context_chars, cfg.max_query_chars)
+        return cls(
+            tuple(cfg.card_fields), cfg.max_card_chars, cfg.max_context_chars, cfg.max_query_chars, cfg.mark_mentioned
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +90,7 @@ class PromptFormat:
             "max_card_chars": self.max_card_chars,
             "max_context_chars": self.max_context_chars,
             "max_query_chars": self.max_query_chars,
+            "mark_mentioned": self.mark_mentioned,
         }
 
 
@@ -141,15 +150,22 @@ def _field_values(value: Any) -> list[str]:
     return [str(value)] if value is not None else []
 
 
-def card_line(title: str, item: Item, fmt: PromptFormat) -> str:
-    """One candidate line without its number: "Title (Year) | genre: drama, romance; director: X"."""
+MENTIONED_MARK = "mentioned earlier"
+
+
+def card_line(title: str, item: Item, fmt: PromptFormat, mentioned: bool = False) -> str:
+    """One candidate line without its number: "Title (Year) | genre: drama, romance; director: X".
+
+    `mentioned` (with `fmt.mark_mentioned`) appends " | mentioned earlier".
+    """
     parts = []
     for name in fmt.card_fields:
         values = _field_values(item.meta.get(name))[:MAX_VALUES_PER_FIELD]
         if values:
             parts.append(f"{name}: {', '.join(values)}")
     attributes = _cut("; ".join(parts), fmt.max_card_chars) if parts else ""
-    return f"{title} | {attributes}" if attributes else title
+    line = f"{title} | {attributes}" if attributes else title
+    return f"{line} | {MENTIONED_MARK}" if mentioned and fmt.mark_mentioned else line
 
 
 def item_prompt(
@@ -181,6 +197,10 @@ def item_prompt(
     sections = [f"Conversation:\n{dialogue}" if dialogue else "Conversation: (none yet)"]
     if query is not None and query.strip():
         sections.append(f"Request: {_cut(query, fmt.max_query_chars)}")
-    lines = [f"{i}. {card_line(t, c, fmt)}" for i, (t, c) in enumerate(zip(titles, candidates, strict=True), 1)]
+    mentioned = {i for turn in context for i in turn.item_ids}
+    lines = [
+        f"{i}. {card_line(t, c, fmt, c.item_id in mentioned)}"
+        for i, (t, c) in enumerate(zip(titles, candidates, strict=True), 1)
+    ]
     sections.append("Candidates:\n" + "\n".join(lines))
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(sections)}]

@@ -7,6 +7,8 @@ Per dataset (`--runs name=run_dir ...`) it reads, for one split (default dev):
     <ablation-dir>/retrieval_ablation_<name>.json  benchmarks/retrieval_ablation.py: results.<method>.<protocol>
     <ablation-dir>/item_expert_<name>.json         benchmarks/item_expert.py: runs[] (variant, mode, top_k) and
                                                    retriever_top1.<k> (means only: no CIs on its slices)
+    --variant-runs name:label=run_dir (optional)  more trained runs of a dataset (e.g. random negatives): their
+                                                   end-to-end pick rows, labelled "[label]"
 Every input that is missing (or was made for another split) is skipped, and the report says so; no number is made
 up or carried over from elsewhere. Cutoffs an input did not compute show as "-".
 
@@ -66,7 +68,8 @@ DESCRIPTIONS = {
     "teacher_query": "tuned encoder over the teacher's query: the upper bound for the student",
     "retrieve": "the run's retrieve stage (retrieve/*.trec), what the pipeline ships",
     "retriever_top1": "the retriever's first candidate",
-    "item_expert": "the Item Expert's pick among the k candidates",
+    "item_expert": "the Item Expert's pick among the k candidates (rank mode: fused with the retriever's score)",
+    "item_expert_alone": "rank mode: the Item Expert's own first choice, before fusion",
 }
 
 
@@ -118,6 +121,7 @@ class Inputs:
     paths: dict[str, Path]
     notes: list[str] = field(default_factory=list)
     evaluated: str = ""
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # --- Inputs ---------------------------------------------------------------------------------------------------------
@@ -140,6 +144,28 @@ def parse_runs(specs: list[str]) -> dict[str, Path]:
     if not runs:
         raise ConfigError("--runs is empty; give at least one name=run_dir pair")
     return runs
+
+
+def parse_variant_runs(specs: list[str], datasets: list[str]) -> dict[str, dict[str, Path]]:
+    """`name:label=run_dir` triples -> {name: {label: Path}}.
+
+    Raises:
+        ConfigError: a malformed triple, a dataset not in --runs, or a label given twice for one dataset.
+    """
+    out: dict[str, dict[str, Path]] = {}
+    for spec in specs:
+        key, sep, path = (part.strip() for part in spec.partition("="))
+        name, colon, label = (part.strip() for part in key.partition(":"))
+        if not sep or not colon or not name or not label or not path:
+            raise ConfigError(
+                f"--variant-runs takes name:label=run_dir, got {spec!r}; e.g. redial:random=runs/redial-random"
+            )
+        if name not in datasets:
+            raise ConfigError(f"--variant-runs names dataset {name!r}, which --runs lacks ({datasets})")
+        if label in out.setdefault(name, {}):
+            raise ConfigError(f"--variant-runs gives {name}:{label} twice")
+        out[name][label] = Path(path)
+    return out
 
 
 def _read_json(path: Path, what: str, notes: list[str]) -> dict[str, Any] | None:
@@ -301,6 +327,12 @@ def build_rows(inputs: Inputs, split: str) -> list[Row]:
     if inputs.metrics is not None:
         baselines, shipped, picks = metrics_rows(inputs.metrics, split, inputs.notes)
     ablation = ablation_rows(inputs.ablation, inputs.notes) if inputs.ablation is not None else []
+    for label, metrics in inputs.variants.items():
+        for row in metrics_rows(metrics, split, [])[2]:
+            if not row.method.startswith("retriever_top1"):  # the same candidates: its top-1 is already shown
+                row.method = row.method.replace(" (", f" [{label}] (", 1)
+                row.source += f" of the {label} run"
+                picks.append(row)
     if inputs.item_expert is not None:
         picks += item_expert_rows(inputs.item_expert)
     return baselines + ablation + shipped + picks
@@ -484,7 +516,12 @@ def dataset_plots(inputs: Inputs, split: str, out_dir: Path) -> dict[str, Path |
 
 
 def build_report(
-    runs: dict[str, Path], ablation_dir: Path | None, out: Path, split: str, command: str
+    runs: dict[str, Path],
+    ablation_dir: Path | None,
+    out: Path,
+    split: str,
+    command: str,
+    variant_runs: dict[str, dict[str, Path]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Read every dataset's inputs, draw the plots next to `out`, and return the markdown and the JSON payload."""
     machine = machine_info()
@@ -502,6 +539,12 @@ def build_report(
     payload: dict[str, Any] = {"date": date, "command": command, "machine": machine, "split": split, "datasets": {}}
     for dataset, run_dir in runs.items():
         inputs = read_inputs(dataset, run_dir, ablation_dir, split)
+        for label, variant_dir in (variant_runs or {}).get(dataset, {}).items():
+            path = variant_dir / "evaluate" / "metrics.json"
+            inputs.paths[f"variant {label}"] = path
+            metrics = _read_json(path, f"{label} run's evaluate metrics", inputs.notes)
+            if metrics is not None:
+                inputs.variants[label] = metrics
         rows = build_rows(inputs, split)
         plots = dataset_plots(inputs, split, out.parent)
         lines += dataset_section(inputs, rows, split, plots)
@@ -523,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="datasets and their run dirs, e.g. redial=runs/redial inspired=runs/inspired")
     parser.add_argument("--ablation-dir", type=Path, default=Path("docs/results"),
                         help="folder with retrieval_ablation_<name>.json and item_expert_<name>.json")
+    parser.add_argument("--variant-runs", nargs="*", default=[], metavar="NAME:LABEL=RUN_DIR",
+                        help="more runs of a dataset whose pick rows join its table, e.g. redial:random=runs/r-random")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--out", type=Path, required=True, help="markdown report; plots and .json go next to it")
     args = parser.parse_args(argv)
@@ -530,11 +575,12 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     try:
         runs = parse_runs(args.runs)
+        variant_runs = parse_variant_runs(args.variant_runs, list(runs))
     except ConfigError as e:
         parser.error(str(e))
     command = shlex.join([".venv/bin/python", "benchmarks/end_to_end_report.py",
                           *(argv if argv is not None else sys.argv[1:])])
-    markdown, payload = build_report(runs, args.ablation_dir, args.out, args.split, command)
+    markdown, payload = build_report(runs, args.ablation_dir, args.out, args.split, command, variant_runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown, encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

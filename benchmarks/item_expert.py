@@ -6,6 +6,9 @@ and tuned (the trained adapter):
 - success rate of the pick, protocols all and novel, and success given a target is among the k candidates;
 - the retriever's own top-1 on the same examples (its success rate);
 - hallucination (free mode: the answer matches no candidate) and catalog misses (matches no catalog item);
+- rank mode: the pick and list of `reges generate`, i.e. the expert's log-likelihood fused with the retriever's
+  score, alpha tuned on a seeded slice of the tune split for the same variant and k (`--tune-examples`), and the
+  expert alone (alpha 1);
 - Recall@{1,5,10} of the rank-mode list next to the retriever's order over the same k candidates;
 - prompt tokens (p50/p95/max) and model latency per turn (p50/p95; `--batch-size 1` makes it a true per-turn
   latency).
@@ -36,7 +39,15 @@ import torch
 from reges.config import PipelineConfig, load_config
 from reges.eval.metrics import PROTOCOLS, PickOutcome, recall_key, summarize, summarize_picks, target_ranks
 from reges.io import RunDir
-from reges.item_expert.generate import MODES, adapter_path, build_prompts, load_split_inputs, pick_items, pick_rows
+from reges.item_expert.generate import (
+    MODES,
+    adapter_path,
+    build_prompts,
+    load_split_inputs,
+    pick_items,
+    pick_rows,
+    tune_alpha,
+)
 from reges.item_expert.prompts import PromptFormat
 from reges.llm import load_llm
 from reges.retrieval.index import read_catalog
@@ -48,17 +59,25 @@ logger = logging.getLogger("item_expert_benchmark")
 RECALL_CUTOFFS = (1, 5, 10)
 
 
-def outcomes(si: Any, rows: list[dict[str, Any]], retriever: bool) -> list[PickOutcome]:
-    """PickOutcomes of the expert's rows, or (retriever=True) of the retriever's first candidate."""
+def outcomes(si: Any, rows: list[dict[str, Any]], retriever: bool, alone: bool = False) -> list[PickOutcome]:
+    """PickOutcomes of the expert's rows, of the retriever's first candidate (retriever=True), or of the expert's
+    own first choice before fusion (alone=True, rank rows)."""
     by_id = {ex.example_id: ex for ex in si.examples}
     out = []
     for r in rows:
         ex = by_id[r["example_id"]]
-        item_id = r["candidate_ids"][0] if retriever else r["item_id"]
+        if retriever:
+            item_id = r["candidate_ids"][0]
+        elif alone:
+            scores = r["llm_scores"]
+            item_id = r["candidate_ids"][max(range(len(scores)), key=lambda i: (scores[i], -i))]
+        else:
+            item_id = r["item_id"]
+        exact = retriever or alone
         out.append(
             PickOutcome(
-                ex.example_id, ex.dialogue_id, item_id, True if retriever else r["in_candidates"],
-                True if retriever else r["in_catalog"], tuple(ex.target_item_ids), tuple(ex.target_mentioned),
+                ex.example_id, ex.dialogue_id, item_id, True if exact else r["in_candidates"],
+                True if exact else r["in_catalog"], tuple(ex.target_item_ids), tuple(ex.target_mentioned),
                 tuple(r["candidate_ids"]),
             )
         )
@@ -121,11 +140,22 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 rows_for_tokens = [{"prompt": p} for p in prompts]
                 results["prompt_tokens"][str(top_k)] = token_stats(prompt_token_counts(rows_for_tokens, tokenizer))
             for mode in args.modes:
+                alpha, alpha_table = 1.0, None
+                if mode == "rank":  # tune the fusion alpha on the tune slice, as `reges generate` does
+                    tune_si = load_split_inputs(run_dir, args.tune_split, items, top_k,
+                                                query_path(run_dir, args.tune_split, cfg.mine.query),
+                                                args.tune_examples, cfg.run.seed)
+                    tune_prompts, tune_titles = build_prompts(tune_si, fmt)
+                    tune_picks = pick_items(llm, tune_prompts, tune_titles, "rank",
+                                            length_normalized=cfg.generate.length_normalized)
+                    alpha, alpha_table = tune_alpha(tune_si, tune_picks)
+                    logger.info("%s k=%d: fusion alpha %.2f tuned on %d %s examples", variant, top_k, alpha,
+                                len(tune_picks), args.tune_split)
                 t0 = time.perf_counter()
                 picks = pick_items(llm, prompts, titles, mode, cfg.generate.max_new_tokens, args.batch_size,
                                    cfg.generate.length_normalized, False)
                 wall = time.perf_counter() - t0
-                rows = pick_rows(si, picks, mode, matcher if mode == "free" else None)
+                rows = pick_rows(si, picks, mode, matcher if mode == "free" else None, alpha)
                 if str(top_k) not in results["retriever_top1"]:
                     results["retriever_top1"][str(top_k)] = {
                         p: brief(summarize_picks(outcomes(si, rows, True), p, 0, 0)) for p in PROTOCOLS
@@ -145,6 +175,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 if mode == "rank":
                     entry["recall"] = rank_recall(si, rows, catalog_ids, top_k)
+                    entry["fusion_alpha"] = alpha
+                    entry["fusion_tuning"] = alpha_table
+                    entry["alone"] = {p: brief(summarize_picks(outcomes(si, rows, False, True), p, 0, 0))
+                                      for p in PROTOCOLS}
                 results["runs"].append(entry)
                 m = entry["metrics"]["all"]
                 logger.info(
@@ -156,6 +190,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "run_dir": str(run_dir.path),
         "split": args.split,
         "max_examples": args.max_examples,
+        "tune_split": args.tune_split,
+        "tune_examples": args.tune_examples,
         "threads": args.threads,
         "batch_size": args.batch_size,
         "model": cfg.llm.model,
@@ -211,8 +247,16 @@ def render(results: dict[str, Any], command: str) -> str:
         )
     for r in results["runs"]:
         a, n = r["metrics"]["all"], r["metrics"]["novel"]
+        if r["mode"] == "rank":
+            aa, an = r["alone"]["all"], r["alone"]["novel"]
+            lines.append(
+                f"| {r['variant']} | {r['top_k']} | rank, expert alone | {_f(aa['success_rate'])} | "
+                f"{_f(an['success_rate'])} | {_f(aa['success_given_candidates'])} ({aa['n_target_in_candidates']}) | "
+                f"{_f(an['success_given_candidates'])} ({an['n_target_in_candidates']}) | 0.000 | 0.000 | - | - | - |"
+            )
+        mode = f"rank, fused (alpha {r['fusion_alpha']:.2f})" if r["mode"] == "rank" else r["mode"]
         lines.append(
-            f"| {r['variant']} | {r['top_k']} | {r['mode']} | {_f(a['success_rate'])} | {_f(n['success_rate'])} | "
+            f"| {r['variant']} | {r['top_k']} | {mode} | {_f(a['success_rate'])} | {_f(n['success_rate'])} | "
             f"{_f(a['success_given_candidates'])} ({a['n_target_in_candidates']}) | "
             f"{_f(n['success_given_candidates'])} ({n['n_target_in_candidates']}) | "
             f"{_f(a['hallucination_rate'])} | {_f(a['catalog_miss_rate'])} | {r['share_first_candidate']:.3f} | "
@@ -249,6 +293,8 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--variants", nargs="+", default=["untuned", "tuned"], choices=["untuned", "tuned"])
+    parser.add_argument("--tune-split", default="tune", help="rank mode: the split the fusion alpha is tuned on")
+    parser.add_argument("--tune-examples", type=int, default=200, help="rank mode: seeded tune slice (0: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1, help="prompts per model call (1: per-turn latency)")
     parser.add_argument("--override", nargs="*", default=[], help="section.key=value config overrides")

@@ -221,3 +221,22 @@ def test_curves_keep_every_cutoff_per_method(metrics, ablation, item_expert):
 def test_parse_runs_refuses_bad_pairs(specs):
     with pytest.raises(ConfigError, match="--runs"):
         report.parse_runs(specs)
+
+
+def test_variant_runs_add_labelled_pick_rows(tmp_path, metrics):
+    run_dir = write_run(tmp_path / "hard", metrics)
+    variant = write_run(tmp_path / "random", metrics)
+    out = tmp_path / "results" / "end_to_end.md"
+    assert report.main(["--runs", f"d={run_dir}", "--variant-runs", f"d:random negatives={variant}",
+                        "--ablation-dir", str(tmp_path), "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["datasets"]["d"]["rows"]
+    methods = [r["method"] for r in rows if r["group"] == "pick"]
+    assert methods == ["retriever_top1 (k=20)", "item_expert (tuned, constrained, k=20)",
+                       "item_expert [random negatives] (tuned, constrained, k=20)"]
+    assert "random negatives run" in rows[-1]["source"]
+
+
+@pytest.mark.parametrize("specs", [["d=x"], ["d:=x"], ["other:r=x"], ["d:r=x", "d:r=y"]])
+def test_parse_variant_runs_refuses_bad_triples(specs):
+    with pytest.raises(ConfigError, match="--variant-runs"):
+        report.parse_variant_runs(specs, ["d"])

@@ -28,6 +28,8 @@ from reges.item_expert import train as train_stage
 from reges.llm import lora
 from reges.retrieval import mining
 
+REPO = Path(__file__).resolve().parents[1]
+
 ROW_KEYS = {"example_id", "mode", "text", "item_id", "in_candidates", "in_catalog", "candidate_ids", "ranking",
             "llm_scores", "latency_s"}
 
@@ -226,3 +228,48 @@ def test_smollm2_item_expert_end_to_end(tmp_path: Path) -> None:
                 assert all(r["in_candidates"] and r["item_id"] in r["candidate_ids"] for r in rows)
             else:
                 assert all(r["text"].strip() for r in rows)
+
+
+def test_item_expert_benchmark_runs_every_mode_and_tunes_alpha(
+    trained: tuple[RunDir, PipelineConfig], tmp_path: Path
+) -> None:
+    """benchmarks/item_expert.py on the tiny run: every (variant, k, mode) row, rank with its tuned alpha."""
+    import importlib.util
+
+    import yaml
+
+    from reges.config import config_to_dict
+    from reges.item_expert.generate import ALPHA_GRID
+
+    rd, cfg = trained
+    spec = importlib.util.spec_from_file_location("item_expert_bench", REPO / "benchmarks" / "item_expert.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (rd.path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    write_jsonl(rd.stage_dir("data") / "tune.jsonl", DEV)
+    shutil.copy(rd.stage_dir("retrieve") / "dev.trec", rd.stage_dir("retrieve") / "tune.trec")
+    out = tmp_path / "bench.md"
+    argv = ["item_expert.py", "--run-dir", str(rd.path), "--max-examples", "0", "--tune-examples", "0",
+            "--top-k", "2", "3", "--out", str(out)]
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("sys.argv", argv)
+            assert bench.main() == 0
+    finally:
+        (rd.stage_dir("data") / "tune.jsonl").unlink()
+        (rd.stage_dir("retrieve") / "tune.trec").unlink()
+    results = json.loads(out.with_suffix(".json").read_text())
+    runs = results["runs"]
+    assert [(r["variant"], r["top_k"], r["mode"]) for r in runs] == [
+        (v, k, m) for v in ("untuned", "tuned") for k in (2, 3) for m in ("free", "constrained", "rank")
+    ]
+    for r in runs:
+        assert r["examples"] == 3
+        if r["mode"] == "rank":
+            assert r["fusion_alpha"] in ALPHA_GRID and len(r["fusion_tuning"]) == len(ALPHA_GRID)
+            assert set(r["alone"]) == {"all", "novel"}
+        if r["mode"] != "free":
+            assert r["metrics"]["all"]["hallucination_rate"] == 0.0
+    assert set(results["retriever_top1"]) == {"2", "3"}
+    assert "rank, expert alone" in out.read_text()

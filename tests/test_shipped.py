@@ -34,6 +34,7 @@ def _fake_trained_run(root: Path, encoder: str) -> RunDir:
                 path.write_text(json.dumps({"encoder": encoder}))
             else:
                 path.write_text("x\n")
+        (root / stage).mkdir(parents=True, exist_ok=True)
         (root / stage / MANIFEST).write_text("{}")
     (root / "config.yaml").write_text("run: {name: fake}\n")
     return RunDir(root)

@@ -41,6 +41,7 @@ SERVING_FILES: dict[str, tuple[str, ...]] = {
                         "index/item_ids.txt", "index/embeddings.npy"),
     "train-query": ("adapter",),
     "train-item": ("adapter",),
+    "generate": (),  # its manifest only: the fusion alpha rank mode tuned (the picks are not needed)
 }
 
 REQUIRED_STAGES: tuple[str, ...] = ("catalog", "train-retriever")

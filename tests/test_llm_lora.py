@@ -319,3 +319,46 @@ def test_smollm2_adapter_reloads_to_the_same_greedy_output(tmp_path: Path) -> No
         got = load_adapter(base, result.adapter_dir).generate(**prompt, max_new_tokens=12, do_sample=False)
     assert got.tolist() == expected.tolist()
     assert "Jaws" in tokenizer.decode(got[0, prompt["input_ids"].shape[1] :])
+
+
+# --- listwise objective --------------------------------------------------------------------------------------------
+
+CANDIDATES = ["Jaws", "Alien", "Heat"]
+
+
+def listwise(question: str, answer: str = "Heat", order: tuple[int, ...] = (0, 1, 2)) -> dict:
+    return {**chat(question, answer), "candidates": [CANDIDATES[i] for i in order]}
+
+
+def test_listwise_scores_are_what_rank_computes(tiny_dir: Path, tokenizer) -> None:
+    from reges.llm.hf import HFLLM
+
+    model = fresh_model(tiny_dir).eval()
+    example = lora.tokenize_listwise_example(tokenizer, listwise("I like scary movies"), 512, 16)
+    assert example.target == 2 and all(a[-1] == tokenizer.eos_token_id for a in example.candidates)
+    with torch.no_grad():
+        sums = [float(r.sum()) for r in lora.listwise_token_logprobs(model, example, torch.device("cpu"))]
+    ranked = HFLLM(model, tokenizer, n_ctx=2048, batch_size=4).rank(
+        [{"role": "user", "content": "I like scary movies"}], CANDIDATES
+    )
+    assert sums == pytest.approx(ranked, abs=1e-4)
+
+
+def test_listwise_training_learns_to_choose(tiny_dir: Path, tokenizer, tmp_path: Path) -> None:
+    from reges.llm.hf import HFLLM
+
+    orders = [(0, 1, 2), (2, 0, 1), (1, 2, 0), (2, 1, 0), (0, 2, 1)]
+    examples = [listwise(q, order=orders[i % len(orders)]) for i, q in enumerate(QUESTIONS)]
+    cfg = replace(FAST, objective="listwise", max_steps=10)
+    result = train_lora(fresh_model(tiny_dir), tokenizer, examples, cfg, tmp_path, show_progress=False)
+    assert result.losses[-1] < 0.5 * result.losses[0], result.losses
+    llm = HFLLM(result.model, tokenizer, n_ctx=2048, batch_size=4)
+    scores = llm.rank([{"role": "user", "content": "I like drama"}], ["Alien", "Heat", "Jaws"])
+    assert max(range(3), key=lambda i: scores[i]) == 1  # an unseen question: the trained choice
+    with pytest.raises(DataError, match="not one of the example's candidates"):
+        lora.tokenize_listwise_example(tokenizer, listwise("hi", answer="Up"), 512, 16)
+    with pytest.raises(DataError, match="distinct"):
+        lora.tokenize_listwise_example(tokenizer, {**chat("hi"), "candidates": ["Jaws", "Jaws"]}, 512, 16)
+    with pytest.raises(ConfigError, match="objective"):
+        train_lora(fresh_model(tiny_dir), tokenizer, examples, replace(cfg, objective="pairwise"), tmp_path / "x",
+                   show_progress=False)

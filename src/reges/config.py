@@ -380,6 +380,9 @@ class TrainItemConfig:
     grad_accum: Passes per optimizer step.
     dtype: LoRA training dtype ("auto": bf16 on CUDA and on CPUs with native bf16, else fp32).
     save_every_steps: Checkpoint every N optimizer steps, so a killed run resumes (0: never).
+    objective: "sft" (the loss on the target title's tokens, the paper's recipe) or "listwise" (a softmax over
+        every candidate's title log-likelihood towards the target, plus the title's token loss: the hard
+        negatives are pushed down explicitly, and training optimises what `generate.mode=rank` scores).
     """
 
     max_examples: int = 0
@@ -392,6 +395,7 @@ class TrainItemConfig:
     grad_accum: int = 4
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     save_every_steps: int = 50
+    objective: Literal["sft", "listwise"] = "sft"
 
 
 @dataclass(frozen=True)

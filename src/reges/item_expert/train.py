@@ -2,7 +2,9 @@
 
 Reads `mine/train.jsonl` (prompt: dialogue + retrieved candidates; completion: the target's title), takes a seeded
 sample of `train_item.max_examples` rows (all when 0) and trains a LoRA adapter on `llm.model` with
-`reges.llm.lora.train_lora` (loss on the title tokens only). A killed run resumes from its last checkpoint in
+`reges.llm.lora.train_lora`: `train_item.objective=sft` puts the loss on the title tokens only; `listwise` also
+scores every candidate's display title (from the catalog) and pushes the target above them.
+A killed run resumes from its last checkpoint in
 `train-item/checkpoints/` (kept by `RunDir.begin`) and ends with the same weights.
 
 Files written under `run_dir/train-item/`:
@@ -25,7 +27,9 @@ import numpy as np
 from reges.config import PipelineConfig, TrainItemConfig
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_jsonl
+from reges.item_expert.prompts import candidate_titles
 from reges.llm.lora import ADAPTER, TRAINER_STATE, LoraTrainConfig, train_lora
+from reges.retrieval.index import read_catalog
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ def lora_config(tc: TrainItemConfig, device: str, seed: int) -> LoraTrainConfig:
         dtype=resolve_train_dtype(tc.dtype, device),
         device=device,
         seed=seed,
+        objective=tc.objective,
     )
 
 
@@ -105,6 +110,13 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if not rows:
         raise DataError(f"{path} has no rows; check mine's manifest (were all targets missing from the catalog?)")
     examples = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    if tc.objective == "listwise":
+        items = {it.item_id: it for it in read_catalog(run_dir.require("catalog") / "items.jsonl")}
+        for example, row in zip(examples, rows, strict=True):
+            unknown = [i for i in row["candidate_ids"] if i not in items]
+            if unknown:
+                raise DataError(f"{path}: candidate {unknown[0]!r} is not in the catalog; rerun mine (run.overwrite)")
+            example["candidates"] = candidate_titles([items[i] for i in row["candidate_ids"]])
     out = run_dir.begin("train-item", cfg.run.overwrite)
 
     model, tokenizer = load_hf(cfg.llm)

@@ -8,7 +8,7 @@ one batched pass over the candidates that reuses the prompt's key/value cache.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -40,6 +40,24 @@ class _StopOnStrings(StoppingCriteria):
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
         done = [any(s in t for s in self.stop) for t in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def answer_token_ids(tokenizer: Any, prompt: str, answers: list[str]) -> list[list[int]]:
+    """Token ids of each answer as the tokenizer produces them right after the rendered `prompt`.
+
+    Why not `encode(answer)`: byte-level BPE tokenizers encode a word differently at the start of a text and
+    after other text ("Matrix" vs "ĠMatrix"); the model sees answers after the generation prompt, so that is
+    where they are tokenized. When the prompt's own tokens change at the junction (a merge across it), the
+    answer is tokenized alone. The listwise LoRA objective (`reges.llm.lora`) tokenizes candidates the same way,
+    so training scores what `rank` scores.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    n = len(prompt_ids)
+    out = []
+    for answer, ids in zip(answers, tokenizer([prompt + a for a in answers], add_special_tokens=False)["input_ids"],
+                           strict=True):
+        out.append(ids[n:] if ids[:n] == prompt_ids else tokenizer(answer, add_special_tokens=False)["input_ids"])
+    return out
 
 
 class HFLLM:
@@ -107,21 +125,8 @@ class HFLLM:
         return self.render(messages)
 
     def answer_ids(self, prompt: str, answers: list[str]) -> list[list[int]]:
-        """Token ids of each answer as the tokenizer produces them right after `prompt`.
-
-        Why not `encode(answer)`: byte-level BPE tokenizers encode a word differently at the start of a text and
-        after other text ("Matrix" vs "ĠMatrix"); the model sees answers after the generation prompt, so that is
-        where they are tokenized. When the prompt's own tokens change at the junction (a merge across it), the
-        answer is tokenized alone.
-        """
-        prompt_ids = self.encode(prompt)
-        n = len(prompt_ids)
-        out = []
-        for answer, ids in zip(
-            answers, self.tokenizer([prompt + a for a in answers], add_special_tokens=False)["input_ids"], strict=True
-        ):
-            out.append(ids[n:] if ids[:n] == prompt_ids else self.encode(answer))
-        return out
+        """Token ids of each answer as the tokenizer produces them right after `prompt` (`answer_token_ids`)."""
+        return answer_token_ids(self.tokenizer, prompt, answers)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

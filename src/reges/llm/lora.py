@@ -2,7 +2,14 @@
 
 Used by the `train-query` and `train-item` stages. The data is TRL's conversational prompt-completion format,
 `{"prompt": [messages], "completion": [messages]}`; both are rendered with the model's chat template, and the loss
-is on the completion tokens only.
+is on the completion tokens only (`objective="sft"`).
+
+`objective="listwise"` trains a chooser: each example also lists `"candidates"` (answer strings, the completion
+among them), every candidate is scored by its log-likelihood as the answer exactly as `HFLLM.rank` scores it (all
+candidates packed after one prompt, a block mask keeping them apart), and the loss is the cross-entropy of the
+softmax over candidates towards the completion, plus the completion's mean token loss (so the model still writes
+the answer in free and constrained decoding). The hard negatives are then pushed down explicitly, not only present
+in the prompt.
 
 Why a loop of our own and not TRL's `SFTTrainer`: for this one recipe (PEFT LoRA, completion-only loss,
 gradient accumulation, AdamW with linear warmup/decay) the loop below is one function read top to bottom, it
@@ -89,6 +96,8 @@ class LoraTrainConfig:
         device: "auto" (cuda when available), "cpu" or "cuda".
         seed: Seeds torch, random and numpy, the LoRA initialisation and the data order of each epoch.
         log_every: Log the mean loss every N optimizer steps.
+        objective: "sft" (completion tokens) or "listwise" (a softmax over the candidates' log-likelihoods plus
+            the completion's mean token loss; examples need "candidates").
     """
 
     r: int = 16
@@ -111,6 +120,7 @@ class LoraTrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     log_every: int = 10
+    objective: Literal["sft", "listwise"] = "sft"
 
 
 @dataclass(frozen=True)
@@ -118,12 +128,16 @@ class TokenizedExample:
     """One training example as token ids.
 
     Attributes:
-        input_ids: Prompt then completion tokens.
-        labels: -100 on the prompt tokens, the token ids on the completion tokens.
+        input_ids: Prompt then completion tokens (listwise: the prompt only).
+        labels: -100 on the prompt tokens, the token ids on the completion tokens (listwise: all -100).
+        candidates: Listwise: each candidate's answer ids followed by EOS, as `HFLLM.rank` scores them.
+        target: Listwise: the position of the completion among `candidates`.
     """
 
     input_ids: list[int]
     labels: list[int]
+    candidates: tuple[tuple[int, ...], ...] = ()
+    target: int = -1
 
 
 @dataclass(frozen=True)
@@ -214,6 +228,93 @@ def tokenize_example(
         input_ids=prompt_ids + completion_ids,
         labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids,
     )
+
+
+def tokenize_listwise_example(
+    tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], max_prompt_tokens: int, max_completion_tokens: int
+) -> TokenizedExample:
+    """The prompt and every candidate answer (+ EOS) as `HFLLM.rank` tokenizes them; the completion's position.
+
+    Raises:
+        DataError: The example is malformed, its candidates are not distinct strings, or the completion is not one
+            of them.
+    """
+    from reges.llm.hf import answer_token_ids
+
+    if not isinstance(example, dict) or "candidates" not in example:
+        raise DataError(f"a listwise example needs 'prompt', 'completion' and 'candidates', got {example!r:.200}")
+    prompt = _check_messages(example["prompt"], "example 'prompt'")
+    completion = _check_messages(example["completion"], "example 'completion'")
+    candidates = example["candidates"]
+    if (not isinstance(candidates, list) or not candidates or len(set(candidates)) != len(candidates)
+            or not all(isinstance(c, str) and c for c in candidates)):
+        raise DataError(f"example 'candidates' must be distinct non-empty strings, got {candidates!r:.200}")
+    answer = completion[-1]["content"]
+    if answer not in candidates:
+        raise DataError(f"the completion {answer!r} is not one of the example's candidates")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ModelError("the tokenizer has no eos token; listwise scoring ends each candidate with it")
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+    answers = tuple(tuple(ids[:max_completion_tokens]) + (eos,)
+                    for ids in answer_token_ids(tokenizer, prompt_text, candidates))
+    return TokenizedExample(prompt_ids, [IGNORE_INDEX] * len(prompt_ids), answers, candidates.index(answer))
+
+
+def listwise_token_logprobs(
+    model: torch.nn.Module, example: TokenizedExample, device: torch.device
+) -> list[torch.Tensor]:
+    """Each candidate's token log-probabilities as the answer to the example's prompt (with gradients).
+
+    The candidates go through in one forward pass, packed after the prompt: a block mask lets each candidate's
+    tokens see the prompt and the tokens before them in the same candidate, and position ids restart at the
+    prompt's end for each (what `HFLLM.rank` does with a cache), so their sums equal what `rank` computes.
+    """
+    prompt, cands = example.input_ids, example.candidates
+    n_prompt, width = len(prompt), sum(len(a) for a in cands)
+    length = n_prompt + width
+    allowed = torch.zeros((length, length), dtype=torch.bool)
+    allowed[:n_prompt, :n_prompt] = torch.ones((n_prompt, n_prompt), dtype=torch.bool).tril()
+    allowed[n_prompt:, :n_prompt] = True
+    positions = list(range(n_prompt))
+    keep = torch.zeros(length, dtype=torch.bool)
+    keep[n_prompt - 1] = True  # the last prompt position predicts every candidate's first token
+    offset = n_prompt
+    for a in cands:
+        allowed[offset : offset + len(a), offset : offset + len(a)] = torch.ones((len(a), len(a)),
+                                                                                 dtype=torch.bool).tril()
+        positions += [n_prompt + j for j in range(len(a))]
+        keep[offset : offset + len(a) - 1] = True  # these predict the candidate's later tokens
+        offset += len(a)
+    dtype = model.get_input_embeddings().weight.dtype  # the base weights' dtype (LoRA weights stay fp32)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    logits = model(
+        input_ids=torch.tensor([prompt + [t for a in cands for t in a]], device=device),
+        position_ids=torch.tensor([positions], device=device),
+        attention_mask=mask[None, None].to(device),
+        use_cache=False,
+        logits_to_keep=keep[None].to(device),
+    ).logits  # (kept positions, vocab), in sequence order
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    first = logprobs[0]
+    rows: list[torch.Tensor] = []
+    row = 1
+    for a in cands:
+        later = logprobs[row : row + len(a) - 1]
+        token_lp = torch.cat([first[a[0]].reshape(1), later[torch.arange(len(a) - 1), torch.tensor(a[1:])]])
+        rows.append(token_lp)
+        row += len(a) - 1
+    return rows
+
+
+def listwise_loss(model: torch.nn.Module, example: TokenizedExample, device: torch.device) -> torch.Tensor:
+    """Cross-entropy of the softmax over the candidates' summed log-probabilities towards the target, plus the
+    target's mean token loss, for one example."""
+    rows = listwise_token_logprobs(model, example, device)
+    scores = torch.stack([r.sum() for r in rows])
+    choice = torch.nn.functional.cross_entropy(scores[None], torch.tensor([example.target], device=scores.device))
+    return choice - rows[example.target].mean()
 
 
 def collate(examples: Sequence[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -411,6 +512,8 @@ def _validate(cfg: LoraTrainConfig) -> None:
         raise ConfigError(f"LoraTrainConfig.dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"LoraTrainConfig.dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    if cfg.objective not in ("sft", "listwise"):
+        raise ConfigError(f"LoraTrainConfig.objective must be sft or listwise, got {cfg.objective!r}")
     if not cfg.target_modules:
         raise ConfigError("LoraTrainConfig.target_modules is empty; name the linear layers to adapt, e.g. q_proj")
 
@@ -428,7 +531,8 @@ def _resolve_device(device: str) -> torch.device:
 def _data_fingerprint(tokenized: Sequence[TokenizedExample]) -> str:
     h = hashlib.sha256()
     for e in tokenized:
-        h.update(json.dumps([e.input_ids, e.labels]).encode())
+        h.update(json.dumps([e.input_ids, e.labels, e.candidates, e.target] if e.candidates else
+                            [e.input_ids, e.labels]).encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -503,10 +607,11 @@ def train_lora(
     tokenized = []
     for i, ex in enumerate(examples):
         try:
-            tokenized.append(tokenize_example(tokenizer, ex, cfg.max_prompt_tokens, cfg.max_completion_tokens))
+            tokenize = tokenize_listwise_example if cfg.objective == "listwise" else tokenize_example
+            tokenized.append(tokenize(tokenizer, ex, cfg.max_prompt_tokens, cfg.max_completion_tokens))
         except DataError as e:
             raise DataError(f"training example {i}: {e}") from e
-    lengths = [len(e.input_ids) for e in tokenized]
+    lengths = [len(e.input_ids) + sum(len(a) for a in e.candidates) for e in tokenized]
     fingerprint = _data_fingerprint(tokenized)
     step_size = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = math.ceil(len(tokenized) / step_size)
@@ -578,7 +683,14 @@ def train_lora(
         # one big batch (a per-micro-batch mean would weight short completions more).
         step_targets = sum(sum(t != IGNORE_INDEX for t in e.labels) for e in step_examples)
         step_loss = 0.0
-        for start in range(0, len(step_examples), cfg.batch_size):
+        if cfg.objective == "listwise":  # one example per pass (its candidates already make it a batch)
+            step_targets = len(step_examples)
+            for example in step_examples:
+                loss = listwise_loss(peft_model, example, device)
+                (loss / step_targets).backward()
+                step_loss += loss.item()
+                tokens += len(example.input_ids) + sum(len(a) for a in example.candidates)
+        for start in range(0, len(step_examples) if cfg.objective == "sft" else 0, cfg.batch_size):
             batch = {
                 k: v.to(device) for k, v in collate(step_examples[start : start + cfg.batch_size], pad_id).items()
             }

@@ -44,11 +44,12 @@ from reges.item_expert.generate import (
     adapter_path,
     build_prompts,
     load_split_inputs,
+    match_candidate,
     pick_items,
     pick_rows,
     tune_alpha,
 )
-from reges.item_expert.prompts import PromptFormat
+from reges.item_expert.prompts import PromptFormat, candidate_titles
 from reges.llm import load_llm
 from reges.retrieval.index import read_catalog
 from reges.retrieval.mining import load_tokenizer, prompt_token_counts, query_path, token_stats
@@ -173,6 +174,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     "share_first_candidate": round(first, 3),
                     "free_answers": [r["text"] for r in rows[:5]] if mode == "free" else [],
                 }
+                if mode == "free":  # the same answers matched with the year required to agree
+                    entry["strict_year_hallucinations"] = sum(
+                        match_candidate(r["text"], candidate_titles(si.candidates[r["example_id"]]),
+                                        ignore_year=False) is None
+                        for r in rows
+                    )
                 if mode == "rank":
                     entry["recall"] = rank_recall(si, rows, catalog_ids, top_k)
                     entry["fusion_alpha"] = alpha
@@ -280,6 +287,10 @@ def render(results: dict[str, Any], command: str) -> str:
                     lines.append(head + " | ".join(cells) + " |")
     free = [r for r in results["runs"] if r["mode"] == "free"]
     if free:
+        lines += ["", "Free answers matching no candidate when the year must agree too (the table allows a listed "
+                  "title with a wrong year when it is unambiguous; see `match_candidate`):", ""]
+        lines += [f"- {r['variant']} k={r['top_k']}: {r.get('strict_year_hallucinations', '?')} of {r['examples']}"
+                  for r in free]
         lines += ["", "## First free answers", ""]
         lines += [f"- {r['variant']} k={r['top_k']}: {r['free_answers']}" for r in free]
     return "\n".join(lines) + "\n"

@@ -101,7 +101,11 @@ def test_free_answers_map_to_candidates() -> None:
     assert match_candidate("Frozen (2010) [17]", titles) == 3
     assert match_candidate("Frozen", titles) == 2  # twins without their id: the retriever's first
     assert match_candidate("Toy Story 3 (1999)", titles) is None  # sequels differ by their number
-    assert match_candidate("Alien (1990)", titles) is None  # a different year is a different item
+    # the list is closed: a listed title with a wrong year names that candidate, unless the title is ambiguous
+    assert match_candidate("Alien (1990)", titles) == 0
+    assert match_candidate("Alien (1990)", titles, ignore_year=False) is None
+    assert match_candidate("Frozen (2013)", titles) is None  # two listed Frozens: which one is unknown
+    assert match_candidate("Aliens (1986)", titles) is None
     assert match_candidate("", titles) is None
     assert clean_answer("\n\n- Heat (1995) | crime\nmore") == "Heat (1995)"
 

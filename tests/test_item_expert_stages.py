@@ -266,6 +266,8 @@ def test_item_expert_benchmark_runs_every_mode_and_tunes_alpha(
     ]
     for r in runs:
         assert r["examples"] == 3
+        if r["mode"] == "free":
+            assert 0 <= r["strict_year_hallucinations"] <= 3
         if r["mode"] == "rank":
             assert r["fusion_alpha"] in ALPHA_GRID and len(r["fusion_tuning"]) == len(ALPHA_GRID)
             assert set(r["alone"]) == {"all", "novel"}

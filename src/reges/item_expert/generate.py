@@ -50,7 +50,7 @@ from reges.records import Item, RecExample
 from reges.retrieval.index import read_catalog
 from reges.retrieval.mining import query_path, read_queries
 from reges.retrieval.retrieve import read_examples
-from reges.titles import TitleMatcher
+from reges.titles import TitleMatcher, parse_title
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +90,17 @@ def clean_answer(text: str) -> str:
     return line.split(" | ", 1)[0].strip()
 
 
-def match_candidate(text: str, titles: Sequence[str], fuzzy_threshold: float = FUZZY_THRESHOLD) -> int | None:
+def match_candidate(
+    text: str, titles: Sequence[str], fuzzy_threshold: float = FUZZY_THRESHOLD, ignore_year: bool = True
+) -> int | None:
     """Position of the candidate a free answer names, or None (a hallucination).
 
     Order: the exact display title (after `clean_answer`); then `TitleMatcher` over the titles without their
-    " [item_id]" suffix (normalised key and year, then fuzzy). When several candidates tie (a shared title answered
-    without its id), the first in the list, the retriever's best, wins.
+    " [item_id]" suffix (normalised key and year, then fuzzy); last, the title without its year, when exactly one
+    candidate has it: the list is closed, so "Joker (1961)" names the listed "Joker (2019)" (small models get
+    years wrong; `ignore_year=False` skips this step), while the catalog lookup of a miss (`pick_rows`) still
+    refuses a wrong year. When several
+    candidates tie (a shared title answered without its id), the first in the list, the retriever's best, wins.
     """
     answer = clean_answer(text)
     if not answer:
@@ -108,7 +113,13 @@ def match_candidate(text: str, titles: Sequence[str], fuzzy_threshold: float = F
         return folded[0]
     matcher = TitleMatcher([(str(i), strip_id_suffix(t)) for i, t in enumerate(titles)], fuzzy_threshold)
     found = matcher.match_all(strip_id_suffix(answer))
-    return min(int(i) for i in found) if found else None
+    if found:
+        return min(int(i) for i in found)
+    if not ignore_year:
+        return None
+    key = parse_title(strip_id_suffix(answer))[0]
+    same_title = [i for i, t in enumerate(titles) if parse_title(strip_id_suffix(t))[0] == key]
+    return same_title[0] if key and len(same_title) == 1 else None
 
 
 def pick_items(

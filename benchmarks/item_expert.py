@@ -47,12 +47,13 @@ from reges.item_expert.generate import (
     match_candidate,
     pick_items,
     pick_rows,
+    resolve_query_file,
     tune_alpha,
 )
 from reges.item_expert.prompts import PromptFormat, candidate_titles
 from reges.llm import load_llm
 from reges.retrieval.index import read_catalog
-from reges.retrieval.mining import load_tokenizer, prompt_token_counts, query_path, token_stats
+from reges.retrieval.mining import load_tokenizer, prompt_token_counts, token_stats
 from reges.titles import TitleMatcher
 
 logger = logging.getLogger("item_expert_benchmark")
@@ -123,8 +124,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     items = {it.item_id: it for it in items_list}
     catalog_ids = frozenset(items)
     matcher = TitleMatcher([(it.item_id, it.title) for it in items_list], cfg.catalog.fuzzy_threshold)
-    qfile = query_path(run_dir, args.split, cfg.mine.query)
     variants = args.variants
+
+    def query_file(variant: str, split: str) -> Path | None:
+        """The queries the prompts show: the tuned expert sees them only if it was trained on them (as generate)."""
+        use = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, use_adapter=variant == "tuned"))
+        return resolve_query_file(use, run_dir, split)
+
+    qfiles = {v: query_file(v, args.split) for v in variants}
     if "tuned" in variants and not run_dir.is_complete("train-item"):
         raise SystemExit(f"{run_dir.path}/train-item is not complete; run train-item or pass --variants untuned")
     results: dict[str, Any] = {"runs": [], "retriever_top1": {}, "prompt_tokens": {}}
@@ -135,7 +142,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
         logger.info("%s model loaded in %.1f s", variant, time.perf_counter() - t0)
         for top_k in args.top_k:
-            si = load_split_inputs(run_dir, args.split, items, top_k, qfile, args.max_examples, cfg.run.seed)
+            si = load_split_inputs(run_dir, args.split, items, top_k, qfiles[variant], args.max_examples,
+                                   cfg.run.seed)
             prompts, titles = build_prompts(si, fmt)
             if str(top_k) not in results["prompt_tokens"]:
                 rows_for_tokens = [{"prompt": p} for p in prompts]
@@ -144,7 +152,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 alpha, alpha_table = 1.0, None
                 if mode == "rank":  # tune the fusion alpha on the tune slice, as `reges generate` does
                     tune_si = load_split_inputs(run_dir, args.tune_split, items, top_k,
-                                                query_path(run_dir, args.tune_split, cfg.mine.query),
+                                                query_file(variant, args.tune_split),
                                                 args.tune_examples, cfg.run.seed)
                     tune_prompts, tune_titles = build_prompts(tune_si, fmt)
                     tune_picks = pick_items(llm, tune_prompts, tune_titles, "rank",
@@ -204,7 +212,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "model": cfg.llm.model,
         "backend": cfg.llm.backend,
         "dtype": cfg.llm.dtype,
-        "query_file": str(qfile) if qfile else None,
+        "query_file": ", ".join(f"{v}: {q or 'none'}" for v, q in qfiles.items()),
         "prompt_format": fmt.to_dict(),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "date": dt.date.today().isoformat(),

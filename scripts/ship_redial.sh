@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# Rebuild the recommender shipped in src/reges/shipped/redial/ from a trained ReDial run.
-# Usage: scripts/ship_redial.sh [trained-run]   (default runs/redial, made by `reges all --config configs/redial.yaml`)
+# Rebuild the recommender shipped in src/reges/shipped/redial/ from trained ReDial runs.
+# Usage: scripts/ship_redial.sh [trained-run] [item-expert-run]
+#   trained-run      default runs/redial (made by `reges all --config configs/redial.yaml`): catalog, index, Query
+#                    Expert, co-mention prior
+#   item-expert-run  default the trained run: the run whose train-item adapter ships, with the fusion alpha its
+#                    generate stage tuned on the tune split (generate/manifest.json); "none" ships no Item Expert
 # The shipped fusion uses the bundled MiniLM (a fine-tuned encoder is 90 MB), so train-retriever is redone with
-# train_retriever.finetune=false in runs/redial-ship, which links the trained run's other stages. The Item Expert is
-# left out: its pick is worse than the retriever's top-1 (docs/results/item_expert.md); link train-item to ship it.
+# train_retriever.finetune=false in runs/redial-ship, which links the trained run's other stages.
+# Run it on a fresh runs/redial-ship (delete it first): complete stages are not redone.
 set -euo pipefail
 RUN=${1:-runs/redial}
+ITEM_RUN=${2:-$RUN}
 S=runs/redial-ship
 REGES=${REGES:-.venv/bin/reges}
 mkdir -p $S
-for st in data catalog index distill train-query rewrite; do [ -e $S/$st ] || ln -s "$(realpath $RUN/$st)" $S/$st; done
+for st in data catalog index distill train-query rewrite mine; do [ -e $S/$st ] || ln -s "$(realpath $RUN/$st)" $S/$st; done
 R="--config configs/redial.yaml --run-dir $S"
+if [ "$ITEM_RUN" != none ]; then
+  rm -f $S/train-item && ln -s "$(realpath $ITEM_RUN/train-item)" $S/train-item
+  ALPHA=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['fusion_alpha'])" \
+    "$ITEM_RUN/generate/manifest.json")
+  OBJECTIVE=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['config']['objective'])" \
+    "$ITEM_RUN/train-item/manifest.json")
+  # the alpha goes into the run's config.yaml, which ships: the recommender fuses with it
+  R="$R generate.fusion_alpha=$ALPHA train_item.objective=$OBJECTIVE"
+fi
 $REGES train-retriever $R train_retriever.finetune=false
 $REGES retrieve $R 'retrieve.splits=[dev]'   # dev numbers of the shipped variant
 $REGES evaluate $R

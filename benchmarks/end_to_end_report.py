@@ -284,8 +284,10 @@ def metrics_rows(metrics: dict[str, Any], split: str, notes: list[str]) -> tuple
     else:
         tuned = "tuned" if e2e.get("use_adapter") else "untuned"
         for method, by_protocol in e2e.get("methods", {}).items():
+            fused = method == "item_expert" and e2e.get("fusion_alpha") is not None
+            alpha = f", alpha {e2e['fusion_alpha']:.2f}" if fused else ""
             label = (f"{method} (k={e2e.get('top_k')})" if method == "retriever_top1"
-                     else f"{method} ({tuned}, {e2e.get('mode')}, k={e2e.get('top_k')})")
+                     else f"{method} ({tuned}, {e2e.get('mode')}, k={e2e.get('top_k')}{alpha})")
             picks.append(success_row("pick", label, "metrics.json end_to_end", by_protocol))
     return baselines, shipped, picks
 

@@ -9,9 +9,9 @@ Modes (`generate.mode`):
     rank         `llm.rank` scores every candidate title (log-likelihood as the answer); the list is re-ranked by
                  (1 - alpha) z(retriever score) + alpha z(log-likelihood) (`fuse_scores`), whose first item is the
                  pick. alpha (`generate.fusion_alpha`) is tuned on the `tune` split when not given (`tune_alpha`):
-                 a 135M expert alone orders 20 candidates worse than the retriever, but it knows things the
-                 retriever does not (which discussed item the next turn returns to, what the last turn asks for),
-                 and the fusion keeps both.
+                 a 135M expert alone orders 20 candidates worse than the retriever, but it may know things the
+                 retriever does not (which discussed item the next turn returns to, what the last turn asks for);
+                 the tuned alpha says how much (0.15 on ReDial, 0 on INSPIRED: docs/results/item_expert.md).
 The candidates are the first `generate.top_k` items of `retrieve/{split}.trec`; the prompt is `item_prompt` with the
 `mine.*` prompt settings, and the Query Expert's query from `rewrite/{split}.jsonl` when it is used (see
 `mine.query`; with the adapter, prompts show a query exactly when the training prompts did).
@@ -99,8 +99,8 @@ def match_candidate(
     " [item_id]" suffix (normalised key and year, then fuzzy); last, the title without its year, when exactly one
     candidate has it: the list is closed, so "Joker (1961)" names the listed "Joker (2019)" (small models get
     years wrong; `ignore_year=False` skips this step), while the catalog lookup of a miss (`pick_rows`) still
-    refuses a wrong year. When several
-    candidates tie (a shared title answered without its id), the first in the list, the retriever's best, wins.
+    refuses a wrong year. When several candidates tie (a shared title answered without its id), the first in the
+    list, the retriever's best, wins.
     """
     answer = clean_answer(text)
     if not answer:

@@ -3,9 +3,8 @@
 Reads `mine/train.jsonl` (prompt: dialogue + retrieved candidates; completion: the target's title), takes a seeded
 sample of `train_item.max_examples` rows (all when 0) and trains a LoRA adapter on `llm.model` with
 `reges.llm.lora.train_lora`: `train_item.objective=sft` puts the loss on the title tokens only; `listwise` also
-scores every candidate's display title (from the catalog) and pushes the target above them.
-A killed run resumes from its last checkpoint in
-`train-item/checkpoints/` (kept by `RunDir.begin`) and ends with the same weights.
+scores every candidate's display title (from the catalog) and pushes the target above them. A killed run resumes
+from its last checkpoint in `train-item/checkpoints/` (kept by `RunDir.begin`) and ends with the same weights.
 
 Files written under `run_dir/train-item/`:
     adapter/             the PEFT adapter (hf backend)

@@ -690,27 +690,28 @@ def train_lora(
                 (loss / step_targets).backward()
                 step_loss += loss.item()
                 tokens += len(example.input_ids) + sum(len(a) for a in example.candidates)
-        for start in range(0, len(step_examples) if cfg.objective == "sft" else 0, cfg.batch_size):
-            batch = {
-                k: v.to(device) for k, v in collate(step_examples[start : start + cfg.batch_size], pad_id).items()
-            }
-            # Project onto the vocabulary only where a completion token is predicted: prompts are long and
-            # completions short, so full-sequence logits cost most of the memory and about a fifth of the compute.
-            targets = batch["labels"][:, 1:]  # (batch, width - 1)
-            keep = torch.zeros_like(batch["labels"], dtype=torch.bool)  # (batch, width)
-            keep[:, :-1] = targets != IGNORE_INDEX
-            logits = peft_model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                use_cache=False,
-                logits_to_keep=keep,
-            ).logits  # (completion tokens in the batch, vocab)
-            loss_sum = torch.nn.functional.cross_entropy(
-                logits.float(), targets[keep[:, :-1]], ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            (loss_sum / step_targets).backward()
-            step_loss += loss_sum.item()
-            tokens += int(batch["attention_mask"].sum())
+        else:
+            for start in range(0, len(step_examples), cfg.batch_size):
+                batch = {
+                    k: v.to(device) for k, v in collate(step_examples[start : start + cfg.batch_size], pad_id).items()
+                }
+                # Project onto the vocabulary only where a completion token is predicted: prompts are long and
+                # completions short, so full-sequence logits cost most of the memory and about a fifth of the compute.
+                targets = batch["labels"][:, 1:]  # (batch, width - 1)
+                keep = torch.zeros_like(batch["labels"], dtype=torch.bool)  # (batch, width)
+                keep[:, :-1] = targets != IGNORE_INDEX
+                logits = peft_model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    use_cache=False,
+                    logits_to_keep=keep,
+                ).logits  # (completion tokens in the batch, vocab)
+                loss_sum = torch.nn.functional.cross_entropy(
+                    logits.float(), targets[keep[:, :-1]], ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+                (loss_sum / step_targets).backward()
+                step_loss += loss_sum.item()
+                tokens += int(batch["attention_mask"].sum())
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         step_lr = scheduler.get_last_lr()[0]

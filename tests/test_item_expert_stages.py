@@ -25,6 +25,7 @@ from reges.eval import evaluate as evaluate_stage
 from reges.io import RunDir, read_jsonl, write_jsonl
 from reges.item_expert import generate as generate_stage
 from reges.item_expert import train as train_stage
+from reges.item_expert.generate import ALPHA_GRID
 from reges.llm import lora
 from reges.retrieval import mining
 
@@ -207,13 +208,17 @@ def test_evaluate_adds_the_end_to_end_section(trained: tuple[RunDir, PipelineCon
 
 @pytest.mark.slow
 def test_smollm2_item_expert_end_to_end(tmp_path: Path) -> None:
-    """The real SmolLM2: mine, a few LoRA steps (GGUF adapter too), then each mode tuned and untuned."""
+    """The real SmolLM2: mine, a few listwise LoRA steps (GGUF adapter too), then each mode tuned and untuned
+    (rank mode tunes its fusion alpha on a tune split)."""
     rd = make_run_dir(tmp_path / "run")
+    write_jsonl(rd.stage_dir("data") / "tune.jsonl", DEV)
+    shutil.copy(rd.stage_dir("retrieve") / "dev.trec", rd.stage_dir("retrieve") / "tune.trec")
     cfg = PipelineConfig(
         run=RunConfig(show_progress=False),
         llm=LLMConfig(model="smollm2-135m-instruct", threads=1),
         mine=MineConfig(top_k=3),
-        train_item=TrainItemConfig(max_steps=2, batch_size=1, grad_accum=1, r=4, save_every_steps=0),
+        train_item=TrainItemConfig(max_steps=2, batch_size=1, grad_accum=1, r=4, save_every_steps=0,
+                                   objective="listwise"),
         generate=GenerateConfig(top_k=3, batch_size=3),
     )
     mining.run(cfg, rd)
@@ -228,6 +233,8 @@ def test_smollm2_item_expert_end_to_end(tmp_path: Path) -> None:
                 assert all(r["in_candidates"] and r["item_id"] in r["candidate_ids"] for r in rows)
             else:
                 assert all(r["text"].strip() for r in rows)
+            if mode == "rank":
+                assert rd.manifest("generate")["fusion_alpha"] in ALPHA_GRID
 
 
 def test_item_expert_benchmark_runs_every_mode_and_tunes_alpha(
@@ -239,7 +246,6 @@ def test_item_expert_benchmark_runs_every_mode_and_tunes_alpha(
     import yaml
 
     from reges.config import config_to_dict
-    from reges.item_expert.generate import ALPHA_GRID
 
     rd, cfg = trained
     spec = importlib.util.spec_from_file_location("item_expert_bench", REPO / "benchmarks" / "item_expert.py")

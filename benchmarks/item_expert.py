@@ -43,6 +43,7 @@ from reges.item_expert.generate import (
     MODES,
     adapter_path,
     build_prompts,
+    expert_choice,
     load_split_inputs,
     match_candidate,
     pick_items,
@@ -71,8 +72,7 @@ def outcomes(si: Any, rows: list[dict[str, Any]], retriever: bool, alone: bool =
         if retriever:
             item_id = r["candidate_ids"][0]
         elif alone:
-            scores = r["llm_scores"]
-            item_id = r["candidate_ids"][max(range(len(scores)), key=lambda i: (scores[i], -i))]
+            item_id = expert_choice(r)
         else:
             item_id = r["item_id"]
         exact = retriever or alone

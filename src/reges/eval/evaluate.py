@@ -37,6 +37,7 @@ from reges.eval.metrics import (
     target_ranks,
 )
 from reges.io import RunDir, atomic_open, now_iso, read_jsonl, read_trec, write_json, write_jsonl
+from reges.item_expert.generate import expert_choice
 from reges.records import Hit, Item, RecExample
 from reges.retrieval.index import ItemIndex, read_catalog
 from reges.retrieval.queries import context_to_query
@@ -194,9 +195,8 @@ def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: 
         )
         first = candidates[0]
         top1.append(PickOutcome(ex.example_id, ex.dialogue_id, first, True, True, targets, mentioned, candidates))
-        scores = row.get("llm_scores") or []
-        if scores:
-            best = candidates[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+        if row.get("llm_scores"):
+            best = expert_choice(row)
             alone.append(PickOutcome(ex.example_id, ex.dialogue_id, best, True, True, targets, mentioned, candidates))
     outcomes = {"retriever_top1": top1, "item_expert": expert}
     if alone and len(alone) == len(expert):

@@ -249,6 +249,12 @@ def _llm_scores(pick: Pick, n: int) -> list[float]:
     return scores
 
 
+def expert_choice(row: dict[str, Any]) -> str:
+    """The candidate a rank-mode row's expert log-likelihoods alone put first (alpha 1; ties: the earlier one)."""
+    scores = row["llm_scores"]
+    return row["candidate_ids"][max(range(len(scores)), key=lambda i: (scores[i], -i))]
+
+
 def fuse_pick(pick: Pick, titles: Sequence[str], retriever_scores: Sequence[float], alpha: float) -> Pick:
     """A rank-mode pick re-ranked by `fuse_scores`: index, text and ranking (fused scores) of the fused list."""
     fused = fuse_scores(retriever_scores, _llm_scores(pick, len(titles)), alpha)

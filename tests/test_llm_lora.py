@@ -268,6 +268,19 @@ def test_merge_gives_the_same_logits(trained, tiny_dir: Path, tokenizer) -> None
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_hfllm_serves_the_adapter_merged(trained, tiny_dir: Path, tokenizer) -> None:
+    from reges.config import LLMConfig
+    from reges.llm.hf import HFLLM
+
+    batch = sample_batch(tokenizer)
+    llm = HFLLM.from_config(LLMConfig(model=str(tiny_dir), device="cpu", dtype="float32"), str(trained.adapter_dir))
+    assert not any("lora_" in name for name, _ in llm.model.named_parameters())
+    with torch.no_grad():
+        expected = trained.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = llm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_errors_name_the_problem(trained, tiny_dir: Path, tokenizer, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="needs a model with a LoRA adapter"):
         merge_adapter(fresh_model(tiny_dir))

@@ -45,6 +45,15 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for protocol in ("all", "novel"):
         assert picks["methods"]["item_expert"][protocol]["hallucination_rate"]["mean"] == 0.0
 
+    # Served from the run dir: a fusion weight of 0 on the Item Expert leaves the retriever's order, so the
+    # recommender does not load it (and pays nothing for it).
+    from reges.recommender import PipelineRecommender
+
+    for alpha, pick in (("0", "retriever top-1"), ("0.5", "item expert (rank)")):
+        overrides = ["generate.mode=rank", f"generate.fusion_alpha={alpha}"]
+        recommender = PipelineRecommender.from_run_dir(run_dir, overrides)
+        assert recommender.stages["pick"] == pick and (recommender.item_llm is None) == (alpha == "0")
+
     # The trained run on a separate file in the dataset's format: same report, trained stages linked, not redone.
     held_out = tmp_path / "held_out.jsonl"
     rows = [json.loads(line) for line in (REPO / "examples/books/dialogues.jsonl").read_text().splitlines()[:2]]

@@ -326,15 +326,19 @@ class PipelineRecommender:
                     f"the item expert was trained on prompts with {trained.get('prompt_format')}, but the mine.* "
                     f"settings give {fmt}; restore them (or retrain)"
                 )
-            adapter = adapter_path(cfg, run_dir) if cfg.generate.use_adapter else None
-            item_llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
             if cfg.generate.mode == "rank" and cfg.generate.fusion_alpha is None:
                 # the alpha the generate stage tuned; the Item Expert alone when there is none
                 tuned = run_dir.manifest("generate").get("fusion_alpha") if run_dir.is_complete("generate") else None
                 alpha = 1.0 if tuned is None else float(tuned)
                 cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, fusion_alpha=alpha))
                 logger.info("item expert: rank mode, fusion alpha %.2f", alpha)
-            item_sees_query = bool(trained.get("query_used")) and query_llm is not None
+            if cfg.generate.mode == "rank" and cfg.generate.fusion_alpha == 0:
+                # weight 0 on the LLM's scores: the fused order is the retriever's, so running the LLM is pure cost
+                logger.info("item expert: fusion alpha 0, so the pick is the retriever's top-1 and it is not loaded")
+            else:
+                adapter = adapter_path(cfg, run_dir) if cfg.generate.use_adapter else None
+                item_llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
+                item_sees_query = bool(trained.get("query_used")) and query_llm is not None
         encoder = load_index_encoder(index, cfg.index) if index is not None else None
         recommender = cls(cfg, items, index, encoder, query_llm, fused, item_llm, item_sees_query, mention_counts)
         logger.info("recommender from %s: %s", run_dir.path, recommender.stages)

@@ -11,6 +11,8 @@ import pytest
 from reges.cli import main
 from reges.errors import ConfigError, StageNotReadyError
 from reges.io import MANIFEST, RunDir
+from reges.config import load_config
+from reges.recommender import PipelineRecommender
 from reges.shipped import SERVING_FILES, default_run_dir, export_run
 
 
@@ -36,7 +38,7 @@ def _fake_trained_run(root: Path, encoder: str) -> RunDir:
                 path.write_text("x\n")
         (root / stage).mkdir(parents=True, exist_ok=True)
         (root / stage / MANIFEST).write_text("{}")
-    (root / "config.yaml").write_text("run: {name: fake}\n")
+    (root / "config.yaml").write_text("run: {name: fake, show_progress: true}\nllm: {threads: 1, n_ctx: 1024}\n")
     return RunDir(root)
 
 
@@ -51,6 +53,10 @@ def test_export_copies_what_serving_reads_with_float16_embeddings(tmp_path: Path
     assert shipped_item["text"] == "Alien (1979). Genre: horror." and "plot" not in shipped_item["meta"]
     assert (out / "SOURCES.md").read_text().startswith("# Sources") and (out / "config.yaml").is_file()
     assert all((out / stage / MANIFEST).is_file() for stage in SERVING_FILES)
+    # the build machine's thread pin and progress bars do not ship; the trained settings do
+    shipped = load_config(out / "config.yaml")
+    assert shipped.llm.threads == 0 and shipped.index.threads == 0 and not shipped.run.show_progress
+    assert shipped.run.name == "fake" and shipped.llm.n_ctx == 1024
 
 
 def test_export_refuses_a_fine_tuned_encoder_and_incomplete_runs(tmp_path: Path) -> None:
@@ -74,3 +80,6 @@ def test_recommend_from_the_shipped_bundle(capsys: pytest.CaptureFixture[str]) -
     titles = [c["title"] for c in rec["candidates"]]
     assert rec["title"] and rec["query"] and len(titles) == 5
     assert not {"Inception (2010)", "Interstellar (2014)"} & {rec["title"], *titles}  # named by the user
+    # both experts ship and run: the Query Expert wrote the query, the Item Expert ranks (fused, tuned alpha)
+    stages = PipelineRecommender.from_run_dir(default_run_dir()).stages
+    assert stages["query"] == "query expert" and stages["pick"] == "item expert (rank)"

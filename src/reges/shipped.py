@@ -17,13 +17,16 @@ whose dev numbers are reported next to the fine-tuned one's (docs/results/end_to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from reges.catalog import build_card, read_items
+from reges.config import PipelineConfig, config_to_dict, load_config
 from reges.errors import ConfigError, StageNotReadyError
 from reges.io import RunDir, atomic_open, read_json, write_jsonl
 from reges.records import Item
@@ -71,6 +74,20 @@ def _without_plot(item: Item) -> Item:
     return Item(item.item_id, item.title, build_card(item.title, meta, fields, 600), item.year, meta)
 
 
+def serving_config(cfg: PipelineConfig) -> PipelineConfig:
+    """The trained run's config with the build machine's runtime settings reset for the user's machine.
+
+    Why: a run is often built with `llm.threads=1 index.threads=1` (several jobs sharing a CPU) and progress
+    bars on; the shipped recommender should use every core of the machine it runs on and print no bars.
+    """
+    return dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, show_progress=False, overwrite=False),
+        llm=dataclasses.replace(cfg.llm, threads=0),
+        index=dataclasses.replace(cfg.index, threads=0),
+    )
+
+
 def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
     """Copy what serving needs from a trained run into `out` (a new minimal run directory).
 
@@ -113,7 +130,8 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
             else:
                 (dst / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / name, dst / name)
-    shutil.copy2(run_dir.path / "config.yaml", tmp / "config.yaml")
+    with atomic_open(tmp / "config.yaml") as f:
+        yaml.safe_dump(config_to_dict(serving_config(load_config(run_dir.path / "config.yaml"))), f, sort_keys=False)
     with atomic_open(tmp / "SOURCES.md") as f:
         f.write(sources_note)
     if out.exists():

@@ -98,9 +98,8 @@ class HFLLM:
         """Load `cfg.model` (and a PEFT LoRA adapter folder, if given) as configured.
 
         The adapter is merged into the base weights: this object only runs inference, and a merged model skips the
-        two extra low-rank matmuls per adjusted projection (decoding a Query Expert query on this 2-core CPU:
-        about 15 % faster, see docs/results/turn_latency_shipped.md). Outputs equal the unmerged model's up to
-        float rounding.
+        two extra low-rank matmuls (and PEFT's Python layer) per adapted projection, which on CPU is a visible
+        share of a decoding step. Outputs equal the unmerged model's up to float rounding.
         """
         from reges.llm.lora import load_adapter, merge_adapter
         from reges.llm.models import load_hf

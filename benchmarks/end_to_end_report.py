@@ -70,6 +70,8 @@ DESCRIPTIONS = {
     "retriever_top1": "the retriever's first candidate",
     "item_expert": "the Item Expert's pick among the k candidates (rank mode: fused with the retriever's score)",
     "item_expert_alone": "rank mode: the Item Expert's own first choice, before fusion",
+    "retriever_top1_unmentioned": "as served: the retriever's first candidate the dialogue has not named yet",
+    "item_expert_unmentioned": "as served, rank mode: the first not-yet-named candidate of the fused ranking",
 }
 
 
@@ -284,9 +286,9 @@ def metrics_rows(metrics: dict[str, Any], split: str, notes: list[str]) -> tuple
     else:
         tuned = "tuned" if e2e.get("use_adapter") else "untuned"
         for method, by_protocol in e2e.get("methods", {}).items():
-            fused = method == "item_expert" and e2e.get("fusion_alpha") is not None
+            fused = method in ("item_expert", "item_expert_unmentioned") and e2e.get("fusion_alpha") is not None
             alpha = f", alpha {e2e['fusion_alpha']:.2f}" if fused else ""
-            label = (f"{method} (k={e2e.get('top_k')})" if method == "retriever_top1"
+            label = (f"{method} (k={e2e.get('top_k')})" if method.startswith("retriever_top1")
                      else f"{method} ({tuned}, {e2e.get('mode')}, k={e2e.get('top_k')}{alpha})")
             picks.append(success_row("pick", label, "metrics.json end_to_end", by_protocol))
     return baselines, shipped, picks

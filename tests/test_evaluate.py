@@ -221,3 +221,30 @@ def test_evaluate_rejects_bad_runs(run_setup: tuple[PipelineConfig, RunDir]) -> 
     write_jsonl(run_dir.stage_dir("data") / "test.jsonl", EXAMPLES)
     with pytest.raises(ConfigError, match="retrieve/test.trec does not exist"):
         evaluate_stage.run(two_splits, run_dir)
+
+
+def test_unmentioned_picks_skip_what_the_dialogue_named(tmp_path: Path) -> None:
+    """The "as served" methods never pick an item the dialogue already named (the recommender never does)."""
+    from reges.eval.evaluate import pick_outcomes
+
+    examples = [
+        RecExample("x1", "d1", [Turn("user", "I loved Up (2009)", ["11"])], ["11", "14"], [True, False]),
+        RecExample("x2", "d2", [Turn("user", "Any horror?")], ["10"], [False]),
+    ]
+    rows = [
+        {"example_id": "x1", "item_id": "11", "in_candidates": True, "in_catalog": True,
+         "candidate_ids": ["11", "14", "15"], "ranking": [["11", 2.0], ["15", 1.0], ["14", 0.5]],
+         "llm_scores": [-1.0, -3.0, -2.0]},
+        {"example_id": "x2", "item_id": "12", "in_candidates": True, "in_catalog": True,
+         "candidate_ids": ["10", "12"], "ranking": [["12", 1.0], ["10", 0.0]], "llm_scores": [-2.0, -1.0]},
+    ]
+    picked = {m: [o.item_id for o in outs] for m, outs in pick_outcomes(examples, rows, tmp_path).items()}
+    assert picked["retriever_top1"] == ["11", "10"]  # x1: a repeat, a hit under protocol "all" only
+    assert picked["retriever_top1_unmentioned"] == ["14", "10"]
+    assert picked["item_expert"] == ["11", "12"]
+    assert picked["item_expert_unmentioned"] == ["15", "12"]
+
+    # without a rank list (constrained or free mode) only the retriever's served pick can be rebuilt
+    plain = [{**r, "ranking": [], "llm_scores": []} for r in rows]
+    assert set(pick_outcomes(examples, plain, tmp_path)) == {"retriever_top1", "item_expert",
+                                                            "retriever_top1_unmentioned"}

@@ -165,19 +165,25 @@ E2E_METHODS = {
     "retriever_top1": "the first of the candidates the Item Expert saw (the retriever's pick)",
     "item_expert": "the Item Expert's pick (generate/; rank mode: fused with the retriever's scores, fusion alpha)",
     "item_expert_alone": "rank mode: the candidate the Item Expert's log-likelihood alone ranks first (alpha 1)",
+    "retriever_top1_unmentioned": "as served: the retriever's first candidate not mentioned earlier in the dialogue "
+    "(the recommender never recommends an item the dialogue already named)",
+    "item_expert_unmentioned": "as served, rank mode: the first candidate of the fused ranking not mentioned earlier "
+    "(the recommender drops those before the Item Expert sees them, so its z-scores and prompt differ a little)",
 }
 
 
 def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: Path) -> dict[str, list[PickOutcome]]:
     """Outcomes of the Item Expert's picks and of the retriever's top-1 on the examples generate covered.
 
-    Rank-mode rows also give "item_expert_alone": the expert's own first choice, before fusion.
+    Rank-mode rows also give "item_expert_alone": the expert's own first choice, before fusion. The "_unmentioned"
+    methods pick as the served recommender does, skipping items the dialogue already mentioned: protocol "all"
+    rewards repeating those, which a recommender users talk to must not do.
 
     Raises:
         DataError: A row names an example the split does not have, or has no candidates.
     """
     by_id = {ex.example_id: ex for ex in examples}
-    expert, top1, alone = [], [], []
+    expert, top1, alone, top1_new, expert_new = [], [], [], [], []
     for row in rows:
         ex = by_id.get(str(row["example_id"]))
         if ex is None:
@@ -198,9 +204,21 @@ def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: 
         if row.get("llm_scores"):
             best = expert_choice(row)
             alone.append(PickOutcome(ex.example_id, ex.dialogue_id, best, True, True, targets, mentioned, candidates))
+        # picked from the candidates by construction; None (every candidate already named) scores as a miss
+        named = {item_id for turn in ex.context for item_id in turn.item_ids}
+        first_new = next((c for c in candidates if c not in named), None)
+        top1_new.append(PickOutcome(ex.example_id, ex.dialogue_id, first_new, True, True, targets, mentioned,
+                                    candidates))
+        if row.get("ranking"):
+            new = next((str(item_id) for item_id, _ in row["ranking"] if item_id not in named), None)
+            expert_new.append(PickOutcome(ex.example_id, ex.dialogue_id, new, True, True, targets, mentioned,
+                                          candidates))
     outcomes = {"retriever_top1": top1, "item_expert": expert}
     if alone and len(alone) == len(expert):
         outcomes["item_expert_alone"] = alone
+    outcomes["retriever_top1_unmentioned"] = top1_new
+    if expert_new and len(expert_new) == len(expert):
+        outcomes["item_expert_unmentioned"] = expert_new
     return outcomes
 
 

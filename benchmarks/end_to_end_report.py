@@ -156,7 +156,7 @@ def parse_variant_runs(specs: list[str], datasets: list[str]) -> dict[str, dict[
     """
     out: dict[str, dict[str, Path]] = {}
     for spec in specs:
-        key, sep, path = (part.strip() for part in spec.partition("="))
+        key, sep, path = (part.strip() for part in spec.rpartition("="))  # a label may hold "=" ("k = 10")
         name, colon, label = (part.strip() for part in key.partition(":"))
         if not sep or not colon or not name or not label or not path:
             raise ConfigError(

@@ -240,3 +240,7 @@ def test_variant_runs_add_labelled_pick_rows(tmp_path, metrics):
 def test_parse_variant_runs_refuses_bad_triples(specs):
     with pytest.raises(ConfigError, match="--variant-runs"):
         report.parse_variant_runs(specs, ["d"])
+
+
+def test_parse_variant_runs_takes_the_last_equals_sign():
+    assert report.parse_variant_runs(["d:k = 10=runs/x"], ["d"]) == {"d": {"k = 10": Path("runs/x")}}

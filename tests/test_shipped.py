@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from reges.cli import main
+from reges.config import load_config
 from reges.errors import ConfigError, StageNotReadyError
 from reges.io import MANIFEST, RunDir
-from reges.config import load_config
 from reges.recommender import PipelineRecommender
 from reges.shipped import SERVING_FILES, default_run_dir, export_run
 

@@ -30,7 +30,7 @@ from reges.config import PipelineConfig, load_config
 from reges.errors import CatalogError, ConfigError, DataError
 from reges.io import RunDir
 from reges.linking import TitleSpotter
-from reges.records import ROLES, Hit, Item, Turn
+from reges.records import ROLES, Hit, Item, Turn, mentioned_item_ids
 from reges.retrieval.encoder import Encoder
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import context_to_query
@@ -381,7 +381,7 @@ class PipelineRecommender:
             latency["query"] = _ms_since(t0)
 
         t = time.perf_counter()
-        excluded = [{i for turn in c for i in turn.item_ids} for c in contexts]
+        excluded = [mentioned_item_ids(c) for c in contexts]
         pick_k = self.cfg.generate.top_k if self.item_llm is not None else 1
         depth = max(top_k, pick_k) + max(len(e) for e in excluded)
         rankings = [

@@ -67,6 +67,12 @@ class Turn:
         return cls(role=d["role"], content=d["content"], item_ids=[str(i) for i in d.get("item_ids", [])])
 
 
+def mentioned_item_ids(context: list[Turn]) -> set[str]:
+    """Every item the turns of `context` mention: what the Item Expert's prompt marks as "mentioned earlier", what
+    the recommender never recommends again, and what evaluate's "as served" picks skip (one definition for all)."""
+    return {item_id for turn in context for item_id in turn.item_ids}
+
+
 @dataclass
 class Dialogue:
     """A whole conversation."""

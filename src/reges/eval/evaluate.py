@@ -38,7 +38,7 @@ from reges.eval.metrics import (
 )
 from reges.io import RunDir, atomic_open, now_iso, read_jsonl, read_trec, write_json, write_jsonl
 from reges.item_expert.generate import expert_choice
-from reges.records import Hit, Item, RecExample
+from reges.records import Hit, Item, RecExample, mentioned_item_ids
 from reges.retrieval.index import ItemIndex, read_catalog
 from reges.retrieval.queries import context_to_query
 from reges.retrieval.retrieve import (
@@ -205,7 +205,7 @@ def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: 
             best = expert_choice(row)
             alone.append(PickOutcome(ex.example_id, ex.dialogue_id, best, True, True, targets, mentioned, candidates))
         # picked from the candidates by construction; None (every candidate already named) scores as a miss
-        named = {item_id for turn in ex.context for item_id in turn.item_ids}
+        named = mentioned_item_ids(ex.context)
         first_new = next((c for c in candidates if c not in named), None)
         top1_new.append(PickOutcome(ex.example_id, ex.dialogue_id, first_new, True, True, targets, mentioned,
                                     candidates))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from reges.errors import ConfigError, DataError
 from reges.llm.base import Messages
-from reges.records import Item, Turn
+from reges.records import Item, Turn, mentioned_item_ids
 from reges.retrieval.queries import context_to_query
 from reges.titles import parse_title, split_year
 
@@ -197,7 +197,7 @@ def item_prompt(
     sections = [f"Conversation:\n{dialogue}" if dialogue else "Conversation: (none yet)"]
     if query is not None and query.strip():
         sections.append(f"Request: {_cut(query, fmt.max_query_chars)}")
-    mentioned = {i for turn in context for i in turn.item_ids}
+    mentioned = mentioned_item_ids(context)
     lines = [
         f"{i}. {card_line(t, c, fmt, c.item_id in mentioned)}"
         for i, (t, c) in enumerate(zip(titles, candidates, strict=True), 1)

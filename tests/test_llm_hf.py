@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reges.errors import ModelError
 from reges.llm.base import truncate_left
-from reges.llm.hf import HFLLM
+from reges.llm.hf import HFLLM, _row_major
 
 PROMPTS = [
     [{"role": "user", "content": "I loved The Matrix"}],
@@ -35,11 +35,11 @@ def byte_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_byte"), byte_level=True)
 
 
-def make_llm(folder: Path, n_ctx: int = 512) -> HFLLM:
+def make_llm(folder: Path, n_ctx: int = 512, prompt_lookup_tokens: int = 0) -> HFLLM:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return HFLLM(model, tokenizer, n_ctx=n_ctx, batch_size=8)
+    return HFLLM(model, tokenizer, n_ctx=n_ctx, batch_size=8, prompt_lookup_tokens=prompt_lookup_tokens)
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def byte_llm(byte_folder: Path) -> HFLLM:
     return make_llm(byte_folder)
 
 
-def biased(llm: HFLLM, token: str, amount: float = 50.0) -> HFLLM:
+def biased(llm: HFLLM, token: str, amount: float = 50.0, prompt_lookup_tokens: int = 0) -> HFLLM:
     """A copy of `llm` whose output layer adds `amount` to one token's logit: the model then wants that token."""
     model = copy.deepcopy(llm.model)
     old = model.lm_head
@@ -62,7 +62,16 @@ def biased(llm: HFLLM, token: str, amount: float = 50.0) -> HFLLM:
         head.bias.zero_()
         head.bias[llm.tokenizer.convert_tokens_to_ids(token)] = amount
     model.lm_head = head
-    return HFLLM(model, llm.tokenizer, n_ctx=llm.n_ctx, batch_size=llm.batch_size)
+    return HFLLM(
+        model, llm.tokenizer, n_ctx=llm.n_ctx, batch_size=llm.batch_size, prompt_lookup_tokens=prompt_lookup_tokens
+    )
+
+
+def count_forwards(llm: HFLLM) -> list[int]:
+    """A one-element list that counts the model's forward passes from now on."""
+    calls = [0]
+    llm.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
 
 
 def manual_logprob(llm: HFLLM, messages: list[dict[str, str]], answer: str) -> tuple[float, int]:
@@ -99,6 +108,59 @@ def test_stop_string_cuts_the_answer(word_llm: HFLLM) -> None:
     stop = words[len(words) // 2]
     cut = word_llm.generate(PROMPTS[:1], max_new_tokens=12, stop=[stop])[0]
     assert cut == free[: free.index(stop)]
+
+
+@pytest.mark.parametrize("folder", ["word", "byte"])
+def test_prompt_lookup_decoding_writes_what_greedy_writes(folder: str, word_folder: Path, byte_folder: Path) -> None:
+    path = word_folder if folder == "word" else byte_folder
+    plain, lookup = make_llm(path), make_llm(path, prompt_lookup_tokens=10)
+    for prompt in PROMPTS:
+        for stop in (None, ["a"]):
+            assert lookup.generate([prompt], 12, stop=stop) == plain.generate([prompt], 12, stop=stop)
+
+
+def test_prompt_lookup_checks_copied_tokens_in_fewer_passes(word_llm: HFLLM) -> None:
+    # A model that always says "Matrix", asked about a prompt that says it many times: lookup finds "Matrix Matrix"
+    # in the prompt and drafts the rest, so the 12 tokens take far fewer than 12 decoding passes.
+    prompt = [{"role": "user", "content": "Matrix " * 20}]
+    plain = biased(word_llm, "Matrix")
+    lookup = biased(word_llm, "Matrix", prompt_lookup_tokens=10)
+    plain_calls, lookup_calls = count_forwards(plain), count_forwards(lookup)
+    expected = plain.generate([prompt], 12)
+    assert expected == [" ".join(["Matrix"] * 12)]
+    assert lookup.generate([prompt], 12) == expected
+    assert plain_calls[0] == 12 and lookup_calls[0] <= 4
+
+
+def test_prompt_lookup_is_off_for_batches_and_sampling(word_llm: HFLLM) -> None:
+    lookup = biased(word_llm, "Matrix", prompt_lookup_tokens=10)
+    calls = count_forwards(lookup)
+    prompt = [{"role": "user", "content": "Matrix " * 20}]
+    lookup.generate([prompt, prompt], 6)
+    assert calls[0] == 6
+    lookup.generate([prompt], 6, temperature=0.7)
+    assert calls[0] == 12
+
+
+def test_prompt_lookup_rejects_a_negative_length(word_folder: Path) -> None:
+    with pytest.raises(ModelError, match="prompt_lookup_tokens"):
+        make_llm(word_folder, prompt_lookup_tokens=-1)
+
+
+def test_output_head_gets_row_major_input(byte_llm: HFLLM) -> None:
+    # The last-position slice that logits_to_keep=1 hands the head has batch stride T*H; the hook re-lays it out
+    # (otherwise torch takes a bmm that copies the whole head weight per call on CPU).
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    head = byte_llm.model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda _m, args: seen.append((tuple(args[0].shape), args[0].stride())))
+    try:
+        byte_llm.generate(PROMPTS[1:2], max_new_tokens=2)
+        byte_llm.rank(PROMPTS[0], ["Alien", "Jaws"])
+    finally:
+        handle.remove()
+    hidden = byte_llm.model.config.hidden_size
+    assert seen[0] == ((1, 1, hidden), (hidden, hidden, 1))  # the generation prefill's last position
+    assert all(stride == _row_major(shape) for shape, stride in seen)
 
 
 def test_generate_rejects_a_zero_budget(word_llm: HFLLM) -> None:

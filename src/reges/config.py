@@ -178,6 +178,11 @@ class LLMConfig:
     llamacpp_extra_buffers: Let llama.cpp repack weights into its extra CPU buffer types (AMX tiles, interleaved
         layouts). Off by default: in VMs that advertise AMX without supporting it (ours) the AMX path crashes the
         process (GPF at ldtilecfg) on any prompt longer than one token.
+    prompt_lookup_tokens: hf only, greedy generation of a single prompt (one dialogue served): draft up to this
+        many tokens by finding the last generated tokens in the prompt and copying what followed them there
+        (prompt lookup decoding), then check the draft in one forward pass. The Query Expert copies titles and
+        phrases from the dialogue, and on CPU a step is bound by reading the weights, so checking ten tokens costs
+        about as much as generating one. The text is greedy decoding's, up to float rounding. 0: off.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -195,6 +200,7 @@ class LLMConfig:
     api_constraint: Literal["grammar", "guided_choice", "none"] = "grammar"
     api_template_model: str = ""
     llamacpp_extra_buffers: bool = False
+    prompt_lookup_tokens: int = 10
 
 
 # --- Query Expert (issue 4): distill -> train-query -> rewrite -----------------------------------------------------

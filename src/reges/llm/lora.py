@@ -297,15 +297,16 @@ def listwise_token_logprobs(
         logits_to_keep=keep[None].to(device),
     ).logits  # (kept positions, vocab), in sequence order
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    first = logprobs[0]
-    rows: list[torch.Tensor] = []
+    # One gather for every candidate token: indexing once per candidate made backward write a zeroed
+    # (kept positions x vocab) gradient per candidate, a quarter of a training step's time with 20 candidates.
+    rows, targets = [], []
     row = 1
     for a in cands:
-        later = logprobs[row : row + len(a) - 1]
-        token_lp = torch.cat([first[a[0]].reshape(1), later[torch.arange(len(a) - 1), torch.tensor(a[1:])]])
-        rows.append(token_lp)
+        rows += [0, *range(row, row + len(a) - 1)]  # row 0 (the prompt's last position) predicts every first token
+        targets += list(a)
         row += len(a) - 1
-    return rows
+    picked = logprobs[torch.tensor(rows, device=logprobs.device), torch.tensor(targets, device=logprobs.device)]
+    return list(torch.split(picked, [len(a) for a in cands]))
 
 
 def listwise_loss(model: torch.nn.Module, example: TokenizedExample, device: torch.device) -> torch.Tensor:

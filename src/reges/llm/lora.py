@@ -298,7 +298,7 @@ def listwise_token_logprobs(
     ).logits  # (kept positions, vocab), in sequence order
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     # One gather for every candidate token: indexing once per candidate made backward write a zeroed
-    # (kept positions x vocab) gradient per candidate, a quarter of a training step's time with 20 candidates.
+    # (kept positions x vocab) gradient per candidate (11 % of a step's time on INSPIRED examples, end_to_end.md).
     rows, targets = [], []
     row = 1
     for a in cands:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.modules import Dense
 
 from reges.config import TrainRetrieverConfig
 from reges.records import Item, RecExample, Turn
@@ -122,6 +124,21 @@ def test_finetune_lowers_the_loss_and_changes_the_weights(tmp_path: Path) -> Non
     assert _mean_loss(model, pairs) < loss_before
     after = model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dtype_sets_the_compute_dtype_and_keeps_float32_weights(tmp_path: Path, dtype: str) -> None:
+    """bfloat16 is mixed precision: the layers compute in bf16, the weights (and AdamW) stay float32."""
+    static = _tiny_model(tmp_path)
+    model = SentenceTransformer(modules=[*static, Dense(16, 16)], device="cpu")  # a Linear for autocast to act on
+    seen: set[torch.dtype] = set()
+    model[1].linear.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    pairs = build_pairs(EXAMPLES, ITEMS, "full", 1000)
+    cfg = dataclasses.replace(CFG, dtype=dtype)
+    result = finetune_encoder(model, pairs, [[] for _ in pairs], ITEMS, cfg, seed=0)
+    assert seen == {getattr(torch, dtype)} and result.dtype == dtype
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert np.isfinite(result.loss_end) and result.loss_end < result.loss_start
 
 
 def test_resume_after_a_kill_gives_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -305,6 +305,9 @@ class TrainRetrieverConfig:
     query: Dialogue text of the dense_dialogue feature and of the training anchors: "full" or "last2".
     max_query_chars: Dialogue text cap (its end is kept); 1000 characters fit MiniLM's 256 tokens.
     max_seq_length: Encoder token limit when fine-tuning and encoding.
+    dtype: Compute dtype of fine-tuning. "bfloat16" runs the encoder's forward and backward under autocast while
+        the weights, gradients and AdamW state stay float32 (mixed precision); "auto" is bfloat16 on CUDA and on
+        CPUs with native bf16 (AVX512-BF16/AMX), where it measured about 2x faster per step, else float32.
     comention: Use the co-mention prior as a fusion feature.
     comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
     use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.
@@ -328,6 +331,7 @@ class TrainRetrieverConfig:
     query: Literal["full", "last2"] = "full"
     max_query_chars: int = 1000
     max_seq_length: int = 256
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     comention: bool = True
     comention_normalization: Literal["count", "log", "conditional", "cosine", "pmi"] = "conditional"
     use_lossy: bool = True

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from reges.config import TrainRetrieverConfig
 from reges.errors import ConfigError, DataError
 from reges.io import read_json, write_json
+from reges.llm.models import resolve_dtype
 from reges.records import Item, RecExample
 from reges.retrieval.comention import context_item_ids
 from reges.retrieval.encoder import Encoder
@@ -91,6 +92,7 @@ class FinetuneResult:
     loss_start: float
     loss_end: float
     resumed_from_step: int
+    dtype: str
 
 
 def false_negative_ids(example: RecExample, title_keys: dict[str, str]) -> frozenset[str]:
@@ -265,7 +267,7 @@ def _fingerprint(pairs: Sequence[Pair], negatives: Sequence[Sequence[str]], cfg:
     h = hashlib.sha256()
     for p, negs in zip(pairs, negatives, strict=True):
         h.update(f"{p.anchor}\t{p.positive_id}\t{','.join(negs)}\n".encode())
-    h.update(f"{cfg.epochs} {cfg.batch_size} {cfg.lr} {cfg.warmup_ratio}".encode())
+    h.update(f"{cfg.epochs} {cfg.batch_size} {cfg.lr} {cfg.warmup_ratio} {cfg.dtype}".encode())
     return h.hexdigest()
 
 
@@ -340,7 +342,7 @@ def finetune_encoder(
         pairs: Training pairs (`build_pairs`).
         negatives: Hard negatives per pair (`mine_hard_negatives`), same length as `pairs`.
         items: Catalog by id (card texts).
-        cfg: epochs, batch_size, lr, warmup_ratio, save_every_steps, chunk_size.
+        cfg: epochs, batch_size, lr, warmup_ratio, save_every_steps, chunk_size, dtype.
         seed: Seeds the data order and torch (dropout).
         checkpoint_dir: Where step checkpoints go (None: no checkpoints, no resume).
         show_progress: tqdm bar over steps.
@@ -358,6 +360,7 @@ def finetune_encoder(
     if cfg.batch_size < 2:
         raise ConfigError(f"train_retriever.batch_size must be >= 2 for in-batch negatives, got {cfg.batch_size}")
     device = next(model.parameters()).device
+    compute_dtype = resolve_dtype(cfg.dtype, device.type)
     torch.manual_seed(seed)
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -393,9 +396,11 @@ def finetune_encoder(
                 continue
             batch_pairs = [pairs[i] for i in batch]
             doc_ids = [p.positive_id for p in batch_pairs] + [n for i in batch for n in negatives[i]]
-            anchors = _embed(model, [p.anchor for p in batch_pairs], device, cfg.chunk_size)  # (B, dim)
-            docs = _embed(model, [items[d].text for d in doc_ids], device, cfg.chunk_size)  # (M, dim)
-            loss = contrastive_loss(anchors, docs, _batch_mask(batch_pairs, doc_ids).to(device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16):
+                anchors = _embed(model, [p.anchor for p in batch_pairs], device, cfg.chunk_size)  # (B, dim)
+                docs = _embed(model, [items[d].text for d in doc_ids], device, cfg.chunk_size)  # (M, dim)
+            # the loss in float32: bf16 cosines times 20 would round the logits to about 0.1
+            loss = contrastive_loss(anchors.float(), docs.float(), _batch_mask(batch_pairs, doc_ids).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -424,9 +429,10 @@ def finetune_encoder(
         loss_start=float(np.mean(losses[:tenth])),
         loss_end=float(np.mean(losses[-tenth:])),
         resumed_from_step=start_step,
+        dtype=str(compute_dtype).removeprefix("torch."),
     )
-    logger.info("encoder fine-tuned: %d steps, %.1f pairs/s, loss %.3f -> %.3f", total_steps, result.pairs_per_s,
-                result.loss_start, result.loss_end)
+    logger.info("encoder fine-tuned (%s): %d steps, %.1f pairs/s, loss %.3f -> %.3f", compute_dtype, total_steps,
+                result.pairs_per_s, result.loss_start, result.loss_end)
     return result
 
 

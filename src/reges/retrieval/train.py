@@ -87,7 +87,7 @@ def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, tra
     from reges.io import file_sha256
 
     keys = ("epochs", "batch_size", "lr", "warmup_ratio", "hard_negatives", "max_pairs", "query", "max_query_chars",
-            "max_seq_length")
+            "max_seq_length", "dtype")
     spec = {k: getattr(tc, k) for k in keys}
     spec.update(encoder=encoder, seed=seed, train=file_sha256(train_path),
                 distill=file_sha256(distill_path) if distill_path else None)

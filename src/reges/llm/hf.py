@@ -277,14 +277,7 @@ class HFLLM:
             for chunk in _packs(answers, RANK_CHUNK_TOKENS):
                 packed = [t for a in chunk for t in a]
                 width = len(packed)
-                positions = [n_prompt + j for a in chunk for j in range(len(a))]
-                allowed = torch.zeros((width, n_prompt + width), dtype=torch.bool)
-                allowed[:, :n_prompt] = True
-                offset = 0
-                for a in chunk:
-                    block = torch.ones((len(a), len(a)), dtype=torch.bool).tril()
-                    allowed[offset : offset + len(a), n_prompt + offset : n_prompt + offset + len(a)] = block
-                    offset += len(a)
+                allowed, positions = packed_answers(n_prompt, chunk)
                 dtype = self.model.dtype
                 mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
                 logits = self.model(
@@ -305,6 +298,27 @@ class HFLLM:
                     total = sum(token_logprobs)
                     scores.append(total / len(token_logprobs) if length_normalized else total)
         return scores
+
+
+def packed_answers(n_prompt: int, answers: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+    """Attention and positions for `answers` packed into one sequence after an `n_prompt`-token prompt.
+
+    Returns the (width, n_prompt + width) boolean mask of what each packed token may attend to (the whole prompt,
+    and the tokens before it in its own answer) and each token's position id (restarting at the prompt's end for
+    every answer), so each answer is scored as if it followed the prompt alone. `HFLLM.rank` and the listwise
+    LoRA loss share it: training optimises exactly what rank mode scores.
+    """
+    width = sum(len(a) for a in answers)
+    allowed = torch.zeros((width, n_prompt + width), dtype=torch.bool)
+    allowed[:, :n_prompt] = True
+    positions: list[int] = []
+    offset = 0
+    for a in answers:
+        block = torch.ones((len(a), len(a)), dtype=torch.bool).tril()
+        allowed[offset : offset + len(a), n_prompt + offset : n_prompt + offset + len(a)] = block
+        positions += range(n_prompt, n_prompt + len(a))
+        offset += len(a)
+    return allowed, positions
 
 
 def _packs(answers: list[list[int]], max_tokens: int) -> list[list[list[int]]]:

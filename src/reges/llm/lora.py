@@ -271,20 +271,20 @@ def listwise_token_logprobs(
     tokens see the prompt and the tokens before them in the same candidate, and position ids restart at the
     prompt's end for each (what `HFLLM.rank` does with a cache), so their sums equal what `rank` computes.
     """
+    from reges.llm.hf import packed_answers  # here: hf imports transformers, which lora's importers may not need
+
     prompt, cands = example.input_ids, example.candidates
     n_prompt, width = len(prompt), sum(len(a) for a in cands)
     length = n_prompt + width
+    answer_rows, answer_positions = packed_answers(n_prompt, cands)
     allowed = torch.zeros((length, length), dtype=torch.bool)
     allowed[:n_prompt, :n_prompt] = torch.ones((n_prompt, n_prompt), dtype=torch.bool).tril()
-    allowed[n_prompt:, :n_prompt] = True
-    positions = list(range(n_prompt))
+    allowed[n_prompt:] = answer_rows
+    positions = list(range(n_prompt)) + answer_positions
     keep = torch.zeros(length, dtype=torch.bool)
     keep[n_prompt - 1] = True  # the last prompt position predicts every candidate's first token
     offset = n_prompt
     for a in cands:
-        allowed[offset : offset + len(a), offset : offset + len(a)] = torch.ones((len(a), len(a)),
-                                                                                 dtype=torch.bool).tril()
-        positions += [n_prompt + j for j in range(len(a))]
         keep[offset : offset + len(a) - 1] = True  # these predict the candidate's later tokens
         offset += len(a)
     dtype = model.get_input_embeddings().weight.dtype  # the base weights' dtype (LoRA weights stay fp32)

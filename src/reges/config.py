@@ -307,7 +307,8 @@ class TrainRetrieverConfig:
     max_seq_length: Encoder token limit when fine-tuning and encoding.
     dtype: Compute dtype of fine-tuning. "bfloat16" runs the encoder's forward and backward under autocast while
         the weights, gradients and AdamW state stay float32 (mixed precision); "auto" is bfloat16 on CUDA and on
-        CPUs with native bf16 (AVX512-BF16/AMX), where it measured about 2x faster per step, else float32.
+        CPUs with native bf16 (AVX512-BF16/AMX), else float32. On this 2-core CPU bf16 fine-tuned 1.39x the pairs
+        per second with the same losses (docs/results/encoder_finetune.md).
     comention: Use the co-mention prior as a fusion feature.
     comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
     use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.

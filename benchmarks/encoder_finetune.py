@@ -64,7 +64,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         for dtype in args.dtypes:
             model = load_encoder(cfg.index.encoder, "cpu", tc.max_seq_length, args.threads)
             result = finetune_encoder(model, pairs, negatives, items,
-                                      dataclasses.replace(tc, dtype=dtype, save_every_steps=0), cfg.run.seed)
+                                      dataclasses.replace(tc, dtype=dtype, save_every_steps=0, epochs=1), cfg.run.seed)
             logger.info("round %d %s: %.2f pairs/s", round_, dtype, result.pairs_per_s)
             runs[dtype].append(dataclasses.asdict(result))
     summary = {

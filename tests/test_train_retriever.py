@@ -225,3 +225,31 @@ def test_redoing_a_complete_stage_reuses_the_finished_encoder(tmp_path: Path, mo
     monkeypatch.setattr(train_stage, "finetune_encoder", no_training)
     train_stage.run(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True)), run_dir)
     assert run_dir.is_complete("train-retriever")
+
+
+def test_encoder_finetune_benchmark_reports_each_dtype(tmp_path: Path) -> None:
+    """benchmarks/encoder_finetune.py on the tiny run: one row per dtype, on the same sampled pairs."""
+    import importlib.util
+    import json
+
+    import yaml
+
+    from reges.config import config_to_dict
+
+    run_dir, cfg = _run_dir(tmp_path)
+    (run_dir.path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_finetune.py"
+    spec = importlib.util.spec_from_file_location("encoder_finetune_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.md"
+    assert bench.main(["--run-dir", str(run_dir.path), "--steps", "2", "--rounds", "1", "--threads", "1",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["settings"]["pairs"] == 4  # 2 steps of batch 2
+    assert list(result["summary"]) == ["float32", "bfloat16"]
+    for dtype, row in result["summary"].items():
+        assert row["resolved_dtype"] == dtype and row["pairs_per_s_median"] > 0
+        assert [r["steps"] for r in result["runs"][dtype]] == [2]
+    assert "bfloat16 vs float32" in out.read_text()

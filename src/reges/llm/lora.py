@@ -39,6 +39,7 @@ import re
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -820,7 +821,11 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
             "written by training"
         )
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; the FutureWarning is theirs and
+            # would otherwise print twice on every `reges recommend` (one per expert)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ModelError(
             f"the adapter in {adapter_dir} does not fit this model ({type(e).__name__}: {e}); load the base model "

@@ -45,9 +45,10 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     run_dir = RunDir(args.run_dir)
     cfg = load_config(run_dir.path / "config.yaml", [])
     items = {it.item_id: it for it in read_catalog(run_dir.require("catalog") / "items.jsonl")}
-    distill_path = run_dir.stage_dir("distill") / "train.jsonl"
-    distill = read_queries(distill_path) if run_dir.is_complete("distill") and distill_path.is_file() else None
     tc = cfg.train_retriever
+    distill_path = run_dir.stage_dir("distill") / "train.jsonl"
+    use_distill = tc.distill_pairs and run_dir.is_complete("distill") and distill_path.is_file()  # as the stage
+    distill = read_queries(distill_path) if use_distill else None
     pairs = build_pairs(read_examples(run_dir.require("data") / "train.jsonl"), items, tc.query,
                         tc.max_query_chars, distill)
     n_pairs = min(len(pairs), args.steps * tc.batch_size)

@@ -1,10 +1,11 @@
 """Speed of the retriever's encoder fine-tuning per compute dtype (`train_retriever.dtype`), on a run's own pairs.
 
-Builds the training pairs and hard negatives exactly as `reges train-retriever` does (from `data/train.jsonl`,
-`distill/train.jsonl` when complete, and the frozen index), takes the same seeded sample of `--steps` x batch-size
-pairs for every dtype, and fine-tunes a freshly loaded encoder on it once per dtype and round, alternating the
-dtypes so a change in machine load hits both. Reports pairs/s per round (median over rounds) and the loss at the
-start and end, so a dtype that trains faster but learns differently shows. Nothing is written to the run dir.
+Builds the training pairs and hard negatives as `reges train-retriever` does (`training_pairs`: `data/train.jsonl`,
+and `distill/train.jsonl` when the stage would use it; mined from the frozen index), takes the same seeded sample
+of `--steps` x batch-size pairs for every dtype, and fine-tunes a freshly loaded encoder on it once per dtype and
+round, alternating the dtypes so a change in machine load hits both. Reports pairs/s per round (median over
+rounds) and the loss at the start and end, so a dtype that trains faster but learns differently shows. Nothing is
+written to the run dir.
 
 Usage:
     .venv/bin/python benchmarks/encoder_finetune.py --run-dir runs/inspired-e2e --steps 8 --rounds 2 \\
@@ -31,10 +32,9 @@ import torch
 from reges.config import load_config
 from reges.io import RunDir, machine_info
 from reges.retrieval.encoder import SentenceEncoder, load_encoder
-from reges.retrieval.finetune import build_pairs, finetune_encoder, mine_hard_negatives
-from reges.retrieval.fusion import read_queries
+from reges.retrieval.finetune import finetune_encoder, mine_hard_negatives
 from reges.retrieval.index import EMBEDDINGS_FILE, ItemIndex, read_catalog
-from reges.retrieval.retrieve import read_examples
+from reges.retrieval.train import distill_pairs_file, training_pairs
 
 logger = logging.getLogger("encoder_finetune")
 
@@ -46,11 +46,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     cfg = load_config(run_dir.path / "config.yaml", [])
     items = {it.item_id: it for it in read_catalog(run_dir.require("catalog") / "items.jsonl")}
     tc = cfg.train_retriever
-    distill_path = run_dir.stage_dir("distill") / "train.jsonl"
-    use_distill = tc.distill_pairs and run_dir.is_complete("distill") and distill_path.is_file()  # as the stage
-    distill = read_queries(distill_path) if use_distill else None
-    pairs = build_pairs(read_examples(run_dir.require("data") / "train.jsonl"), items, tc.query,
-                        tc.max_query_chars, distill)
+    pairs = training_pairs(cfg, run_dir, items, distill_pairs_file(cfg, run_dir))  # the stage's own pairs
     n_pairs = min(len(pairs), args.steps * tc.batch_size)
     keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(pairs), n_pairs, replace=False))
     pairs = [pairs[i] for i in keep]

@@ -42,7 +42,7 @@ from reges.io import RunDir, atomic_open, now_iso, read_json, write_json
 from reges.records import Item, RecExample
 from reges.retrieval.comention import CoMention
 from reges.retrieval.encoder import SentenceEncoder, load_encoder, resolve_device
-from reges.retrieval.finetune import build_pairs, finetune_encoder, mine_hard_negatives
+from reges.retrieval.finetune import Pair, build_pairs, finetune_encoder, mine_hard_negatives
 from reges.retrieval.fusion import (
     EMBEDDINGS_FILE,
     ENCODER_DIR,
@@ -94,6 +94,27 @@ def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, tra
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+def distill_pairs_file(cfg: PipelineConfig, run_dir: RunDir) -> Path | None:
+    """`distill/train.jsonl` when fine-tuning also trains on the teacher's queries (`train_retriever.distill_pairs`
+    and a complete distill stage), else None."""
+    path = run_dir.stage_dir("distill") / "train.jsonl"
+    tc = cfg.train_retriever
+    return path if tc.finetune and tc.distill_pairs and run_dir.is_complete("distill") and path.is_file() else None
+
+
+def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item],
+                   distill_path: Path | None) -> list[Pair]:
+    """The encoder's fine-tuning pairs: `data/train.jsonl` (and `distill_path`), a seeded `max_pairs` sample."""
+    tc = cfg.train_retriever
+    distill = read_queries(distill_path) if distill_path else None
+    pairs = build_pairs(read_examples(run_dir.stage_dir("data") / "train.jsonl"), items, tc.query,
+                        tc.max_query_chars, distill)
+    if tc.max_pairs and len(pairs) > tc.max_pairs:
+        keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(pairs), tc.max_pairs, replace=False))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
 def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: ItemIndex, items: dict[str, Item],
                    distill_path: Path | None) -> dict[str, Any]:
     """Fine-tune (or reuse a finished checkpointed) encoder; copy it to `out/encoder`. Returns its record."""
@@ -107,12 +128,7 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
     else:
         device = resolve_device(cfg.index.device)
         model = load_encoder(cfg.index.encoder, device, tc.max_seq_length, cfg.index.threads)
-        examples = read_examples(train_path)
-        distill = read_queries(distill_path) if distill_path else None
-        pairs = build_pairs(examples, items, tc.query, tc.max_query_chars, distill)
-        if tc.max_pairs and len(pairs) > tc.max_pairs:
-            keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(pairs), tc.max_pairs, replace=False))
-            pairs = [pairs[i] for i in keep]
+        pairs = training_pairs(cfg, run_dir, items, distill_path)
         logger.info("fine-tuning on %d pairs (%d from distill)", len(pairs), sum(p.source == "distill" for p in pairs))
         embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)  # (n, dim) frozen
         t0 = time.perf_counter()
@@ -125,7 +141,7 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
         if tmp.exists():
             shutil.rmtree(tmp)
         model.save(str(tmp))
-        record = {"fingerprint": fingerprint, "mine_s": round(mine_s, 2), "distill_pairs": distill is not None,
+        record = {"fingerprint": fingerprint, "mine_s": round(mine_s, 2), "distill_pairs": distill_path is not None,
                   "pairs_by_source": {s: sum(p.source == s for p in pairs) for s in ("dialogue", "distill")},
                   **dataclasses.asdict(result)}
         write_json(tmp / FINETUNE_RECORD, record)
@@ -185,8 +201,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     use_lossy = tc.use_lossy and lossy_path.is_file()
     rewrite_path = run_dir.stage_dir("rewrite") / "tune.jsonl"
     use_query = tc.query_feature and run_dir.is_complete("rewrite") and rewrite_path.is_file()
-    distill_path = run_dir.stage_dir("distill") / "train.jsonl"
-    use_distill = tc.finetune and tc.distill_pairs and run_dir.is_complete("distill") and distill_path.is_file()
+    distill_path = distill_pairs_file(cfg, run_dir)
     out = run_dir.begin(STAGE, cfg.run.overwrite)
 
     items = read_catalog(catalog_path)
@@ -206,7 +221,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     device = resolve_device(cfg.index.device)
     index_out = out / INDEX_DIR
     if tc.finetune:
-        finetune_record = _train_encoder(cfg, run_dir, out, frozen, by_id, distill_path if use_distill else None)
+        finetune_record = _train_encoder(cfg, run_dir, out, frozen, by_id, distill_path)
         encoder = SentenceEncoder(load_encoder(str(out / ENCODER_DIR), device, tc.max_seq_length, cfg.index.threads))
         cards = {it.item_id: it.text for it in items}
         t0 = time.perf_counter()
@@ -254,7 +269,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         inputs["data/lossy_dialogues"] = lossy_path
     if use_query:
         inputs["rewrite/tune"] = rewrite_path
-    if use_distill:
+    if distill_path is not None:
         inputs["distill/train"] = distill_path
     run_dir.finish(
         STAGE,

@@ -11,13 +11,14 @@ import pytest
 import torch
 from retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 
+from reges.catalog import read_catalog
 from reges.config import IndexConfig, PipelineConfig, RunConfig
 from reges.errors import CatalogError, ConfigError, DataError, ModelError, StageCompleteError, StageNotReadyError
 from reges.io import RunDir, now_iso, write_jsonl
 from reges.records import Item
 from reges.retrieval import index as index_stage
-from reges.retrieval.encoder import SentenceEncoder, l2_normalize, load_encoder, resolve_device
-from reges.retrieval.index import ItemIndex, build_faiss_index, read_catalog
+from reges.retrieval.encoder import SentenceEncoder, l2_normalize, load_encoder
+from reges.retrieval.index import ItemIndex, build_faiss_index
 
 ITEMS = [
     Item("10", "Alien (1979)", "Alien (1979). Genre: horror, sci-fi. Plot: a space crew meets an alien.", 1979),
@@ -64,14 +65,11 @@ def test_load_encoder_rules(tiny_st_dir: Path, tmp_path: Path) -> None:
     assert SentenceEncoder(model).encode([], 4, False).shape == (0, 16)
 
 
-def test_resolve_device(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="reges.retrieval.encoder"):
-        resolved = resolve_device("auto")
-    assert resolved == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert f"device auto -> {resolved}" in caplog.text
-    if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="no CUDA device"):
-            resolve_device("cuda")
+def test_load_encoder_refuses_cuda_without_a_gpu(tiny_st_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(ModelError, match="no CUDA device"):
+        load_encoder(str(tiny_st_dir), "cuda", 64)
 
 
 def test_l2_normalize_keeps_zero_rows_finite() -> None:

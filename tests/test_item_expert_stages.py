@@ -24,10 +24,10 @@ from reges.errors import ConfigError, StageNotReadyError
 from reges.eval import evaluate as evaluate_stage
 from reges.io import RunDir, read_jsonl, write_jsonl
 from reges.item_expert import generate as generate_stage
+from reges.item_expert import mining
 from reges.item_expert import train as train_stage
 from reges.item_expert.generate import ALPHA_GRID
 from reges.llm import lora
-from reges.retrieval import mining
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ from tiny_models import build_tiny_llama
 from reges.config import LLMConfig, MineConfig, PipelineConfig, RunConfig
 from reges.errors import ConfigError, DataError, StageNotReadyError
 from reges.io import RunDir, now_iso, read_jsonl, write_jsonl
+from reges.item_expert import mining
+from reges.item_expert.mining import mine_examples, select_candidates
 from reges.item_expert.prompts import PromptFormat
 from reges.records import RecExample, Turn
-from reges.retrieval import mining
-from reges.retrieval.mining import mine_examples, select_candidates
 
 CATALOG = sorted(BY_ID)
 

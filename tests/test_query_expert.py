@@ -9,7 +9,7 @@ from retrieval_fakes import KeywordEncoder
 
 from reges.config import DistillConfig, IndexConfig
 from reges.errors import ConfigError
-from reges.query_expert.distill import distill_examples, sample_examples, target_ranks
+from reges.query_expert.distill import distill_examples, target_ranks
 from reges.query_expert.prompts import MAX_DIALOGUE_CHARS, NO_DIALOGUE, item_hint, query_prompt, teacher_prompt
 from reges.query_expert.rewrite import clean_query, rewrite_queries, rewrite_queries_timed
 from reges.query_expert.teacher import (
@@ -247,17 +247,6 @@ def test_llm_teacher_samples_candidates_and_the_filter_judges_them() -> None:
     assert report.title_leak and report.query == "horror in space" and report.ungrounded_words == ("vibes",)
     with pytest.raises(ConfigError, match="teacher_temperature must be > 0"):
         LLMTeacher(llm, num_queries=2, max_query_words=16, temperature=0.0)
-
-
-def test_sample_examples_is_seeded_and_sorted() -> None:
-    exs = [example([], ["up"], f"d{i}_1") for i in range(10)]
-    a, b = sample_examples(exs, 4, seed=1), sample_examples(list(reversed(exs)), 4, seed=1)
-    assert [e.example_id for e in a] == sorted(e.example_id for e in a)
-    assert len(a) == 4 and len(sample_examples(exs, 0, seed=1)) == 10
-    assert [e.example_id for e in a] == [e.example_id for e in sample_examples(exs, 4, seed=1)]
-    assert b  # a different input order may give another sample, but still a sorted one
-    with pytest.raises(ConfigError):
-        sample_examples(exs, -1, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 from reges.config import DataConfig, PipelineConfig
 from reges.data import DialogueFile
 from reges.data.inspired import load_inspired
-from reges.data.jsonl import load_custom, resolve_column_map
+from reges.data.jsonl import load_custom
 from reges.data.redial import load_redial, read_movie_names
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, write_json, write_jsonl
@@ -167,24 +167,10 @@ def split_stats(dialogues: list[Dialogue], examples: list[RecExample]) -> dict[s
 
 
 def _check_config(cfg: DataConfig) -> None:
+    # The other data.* checks run when the config is built (DataConfig); an empty list is valid there, since the
+    # default config has no files and only this stage reads them.
     if not cfg.train_files:
         raise ConfigError("data.train_files is empty; list the dialogue files of the train split")
-    if cfg.format == "custom":
-        resolve_column_map(cfg.column_map)
-    elif cfg.column_map:
-        raise ConfigError(f"data.column_map applies to data.format=custom only, got format={cfg.format!r}; remove it")
-    if cfg.format != "redial" and (cfg.movie_names_file or cfg.lossy_file):
-        raise ConfigError(f"data.movie_names_file and data.lossy_file are ReDial files, got format={cfg.format!r}; "
-                          "remove them")
-    if cfg.lossy_file and not cfg.movie_names_file:
-        raise ConfigError("data.lossy_file needs data.movie_names_file (movies_with_mentions.csv) to resolve its "
-                          "@ids; set it")
-    if not 0.0 <= cfg.tune_fraction < 1.0:
-        raise ConfigError(f"data.tune_fraction must be in [0, 1), got {cfg.tune_fraction}; e.g. 0.1, or 0 for no "
-                          "tune split")
-    if not cfg.dev_files and not 0.0 < cfg.dev_fraction < 1.0:
-        raise ConfigError(f"data.dev_fraction must be in (0, 1) when data.dev_files is empty, got "
-                          f"{cfg.dev_fraction}; set it (e.g. 0.16) or list data.dev_files")
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir) -> None:

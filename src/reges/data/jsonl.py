@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from reges.config import COLUMN_MAP_KEYS
 from reges.data import DialogueFile
 from reges.errors import ConfigError, DataError
 from reges.io import iter_jsonl
@@ -24,7 +25,7 @@ from reges.records import ROLES, Dialogue, Turn
 
 logger = logging.getLogger(__name__)
 
-KEYS = ("dialogue_id", "turns", "role", "content", "item_ids")
+KEYS = COLUMN_MAP_KEYS
 
 
 def resolve_column_map(column_map: Mapping[str, str]) -> dict[str, str]:

@@ -15,6 +15,8 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from reges.errors import ModelError
 from reges.llm.base import Messages, check_candidates, check_choose_args, cut_at_stop, truncate_left, unique
+from reges.llm.lora import load_adapter, merge_adapter
+from reges.llm.scoring import answer_token_ids, packed_answers
 from reges.llm.trie import TokenTrie
 
 if TYPE_CHECKING:
@@ -71,24 +73,6 @@ def dense_output_head(model: PreTrainedModel) -> None:
         head.register_forward_pre_hook(_dense_input)
 
 
-def answer_token_ids(tokenizer: Any, prompt: str, answers: list[str]) -> list[list[int]]:
-    """Token ids of each answer as the tokenizer produces them right after the rendered `prompt`.
-
-    Why not `encode(answer)`: byte-level BPE tokenizers encode a word differently at the start of a text and
-    after other text ("Matrix" vs "ĠMatrix"); the model sees answers after the generation prompt, so that is
-    where they are tokenized. When the prompt's own tokens change at the junction (a merge across it), the
-    answer is tokenized alone. The listwise LoRA objective (`reges.llm.lora`) tokenizes candidates the same way,
-    so training scores what `rank` scores.
-    """
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    n = len(prompt_ids)
-    out = []
-    for answer, ids in zip(answers, tokenizer([prompt + a for a in answers], add_special_tokens=False)["input_ids"],
-                           strict=True):
-        out.append(ids[n:] if ids[:n] == prompt_ids else tokenizer(answer, add_special_tokens=False)["input_ids"])
-    return out
-
-
 class HFLLM:
     """An `LLM` over a transformers causal LM (optionally a PEFT model) and its tokenizer.
 
@@ -141,7 +125,6 @@ class HFLLM:
         two extra low-rank matmuls (and PEFT's Python layer) per adapted projection, which on CPU is a visible
         share of a decoding step. Outputs equal the unmerged model's up to float rounding.
         """
-        from reges.llm.lora import load_adapter, merge_adapter
         from reges.llm.models import load_hf
 
         model, tokenizer = load_hf(cfg)
@@ -298,27 +281,6 @@ class HFLLM:
                     total = sum(token_logprobs)
                     scores.append(total / len(token_logprobs) if length_normalized else total)
         return scores
-
-
-def packed_answers(n_prompt: int, answers: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
-    """Attention and positions for `answers` packed into one sequence after an `n_prompt`-token prompt.
-
-    Returns the (width, n_prompt + width) boolean mask of what each packed token may attend to (the whole prompt,
-    and the tokens before it in its own answer) and each token's position id (restarting at the prompt's end for
-    every answer), so each answer is scored as if it followed the prompt alone. `HFLLM.rank` and the listwise
-    LoRA loss share it: training optimises exactly what rank mode scores.
-    """
-    width = sum(len(a) for a in answers)
-    allowed = torch.zeros((width, n_prompt + width), dtype=torch.bool)
-    allowed[:, :n_prompt] = True
-    positions: list[int] = []
-    offset = 0
-    for a in answers:
-        block = torch.ones((len(a), len(a)), dtype=torch.bool).tril()
-        allowed[offset : offset + len(a), n_prompt + offset : n_prompt + offset + len(a)] = block
-        positions += range(n_prompt, n_prompt + len(a))
-        offset += len(a)
-    return allowed, positions
 
 
 def _packs(answers: list[list[int]], max_tokens: int) -> list[list[list[int]]]:

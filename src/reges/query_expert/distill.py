@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,8 +43,8 @@ import numpy as np
 
 from reges.catalog import load_catalog
 from reges.config import DistillConfig, PipelineConfig
+from reges.data.sampling import sample_by_id
 from reges.errors import ConfigError, DataError
-from reges.eval.metrics import recall_at_k
 from reges.io import RunDir, now_iso, write_json, write_jsonl
 from reges.query_expert.prompts import query_prompt
 from reges.query_expert.teacher import GroundedTeacher, LLMTeacher, Teacher, dialogue_vocabulary, ground_query
@@ -53,6 +52,7 @@ from reges.records import Item, RecExample
 from reges.retrieval.encoder import Encoder
 from reges.retrieval.index import EMBEDDINGS_FILE, ItemIndex
 from reges.retrieval.queries import context_to_query
+from reges.retrieval.recall import recall_at_k
 from reges.retrieval.retrieve import load_index_encoder, read_examples, retrieve
 
 logger = logging.getLogger(__name__)
@@ -271,15 +271,6 @@ def distill_examples(
     return results, stats
 
 
-def sample_examples(examples: list[RecExample], max_examples: int, seed: int) -> list[RecExample]:
-    """A seeded sample of `max_examples` examples (all when 0 or more than there are), sorted by example_id."""
-    if max_examples < 0:
-        raise ConfigError(f"max_examples must be >= 0 (0 = all), got {max_examples}")
-    if 0 < max_examples < len(examples):
-        examples = random.Random(seed).sample(examples, max_examples)
-    return sorted(examples, key=lambda ex: ex.example_id)
-
-
 def build_teacher(cfg: PipelineConfig, catalog: list[Item], index: ItemIndex, index_dir: Path) -> Teacher:
     """The teacher `distill.teacher` names, with its model loaded (llm) or its catalog tables built (grounded)."""
     dc = cfg.distill
@@ -303,19 +294,6 @@ def build_teacher(cfg: PipelineConfig, catalog: list[Item], index: ItemIndex, in
     raise ConfigError(f"distill.teacher must be 'grounded' or 'llm', got {dc.teacher!r}")
 
 
-def _check_config(dc: DistillConfig) -> None:
-    if not dc.splits:
-        raise ConfigError("distill.splits is empty; list the splits to distill, e.g. [train]")
-    if dc.num_queries < 1:
-        raise ConfigError(f"distill.num_queries must be >= 1, got {dc.num_queries}")
-    if dc.max_query_words < 3:
-        raise ConfigError(f"distill.max_query_words must be >= 3, got {dc.max_query_words}")
-    if dc.feedback_top_k < 1:
-        raise ConfigError(f"distill.feedback_top_k must be >= 1, got {dc.feedback_top_k}")
-    if dc.batch_size < 1:
-        raise ConfigError(f"distill.batch_size must be >= 1, got {dc.batch_size}")
-
-
 def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     """Distill every split of `distill.splits`; write `distill/{split}.jsonl`, `stats.json`, then the manifest.
 
@@ -324,7 +302,6 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     """
     started = now_iso()
     dc = cfg.distill
-    _check_config(dc)
     data_dir = run_dir.require("data")
     catalog_dir = run_dir.require("catalog")
     index_dir = run_dir.require("index")
@@ -352,7 +329,9 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     all_stats: dict[str, Any] = {"teacher": dc.teacher, "encoder": index.encoder, "splits": {}}
     for split, path in split_paths.items():
         t0 = time.perf_counter()
-        examples = sample_examples(read_examples(path), dc.max_examples, cfg.run.seed)
+        examples = sample_by_id(
+            read_examples(path), dc.max_examples, cfg.run.seed, lambda ex: ex.example_id, "distill.max_examples"
+        )
         results, stats = distill_examples(
             examples, teacher, items, index, encoder, dc, cfg.retrieve.max_query_chars
         )

@@ -19,6 +19,7 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from reges.errors import ModelError
+from reges.llm.models import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -33,25 +34,6 @@ class Encoder(Protocol):
     """
 
     def encode(self, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray: ...
-
-
-def resolve_device(device: str) -> str:
-    """Turn "auto" into "cuda" when a GPU is visible, else "cpu"; refuse "cuda" without one.
-
-    Raises:
-        ModelError: "cuda" was asked for but torch sees no CUDA device (no silent CPU fallback).
-    """
-    import torch
-
-    if device == "auto":
-        resolved = "cuda" if torch.cuda.is_available() else "cpu"
-        logger.info("device auto -> %s", resolved)
-        return resolved
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' was asked for but torch sees no CUDA device; set index.device=cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ModelError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return device
 
 
 def resolve_encoder_path(name_or_path: str) -> Path:
@@ -97,7 +79,7 @@ def load_encoder(name_or_path: str, device: str, max_seq_length: int, threads: i
     if threads < 0:
         raise ModelError(f"threads must be >= 0 (0 = torch's default), got {threads}; set index.threads")
     path = resolve_encoder_path(name_or_path)
-    resolved = resolve_device(device)
+    resolved = resolve_device(device, "index.device")
     if threads:
         import torch
 

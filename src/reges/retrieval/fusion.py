@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 
 from reges.errors import ConfigError, DataError, StageNotReadyError
-from reges.eval.metrics import PROTOCOLS
-from reges.io import read_json, read_jsonl
+from reges.io import read_json
 from reges.records import Hit, RecExample, Turn
 from reges.retrieval.comention import CoMention, Normalization, context_item_ids
 from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder
 from reges.retrieval.queries import QueryMode, context_to_query
+from reges.retrieval.recall import PROTOCOLS
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +53,6 @@ FUSION_FILE = "fusion.json"
 ENCODER_DIR = "encoder"
 INDEX_DIR = "index"
 EMBEDDINGS_FILE = "embeddings.npy"
-
-
-def read_queries(path: str | Path) -> dict[str, str]:
-    """`{example_id: query}` from `rewrite/{split}.jsonl` or `distill/{split}.jsonl` rows (`{"example_id", "query"}`).
-
-    Raises:
-        DataError: a row without example_id or query.
-    """
-    out: dict[str, str] = {}
-    for row in read_jsonl(path):
-        if "example_id" not in row or "query" not in row:
-            raise DataError(f"{path}: rows need 'example_id' and 'query', got keys {sorted(row)}; rerun its stage")
-        out[str(row["example_id"])] = str(row["query"])
-    return out
 
 
 def zscore_rows(x: np.ndarray) -> np.ndarray:

@@ -25,12 +25,13 @@ from typing import Any
 import faiss
 import numpy as np
 
-from reges.catalog import read_items
+from reges.catalog import read_catalog
 from reges.config import IndexConfig, PipelineConfig
 from reges.errors import CatalogError, ConfigError, DataError, ModelError
 from reges.io import RunDir, atomic_open, now_iso, read_json, write_json
-from reges.records import Hit, Item
-from reges.retrieval.encoder import SentenceEncoder, load_encoder, resolve_device
+from reges.llm.models import resolve_device
+from reges.records import Hit
+from reges.retrieval.encoder import SentenceEncoder, load_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +45,6 @@ META_FILE = "index.json"
 _TIE_MARGIN = 16
 
 
-def read_catalog(path: str | Path) -> list[Item]:
-    """Read `catalog/items.jsonl` for indexing, refusing an empty catalog, duplicate ids and empty cards.
-
-    Raises:
-        CatalogError: no items, a duplicated item_id, or an item whose text card is empty.
-    """
-    items = read_items(path)
-    if not items:
-        raise CatalogError(f"{path} holds no items; run `reges catalog` on a non-empty item source")
-    seen: set[str] = set()
-    for item in items:
-        if item.item_id in seen:
-            raise CatalogError(f"{path}: item_id {item.item_id!r} appears twice; item ids must be unique")
-        if not item.text.strip():
-            raise CatalogError(f"{path}: item {item.item_id!r} has an empty text card; every item needs one")
-        seen.add(item.item_id)
-    return items
-
-
 def build_faiss_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> faiss.Index:
     """Build a FAISS inner-product index of the type `cfg.index_type` over `embeddings`.
 
@@ -73,7 +55,7 @@ def build_faiss_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> fa
 
     Raises:
         CatalogError: no rows to index.
-        ConfigError: an unknown index type or a non-positive parameter.
+        ConfigError: an unknown index type (the parameters' ranges are checked by IndexConfig).
     """
     num_items, dim = embeddings.shape
     if num_items == 0:
@@ -82,8 +64,6 @@ def build_faiss_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> fa
     if cfg.index_type == "flat":
         index = faiss.IndexFlatIP(dim)
     elif cfg.index_type == "ivf":
-        if cfg.nlist < 1 or cfg.nprobe < 1:
-            raise ConfigError(f"index.nlist and index.nprobe must be >= 1, got {cfg.nlist} and {cfg.nprobe}")
         nlist = cfg.nlist
         if nlist > num_items:
             logger.warning("index.nlist=%d exceeds the catalog size %d; using nlist=%d", nlist, num_items, num_items)
@@ -94,8 +74,6 @@ def build_faiss_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> fa
         index.train(x)
         index.nprobe = min(cfg.nprobe, nlist)
     elif cfg.index_type == "hnsw":
-        if cfg.hnsw_m < 2 or cfg.ef_search < 1:
-            raise ConfigError(f"index.hnsw_m must be >= 2 and index.ef_search >= 1, got {cfg.hnsw_m}, {cfg.ef_search}")
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = cfg.ef_search
     else:
@@ -242,7 +220,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     items_path = run_dir.require("catalog") / "items.jsonl"
     out = run_dir.begin("index", cfg.run.overwrite)
     items = read_catalog(items_path)
-    device = resolve_device(cfg.index.device)
+    device = resolve_device(cfg.index.device, "index.device")
     encoder = SentenceEncoder(load_encoder(cfg.index.encoder, device, cfg.index.max_seq_length, cfg.index.threads))
 
     t0 = time.perf_counter()

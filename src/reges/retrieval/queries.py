@@ -1,15 +1,20 @@
-"""Dialogue context -> query text for the retriever (the raw-dialogue baselines and the retrieve stage).
+"""Query text for the retriever: a dialogue context rendered as a query, or a stage's written queries read back.
 
 A query is the context rendered one turn per line, `User: ...` / `Assistant: ...`, oldest first. Long
 contexts are cut from the left, whole turns at a time, so the most recent turns (what the user is
 asking for now) are the ones kept.
+
+`read_queries` reads the query files of `rewrite` and `distill` (`{"example_id", "query"}` rows) for the stages
+that show or score those queries (`train-retriever`, `retrieve`, `mine`, `generate`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from reges.errors import ConfigError
+from reges.errors import ConfigError, DataError
+from reges.io import read_jsonl
 from reges.records import Turn
 
 QueryMode = Literal["full", "last2"]
@@ -64,3 +69,20 @@ def context_to_query(context: list[Turn], mode: QueryMode, max_chars: int) -> st
             tail = tail.split(" ", 1)[1]  # drop the partial first word
         return tail
     return "\n".join(reversed(kept))
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    """`{example_id: query}` from `rewrite/{split}.jsonl` or `distill/{split}.jsonl` rows (`{"example_id", "query"}`).
+
+    Raises:
+        DataError: A row is not an object with an `example_id` and a string `query`.
+    """
+    queries: dict[str, str] = {}
+    for row in read_jsonl(path):
+        if not isinstance(row, dict) or "example_id" not in row or not isinstance(row.get("query"), str):
+            raise DataError(
+                f"{path}: rows must be {{'example_id', 'query'}} with a string query, got {row!r:.200}; rerun the "
+                "stage that wrote it (rewrite or distill)"
+            )
+        queries[str(row["example_id"])] = row["query"]
+    return queries

@@ -29,11 +29,12 @@ import numpy as np
 from reges.config import IndexConfig, PipelineConfig
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_jsonl, write_trec
+from reges.llm.models import resolve_device
 from reges.records import Dialogue, Hit, RecExample
-from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder, resolve_device
-from reges.retrieval.fusion import FusedRetriever, read_queries
+from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder
+from reges.retrieval.fusion import FusedRetriever
 from reges.retrieval.index import ItemIndex
-from reges.retrieval.queries import context_to_query
+from reges.retrieval.queries import context_to_query, read_queries
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,8 @@ def load_index_encoder(index: ItemIndex, cfg: IndexConfig) -> SentenceEncoder:
             f"index/ was built with encoder {index.encoder!r} but index.encoder is {cfg.encoder!r}; "
             "rerun `reges index` with run.overwrite=true, or set index.encoder back"
         )
-    return SentenceEncoder(load_encoder(cfg.encoder, resolve_device(cfg.device), cfg.max_seq_length, cfg.threads))
+    device = resolve_device(cfg.device, "index.device")
+    return SentenceEncoder(load_encoder(cfg.encoder, device, cfg.max_seq_length, cfg.threads))
 
 
 def trec_tag(name: str) -> str:

@@ -32,12 +32,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from reges.catalog import read_catalog
 from reges.config import PipelineConfig
 from reges.errors import ConfigError, DataError
-from reges.io import RunDir, now_iso, read_jsonl, read_trec, write_jsonl
+from reges.io import RunDir, now_iso, read_trec, write_jsonl
 from reges.item_expert.prompts import PromptFormat, candidate_titles, item_prompt
 from reges.records import Hit, Item, RecExample
-from reges.retrieval.index import read_catalog
+from reges.retrieval.queries import read_queries
 from reges.retrieval.retrieve import read_examples
 
 logger = logging.getLogger(__name__)
@@ -195,16 +196,6 @@ def mine_examples(
     return rows, counts
 
 
-def read_queries(path: Path) -> dict[str, str]:
-    """`rewrite/{split}.jsonl` -> {example_id: query}."""
-    queries: dict[str, str] = {}
-    for row in read_jsonl(path):
-        if not isinstance(row, dict) or not isinstance(row.get("query"), str) or "example_id" not in row:
-            raise DataError(f"{path}: rows must be {{'example_id', 'query'}}, got {row!r:.200}; rerun `reges rewrite`")
-        queries[str(row["example_id"])] = row["query"]
-    return queries
-
-
 def query_path(run_dir: RunDir, split: str, mode: Literal["auto", "rewrite", "none"]) -> Path | None:
     """The rewrite file whose queries the prompts of `split` show, or None for no query.
 
@@ -244,7 +235,7 @@ def load_tokenizer(cfg: PipelineConfig) -> Any:
 
     from reges.llm.models import hf_folder
 
-    return AutoTokenizer.from_pretrained(str(hf_folder(cfg.llm)))
+    return AutoTokenizer.from_pretrained(str(hf_folder(cfg.item_expert_llm)))
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
@@ -255,8 +246,6 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     """
     started = now_iso()
     mc = cfg.mine
-    if not mc.splits:
-        raise ConfigError("mine.splits is empty; list the splits to mine, e.g. [train]")
     fmt = PromptFormat.from_config(mc)
     data_dir = run_dir.require("data")
     items_path = run_dir.require("catalog") / "items.jsonl"
@@ -307,5 +296,5 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         outputs=outputs,
         seed=cfg.run.seed,
         started=started,
-        extra={"splits": per_split, "prompt_format": fmt.to_dict(), "tokenizer_model": cfg.llm.model},
+        extra={"splits": per_split, "prompt_format": fmt.to_dict(), "tokenizer_model": cfg.item_expert_llm.model},
     )

@@ -1,0 +1,149 @@
+"""Package dependencies go one way: no module imports a package above its layer, and no modules import each other.
+
+The layers are drawn in docs/architecture.md. Every `import` is counted, at module level and inside functions
+(a deferred import is still a dependency), including those under `if TYPE_CHECKING:`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Bottom to top; a module may import its own layer and the layers below. Names are top-level modules or packages
+# of `reges` ("reges" itself is the package's __init__).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("reges", "reges.records", "reges.errors", "reges.io", "reges.config", "reges.pipeline"),
+    ("reges.titles",),
+    ("reges.data",),
+    ("reges.catalog", "reges.linking"),
+    ("reges.llm",),
+    ("reges.retrieval",),
+    ("reges.query_expert", "reges.item_expert"),
+    ("reges.eval",),
+    ("reges.recommender", "reges.shipped"),
+    ("reges.server",),
+    ("reges.cli",),
+)
+
+# Upward imports that are allowed for now, each with the reason; an entry whose import is gone fails the test, so
+# the list cannot go stale.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
+
+
+def module_name(path: Path, src: Path) -> str:
+    parts = list(path.relative_to(src).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def collect_modules(src: Path) -> dict[str, Path]:
+    """Every module under `src/reges`, by dotted name."""
+    return {module_name(p, src): p for p in sorted((src / "reges").rglob("*.py"))}
+
+
+def imported_modules(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """The `reges` modules `path` imports anywhere in its body (`from pkg import mod` counts as `pkg.mod`)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules)
+    return {m for m in found if m == "reges" or m.startswith("reges.")}
+
+
+def layer_of(name: str) -> int:
+    """The layer index of a module: that of the longest listed name it equals or sits under."""
+    best, best_len = -1, -1
+    for i, members in enumerate(LAYERS):
+        for member in members:
+            if (name == member or name.startswith(member + ".")) and len(member) > best_len:
+                best, best_len = i, len(member)
+    if best < 0:
+        raise AssertionError(f"{name} is in no layer; add it to LAYERS here and to docs/architecture.md")
+    return best
+
+
+def import_graph(src: Path) -> dict[str, set[str]]:
+    modules = collect_modules(src)
+    return {name: imported_modules(path, name, modules) - {name} for name, path in modules.items()}
+
+
+def upward_imports(src: Path) -> list[str]:
+    """"a imports b" for every import of a higher layer that ALLOWED_UPWARD does not list."""
+    bad = []
+    for name, targets in sorted(import_graph(src).items()):
+        for target in sorted(targets):
+            if layer_of(target) > layer_of(name) and (name, target) not in ALLOWED_UPWARD:
+                bad.append(f"{name} (layer {layer_of(name)}) imports {target} (layer {layer_of(target)})")
+    return bad
+
+
+def import_cycles(src: Path) -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (Tarjan's strongly connected parts)."""
+    graph = import_graph(src)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    bad = upward_imports(SRC)
+    assert not bad, "imports against the layering of docs/architecture.md:\n" + "\n".join(bad)
+
+
+def test_allowed_upward_imports_still_exist() -> None:
+    graph = import_graph(SRC)
+    stale = [f"{a} -> {b}" for a, b in ALLOWED_UPWARD if b not in graph.get(a, set())]
+    assert not stale, f"remove these from ALLOWED_UPWARD, the import is gone: {stale}"
+
+
+def test_no_import_cycles() -> None:
+    cycles = import_cycles(SRC)
+    assert not cycles, f"modules that import each other: {cycles}"
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in collect_modules(SRC):
+        layer_of(name)  # raises for a module outside every layer

@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from reges.catalog import read_catalog
 from reges.config import load_config
+from reges.data.sampling import sample_rows
 from reges.io import RunDir, machine_info
 from reges.retrieval.encoder import SentenceEncoder, load_encoder
 from reges.retrieval.finetune import finetune_encoder, mine_hard_negatives
-from reges.retrieval.index import EMBEDDINGS_FILE, ItemIndex, read_catalog
+from reges.retrieval.index import EMBEDDINGS_FILE, ItemIndex
 from reges.retrieval.train import distill_pairs_file, training_pairs
 
 logger = logging.getLogger("encoder_finetune")
@@ -48,8 +50,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     tc = cfg.train_retriever
     pairs = training_pairs(cfg, run_dir, items, distill_pairs_file(cfg, run_dir))  # the stage's own pairs
     n_pairs = min(len(pairs), args.steps * tc.batch_size)
-    keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(pairs), n_pairs, replace=False))
-    pairs = [pairs[i] for i in keep]
+    pairs = sample_rows(pairs, n_pairs, cfg.run.seed, "--steps")
     frozen = ItemIndex.load(run_dir.require("index"))
     embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)
     model = load_encoder(cfg.index.encoder, "cpu", tc.max_seq_length, args.threads)

@@ -377,3 +377,16 @@ def test_listwise_training_learns_to_choose(tiny_dir: Path, tokenizer, tmp_path:
     with pytest.raises(ConfigError, match="objective"):
         train_lora(fresh_model(tiny_dir), tokenizer, examples, replace(cfg, objective="pairwise"), tmp_path / "x",
                    show_progress=False)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_dir: Path, tokenizer, tmp_path: Path) -> None:
+    # dropout on: recomputation must replay the masks of the first forward pass
+    cfg = replace(FAST, max_steps=4, batch_size=2, grad_accum=2, dropout=0.1)
+    plain = train_lora(fresh_model(tiny_dir), tokenizer, EXAMPLES, cfg, tmp_path / "plain", False)
+    ckpt = train_lora(fresh_model(tiny_dir), tokenizer, EXAMPLES, replace(cfg, gradient_checkpointing=True),
+                      tmp_path / "ckpt", False)
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-6)
+    a, b = adapter_weights(plain.adapter_dir), adapter_weights(ckpt.adapter_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    assert not ckpt.model.is_activation_checkpointing  # switched off again for inference

@@ -62,6 +62,31 @@ def test_rank_without_a_template_model_says_what_to_set() -> None:
         llm.choose([PROMPT], [[]])
 
 
+def test_choose_sends_the_constraint_each_server_takes_and_a_rejection_names_them() -> None:
+    import json
+
+    bodies: list[dict] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        if "guided_choice" in bodies[-1] and bodies[-1]["model"] == "new-vllm":
+            return httpx.Response(400, text="guided_choice was removed")
+        return httpx.Response(200, json={"choices": [{"message": {"content": "Paris"}}]})
+
+    for constraint in ("grammar", "guided_choice", "structured_outputs", "none"):
+        llm = OpenAILLM("http://127.0.0.1:9", constraint=constraint)
+        llm.client = httpx.Client(transport=httpx.MockTransport(answer))
+        assert llm.choose([PROMPT], [["Paris", "Lyon"]]) == ["Paris"]
+    assert bodies[0]["grammar"] == 'root ::= "Paris" | "Lyon"\n'
+    assert bodies[1]["guided_choice"] == ["Paris", "Lyon"]
+    assert bodies[2]["structured_outputs"] == {"choice": ["Paris", "Lyon"]}
+    assert not {"grammar", "guided_choice", "structured_outputs"} & set(bodies[3])
+    llm = OpenAILLM("http://127.0.0.1:9", api_model="new-vllm", constraint="guided_choice")
+    llm.client = httpx.Client(transport=httpx.MockTransport(answer))
+    with pytest.raises(ModelError, match="structured_outputs: vLLM >= 0.12"):
+        llm.choose([PROMPT], [["Paris", "Lyon"]])
+
+
 # --- a real server -------------------------------------------------------------------------------------------------
 # The launcher applies the same AMX workaround as the llamacpp backend (see reges.llm.llamacpp.extra_buffer_types).
 LAUNCHER = """
@@ -149,3 +174,69 @@ def test_real_server_rank_is_refused_when_echo_is_unusable(server_url: str) -> N
     llm = load_llm(LLMConfig(model=server_url, api_template_model="smollm2-135m-instruct"))
     with pytest.raises(ModelError, match="does not support rank"):
         llm.rank(PROMPT, ["Paris", "Lyon"])
+
+
+@pytest.mark.slow
+def test_rewrite_and_generate_through_the_server_resume_after_a_crash(
+    server_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch stages against the real server: bounded concurrency, and a run killed half-way restarts where it
+    stopped, sending only the examples it had not finished (the rows equal an uninterrupted run's)."""
+    import dataclasses
+
+    from test_inference_resume import run_dir_with_query_expert
+
+    from reges.config import GenerateConfig, PipelineConfig, RewriteConfig, RunConfig
+    from reges.io import read_jsonl
+    from reges.item_expert import generate
+    from reges.query_expert import rewrite
+
+    cfg = PipelineConfig(
+        run=RunConfig(show_progress=False),
+        llm=LLMConfig(model=server_url + "/v1", backend="openai", batch_size=2, api_constraint="grammar",
+                      timeout_s=120, api_template_model="smollm2-135m-instruct"),
+        rewrite=RewriteConfig(splits=["dev"], batch_size=2, max_new_tokens=12),  # 2 requests in flight
+        generate=GenerateConfig(splits=["dev"], mode="constrained", top_k=3, use_adapter=False, batch_size=1),
+    )
+    whole = run_dir_with_query_expert(tmp_path / "whole")
+    rewrite.run(cfg, whole)
+    generate.run(cfg, whole)  # prompts show the server's queries (mine.query=auto)
+
+    sent: list[int] = []
+    real_generate, real_choose = OpenAILLM.generate, OpenAILLM.choose
+
+    def dying(real, lives: int):  # noqa: ANN001, ANN202
+        def call(self, prompts, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if len(sent) == lives:
+                raise KeyboardInterrupt  # the process is killed here
+            sent.append(len(prompts))
+            return real(self, prompts, *args, **kwargs)
+        return call
+
+    rd = run_dir_with_query_expert(tmp_path / "killed")
+    monkeypatch.setattr(OpenAILLM, "generate", dying(real_generate, 1))  # the first batch of 2, then killed
+    with pytest.raises(KeyboardInterrupt):
+        rewrite.run(cfg, rd)
+    sent.clear()
+    monkeypatch.setattr(OpenAILLM, "generate", dying(real_generate, 100))
+    rewrite.run(cfg, rd)
+    assert sent == [1]  # the one example left
+    assert read_jsonl(rd.stage_dir("rewrite") / "dev.jsonl") == read_jsonl(whole.stage_dir("rewrite") / "dev.jsonl")
+    assert rd.manifest("rewrite")["splits"]["dev"]["resumed_queries"] == 2
+
+    sent.clear()
+    monkeypatch.setattr(OpenAILLM, "choose", dying(real_choose, 1))
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(cfg, rd)
+    sent.clear()
+    monkeypatch.setattr(OpenAILLM, "choose", dying(real_choose, 100))
+    generate.run(cfg, rd)
+    assert sent == [1, 1]
+    rows, expected = (read_jsonl(r.stage_dir("generate") / "dev.jsonl") for r in (rd, whole))
+    assert [(r["example_id"], r["item_id"]) for r in rows] == [(r["example_id"], r["item_id"]) for r in expected]
+
+    # rank needs prompt logprobs, which this server cannot give: the error names the modes that work here
+    rank = dataclasses.replace(cfg, run=RunConfig(show_progress=False, overwrite=True),
+                               generate=dataclasses.replace(cfg.generate, mode="rank", fusion_alpha=1.0))
+    with pytest.raises(ModelError, match="generate.mode=constrained"):
+        generate.run(rank, rd)

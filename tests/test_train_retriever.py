@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from retrieval_fakes import build_tiny_sentence_transformer
 
-from reges.config import IndexConfig, PipelineConfig, RetrieveConfig, RunConfig, TrainRetrieverConfig
+from reges.config import EvaluateConfig, IndexConfig, PipelineConfig, RetrieveConfig, RunConfig, TrainRetrieverConfig
 from reges.errors import DataError, StageNotReadyError
 from reges.io import RunDir, now_iso, read_json, read_trec, write_jsonl
 from reges.records import Dialogue, Item, RecExample, Turn
@@ -77,6 +77,7 @@ def _run_dir(tmp_path: Path) -> tuple[RunDir, PipelineConfig]:
         run=RunConfig(show_progress=False),
         index=IndexConfig(encoder=str(st_dir), device="cpu"),
         retrieve=RetrieveConfig(splits=["train", "dev"], top_k=4),
+        evaluate=EvaluateConfig(cutoffs=[1, 4]),
         train_retriever=TrainRetrieverConfig(epochs=2, batch_size=2, lr=0.05, save_every_steps=1,
                                              weight_grid=[0.0, 0.5, 1.0], tune_passes=1),
     )

@@ -23,7 +23,14 @@ Files written under `run_dir/generate/`:
                     log-likelihood of each candidate, in candidate_ids order), "latency_s"}
                     When alpha is tuned, the tune split's rows are written too (`{tune_split}.jsonl`).
     manifest.json   written last; per split: examples, hallucinations, catalog misses, latency p50/p95; rank mode:
-                    the alpha used and, when tuned, the success rate of every alpha on the tune split
+                    the alpha used, where it came from ("fusion_alpha_from") and, when tuned, the success rate of
+                    every alpha on the tune split
+
+Resume: the picks of every finished batch of `generate.batch_size` prompts are appended to
+`generate/checkpoints/{split}.partial.jsonl` (`reges.llm.partial`); started again after a crash or a kill, the stage
+sends only the examples not found there (same model, adapter, mode and decoding settings, same prompt and
+candidates) to the LLM. The picks are saved before fusion, so a resumed rank-mode run still tunes alpha on all of
+them. Through an OpenAI-compatible server (`llm.backend=openai`) `llm.batch_size` requests are in flight at once.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,15 +48,18 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from reges.config import PipelineConfig
+from reges.catalog import read_catalog
+from reges.config import GenerateConfig, PipelineConfig
+from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError, ModelError
-from reges.io import RunDir, now_iso, read_trec, write_jsonl
+from reges.io import RunDir, file_sha256, now_iso, read_trec, write_jsonl
+from reges.item_expert.mining import query_path
 from reges.item_expert.prompts import PromptFormat, candidate_titles, item_prompt, strip_id_suffix
 from reges.llm import resolve_backend, trained_adapter
 from reges.llm.base import LLM, Messages
+from reges.llm.partial import CHECKPOINTS, PartialRows, llm_settings, sha
 from reges.records import Item, RecExample
-from reges.retrieval.index import read_catalog
-from reges.retrieval.mining import query_path, read_queries
+from reges.retrieval.queries import read_queries
 from reges.retrieval.retrieve import read_examples
 from reges.titles import TitleMatcher, parse_title
 
@@ -348,15 +359,6 @@ def pick_rows(
     return sorted(rows, key=lambda r: r["example_id"])
 
 
-def sample_examples(examples: list[RecExample], max_examples: int, seed: int) -> list[RecExample]:
-    """A seeded sample of `max_examples` examples (all when 0 or more than there are), sorted by id."""
-    examples = sorted(examples, key=lambda e: e.example_id)
-    if max_examples <= 0 or max_examples >= len(examples):
-        return examples
-    keep = np.random.default_rng(seed).choice(len(examples), size=max_examples, replace=False)
-    return [examples[i] for i in sorted(keep.tolist())]
-
-
 def load_split_inputs(
     run_dir: RunDir,
     split: str,
@@ -379,7 +381,8 @@ def load_split_inputs(
     trec = run_dir.require("retrieve") / f"{split}.trec"
     if not trec.is_file():
         raise DataError(f"{trec} not found; add {split!r} to retrieve.splits and rerun retrieve")
-    examples = sample_examples(read_examples(data_path), max_examples, seed)
+    examples = sorted(read_examples(data_path), key=lambda e: e.example_id)
+    examples = sample_rows(examples, max_examples, seed, "generate.max_examples")
     rankings = read_trec(trec)
     candidates: dict[str, list[Item]] = {}
     retriever_scores: dict[str, list[float]] = {}
@@ -409,6 +412,46 @@ def load_split_inputs(
     return SplitInputs(examples, candidates, queries, retriever_scores)
 
 
+def pick_to_row(example_id: str, input_sha: str, pick: Pick) -> dict[str, Any]:
+    """A pick as a row of the partial-results file (floats kept exactly: JSON round-trips them)."""
+    return {"example_id": example_id, "input_sha": input_sha, "text": pick.text, "index": pick.index,
+            "ranking": [[i, s] for i, s in pick.ranking], "latency_s": pick.latency_s}
+
+
+def pick_from_row(row: dict[str, Any]) -> Pick:
+    return Pick(row["text"], row["index"], [(int(i), float(s)) for i, s in row["ranking"]], float(row["latency_s"]))
+
+
+def resumable_picks(
+    llm: LLM, prompts: Sequence[Messages], titles: Sequence[Sequence[str]], example_ids: Sequence[str],
+    partial: PartialRows, gc: GenerateConfig, show_progress: bool,
+) -> tuple[list[Pick], int]:
+    """`pick_items` over the examples not already in `partial`, saving each finished batch there.
+
+    Returns:
+        (one pick per prompt, in order; how many came from the partial file).
+    """
+    done = partial.load()
+    input_shas = [sha([prompt, list(t)]) for prompt, t in zip(prompts, titles, strict=True)]
+    picks: list[Pick | None] = [
+        pick_from_row(done[eid]) if done.get(eid, {}).get("input_sha") == s else None
+        for eid, s in zip(example_ids, input_shas, strict=True)
+    ]
+    todo = [i for i, p in enumerate(picks) if p is None]
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"pick ({gc.mode})",
+               disable=not show_progress)
+    for start in range(0, len(todo), gc.batch_size):
+        batch = todo[start : start + gc.batch_size]
+        new = pick_items(llm, [prompts[i] for i in batch], [titles[i] for i in batch], gc.mode, gc.max_new_tokens,
+                         gc.batch_size, gc.length_normalized)
+        partial.append([pick_to_row(example_ids[i], input_shas[i], p) for i, p in zip(batch, new, strict=True)])
+        for i, p in zip(batch, new, strict=True):
+            picks[i] = p
+        bar.update(len(batch))
+    bar.close()
+    return [p for p in picks if p is not None], len(prompts) - len(todo)
+
+
 def adapter_path(cfg: PipelineConfig, run_dir: RunDir) -> str:
     """The trained adapter for `llm.backend` (`reges.llm.trained_adapter`): adapter/ (hf) or adapter.gguf (llamacpp).
 
@@ -416,11 +459,11 @@ def adapter_path(cfg: PipelineConfig, run_dir: RunDir) -> str:
         ConfigError: llamacpp was asked for but train-item wrote no GGUF adapter.
         ModelError: The backend takes no local adapter (openai).
     """
-    adapter = trained_adapter(cfg.llm, run_dir.require("train-item"))
+    adapter = trained_adapter(cfg.item_expert_llm, run_dir.require("train-item"))
     if adapter is None:
         raise ModelError(
-            f"llm.backend={resolve_backend(cfg.llm)} cannot load the item expert's adapter; serve it behind the "
-            "endpoint, or set generate.use_adapter=false"
+            f"backend {resolve_backend(cfg.item_expert_llm)} cannot load the item expert's adapter; serve it behind "
+            "the endpoint, or set generate.use_adapter=false"
         )
     return adapter
 
@@ -453,8 +496,15 @@ def resolve_query_file(cfg: PipelineConfig, run_dir: RunDir, split: str) -> Path
     return path
 
 
-def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
+def run(cfg: PipelineConfig, run_dir: RunDir, fusion_alpha_from: str = "") -> None:
     """Pick an item for every example of `generate.splits`; write `generate/{split}.jsonl`, then the manifest.
+
+    Args:
+        cfg: The pipeline config (generate.*, mine.* prompt settings, the Item Expert's LLM).
+        run_dir: The run directory (catalog, data, retrieve, train-item; rewrite when the expert saw queries).
+        fusion_alpha_from: Rank mode with a given generate.fusion_alpha: where that alpha comes from, recorded in
+            the manifest as "fusion_alpha_from" (`reges evaluate --dataset-file` passes the trained run's
+            generate/manifest.json); "" means the config. A tuned alpha is recorded as tuned on `tune_split`.
 
     Example:
         reges generate --config configs/redial.yaml --run-dir runs/redial generate.mode=rank generate.top_k=20
@@ -473,6 +523,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     items = {it.item_id: it for it in items_list}
     adapter = adapter_path(cfg, run_dir) if gc.use_adapter else None
     tuning = gc.mode == "rank" and gc.fusion_alpha is None
+    assert not (fusion_alpha_from and gc.fusion_alpha is None), "fusion_alpha_from given, generate.fusion_alpha null"
     splits = list(dict.fromkeys([gc.tune_split, *gc.splits] if tuning else gc.splits))
     if tuning:
         have = (
@@ -490,8 +541,19 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         split: load_split_inputs(run_dir, split, items, gc.top_k, query_files[split], gc.max_examples, cfg.run.seed)
         for split in splits
     }
-    out = run_dir.begin("generate", cfg.run.overwrite)
-    llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
+    out = run_dir.begin("generate", cfg.run.overwrite)  # keeps checkpoints/: the partial results of a killed run
+    llm = load_llm(cfg.item_expert_llm, adapter=adapter, seed=cfg.run.seed)
+    backend = resolve_backend(cfg.item_expert_llm)
+    settings = {
+        "stage": "generate",
+        "llm": llm_settings(cfg.item_expert_llm, backend),
+        "train-item": file_sha256(run_dir.stage_dir("train-item") / "manifest.json") if adapter else None,
+        "mode": gc.mode,
+        "max_new_tokens": gc.max_new_tokens,
+        "length_normalized": gc.length_normalized,
+        # how prompts are batched can move a padded batch's answers on local backends, not through a server
+        "batch_size": None if backend == "openai" else gc.batch_size,
+    }
     catalog = (
         TitleMatcher([(it.item_id, it.title) for it in items_list], cfg.catalog.fuzzy_threshold)
         if gc.mode == "free"
@@ -502,6 +564,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if adapter is not None:
         inputs["adapter"] = Path(adapter)
     split_picks: dict[str, tuple[list[Pick], float]] = {}
+    resumed: dict[str, int] = {}
     for split, si in split_inputs.items():
         inputs[f"data/{split}"] = run_dir.stage_dir("data") / f"{split}.jsonl"
         inputs[f"retrieve/{split}"] = run_dir.stage_dir("retrieve") / f"{split}.trec"
@@ -509,10 +572,9 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             inputs[f"rewrite/{split}"] = query_files[split]
         prompts, titles = build_prompts(si, fmt)
         t0 = time.perf_counter()
-        picks = pick_items(
-            llm, prompts, titles, gc.mode, gc.max_new_tokens, gc.batch_size, gc.length_normalized,
-            cfg.run.show_progress,
-        )
+        partial = PartialRows(out / CHECKPOINTS / f"{split}.partial.jsonl", settings)
+        picks, resumed[split] = resumable_picks(llm, prompts, titles, [ex.example_id for ex in si.examples],
+                                                partial, gc, cfg.run.show_progress)
         split_picks[split] = (picks, time.perf_counter() - t0)
 
     alpha, alpha_table = (gc.fusion_alpha if gc.fusion_alpha is not None else 1.0), None
@@ -531,6 +593,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             "hallucinations": sum(not r["in_candidates"] for r in rows),
             "catalog_misses": sum(not r["in_catalog"] for r in rows),
             "query_used": split_inputs[split].queries is not None,
+            "resumed_examples": resumed[split],
             "seconds": round(seconds, 2),
             "latency_s": {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))},
         }
@@ -538,6 +601,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             "generate %s (%s, k=%d): %d examples, %d hallucinations, %.2f s/example",
             split, gc.mode, gc.top_k, len(rows), per_split[split]["hallucinations"], seconds / max(len(rows), 1),
         )
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # every split is written: nothing left to resume
     run_dir.finish(
         "generate",
         config=dataclasses.asdict(gc),
@@ -550,10 +614,15 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             "mode": gc.mode,
             "top_k": gc.top_k,
             "use_adapter": gc.use_adapter,
-            "model": cfg.llm.model,
-            "backend": cfg.llm.backend,
+            "model": cfg.item_expert_llm.model,
+            "backend": cfg.item_expert_llm.backend,
             "prompt_format": fmt.to_dict(),
             "fusion_alpha": alpha if gc.mode == "rank" else None,
+            "fusion_alpha_from": (
+                (f"tuned on split {gc.tune_split!r}" if tuning else fusion_alpha_from or "generate.fusion_alpha")
+                if gc.mode == "rank"
+                else None
+            ),
             "fusion_tuning": {"split": gc.tune_split, "alphas": alpha_table} if alpha_table is not None else None,
         },
     )

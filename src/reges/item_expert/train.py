@@ -12,6 +12,9 @@ Files written under `run_dir/train-item/`:
     trainer_state.json   loss curve, tokens/s, wall time, peak memory (written by train_lora)
     manifest.json        written last; records the prompt format and whether prompts showed a query, which
                          `generate` checks so that test prompts are built like the training prompts
+
+Under `torchrun --nproc-per-node N` the stage trains data-parallel (`reges.llm.lora`, docs/distributed.md): every
+rank reads the same rows; rank 0 alone clears the stage folder, writes the adapter, its GGUF copy and the manifest.
 """
 
 from __future__ import annotations
@@ -19,69 +22,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-
-from reges.config import PipelineConfig, TrainItemConfig
+from reges.catalog import read_catalog
+from reges.config import PipelineConfig
+from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_jsonl
+from reges.item_expert.mining import prompt_token_counts
 from reges.item_expert.prompts import candidate_titles
-from reges.llm.lora import ADAPTER, TRAINER_STATE, LoraTrainConfig, train_lora
-from reges.retrieval.index import read_catalog
+from reges.llm.lora import ADAPTER, TRAINER_STATE, train_lora
+from reges.llm.train_settings import lora_config
 
 logger = logging.getLogger(__name__)
 
 TRAIN_SPLIT = "train"
-# The title is all the completion holds: 64 tokens cover any title with room to spare.
-MAX_COMPLETION_TOKENS = 64
-
-
-def resolve_train_dtype(dtype: str, device: str) -> Literal["float32", "bfloat16"]:
-    """"auto" -> bfloat16 on CUDA and on CPUs with native bf16 (measured 1.5-1.7x faster there), else float32."""
-    from reges.llm.models import cpu_has_bf16, resolve_device
-
-    if dtype == "auto":
-        return "bfloat16" if resolve_device(device) == "cuda" or cpu_has_bf16() else "float32"
-    if dtype in ("float32", "bfloat16"):
-        return dtype  # type: ignore[return-value]
-    raise ConfigError(f"train_item.dtype must be auto, float32 or bfloat16, got {dtype!r}")
-
-
-def lora_config(tc: TrainItemConfig, device: str, seed: int) -> LoraTrainConfig:
-    """The LoRA run the stage config describes (alpha = 2 r, the usual scale)."""
-    return LoraTrainConfig(
-        r=tc.r,
-        alpha=2.0 * tc.r,
-        lr=tc.lr,
-        epochs=tc.epochs,
-        max_steps=tc.max_steps,
-        batch_size=tc.batch_size,
-        grad_accum=tc.grad_accum,
-        max_prompt_tokens=tc.max_prompt_tokens,
-        max_completion_tokens=MAX_COMPLETION_TOKENS,
-        save_every_steps=tc.save_every_steps,
-        dtype=resolve_train_dtype(tc.dtype, device),
-        device=device,
-        seed=seed,
-        objective=tc.objective,
-    )
-
-
-def sample_rows(rows: list[dict[str, Any]], max_examples: int, seed: int) -> list[dict[str, Any]]:
-    """A seeded sample of `max_examples` rows in file order (all rows when 0 or more than there are)."""
-    if max_examples < 0:
-        raise ConfigError(f"train_item.max_examples must be >= 0, got {max_examples}")
-    if max_examples == 0 or max_examples >= len(rows):
-        return rows
-    keep = np.random.default_rng(seed).choice(len(rows), size=max_examples, replace=False)
-    return [rows[i] for i in sorted(keep.tolist())]
 
 
 def count_truncated(rows: list[dict[str, Any]], tokenizer: Any, max_prompt_tokens: int) -> int:
     """How many prompts exceed the token budget (train_lora cuts them from the left, system message included)."""
-    from reges.retrieval.mining import prompt_token_counts
-
     return sum(n > max_prompt_tokens for n in prompt_token_counts(rows, tokenizer))
 
 
@@ -91,8 +50,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     Example:
         reges train-item --config configs/redial.yaml --run-dir runs/redial train_item.max_examples=2000
     """
-    from reges.llm.gguf_lora import convert_lora_to_gguf
-    from reges.llm.models import load_hf, resolve_model
+    from reges.llm import distributed
+    from reges.llm.gguf_lora import try_convert_lora_to_gguf
+    from reges.llm.memory import log_training_estimate
+    from reges.llm.models import hf_folder, load_hf, resolve_device, resolve_model
 
     started = now_iso()
     tc = cfg.train_item
@@ -101,11 +62,19 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     path = mine_dir / f"{TRAIN_SPLIT}.jsonl"
     if not path.is_file():
         raise DataError(f"{path} not found; add {TRAIN_SPLIT!r} to mine.splits and rerun mine (run.overwrite=true)")
-    source = resolve_model(cfg.llm.model)
+    llm_cfg = cfg.item_expert_llm
+    ctx = distributed.init_distributed(resolve_device(llm_cfg.device))
+    # rank 0 resolves first: a Hugging Face id is downloaded once, and the other ranks find it in the cache
+    source = distributed.main_first(lambda: resolve_model(llm_cfg.model, llm_cfg.cache_dir))
     if source.kind == "url":
-        raise ConfigError(f"train-item needs a local llm.model (a name, HF folder or .gguf), got {cfg.llm.model!r}")
-    lcfg = lora_config(tc, cfg.llm.device, cfg.run.seed)
-    rows = sample_rows(read_jsonl(path), tc.max_examples, cfg.run.seed)
+        raise ConfigError(
+            "train-item needs a local item_llm/llm model (a name, HF folder or .gguf), got "
+            f"{cfg.item_expert_llm.model!r}"
+        )
+    if ctx.enabled and not ctx.is_main:
+        source = resolve_model(llm_cfg.model, llm_cfg.cache_dir)  # its own path: another node has its own cache
+    lcfg = lora_config(tc, cfg.item_expert_llm.device, cfg.run.seed)
+    rows = sample_rows(read_jsonl(path), tc.max_examples, cfg.run.seed, "train_item.max_examples")
     if not rows:
         raise DataError(f"{path} has no rows; check mine's manifest (were all targets missing from the catalog?)")
     examples = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
@@ -116,9 +85,16 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             if unknown:
                 raise DataError(f"{path}: candidate {unknown[0]!r} is not in the catalog; rerun mine (run.overwrite)")
             example["candidates"] = candidate_titles([items[i] for i in row["candidate_ids"]])
-    out = run_dir.begin("train-item", cfg.run.overwrite)
+    # rank 0 clears the folder (keeping checkpoints/ of a killed run) while the other ranks wait
+    out = distributed.main_first(lambda: run_dir.begin("train-item", cfg.run.overwrite))
+    if ctx.is_main:
+        # packed candidates of the longest list, at about 3 characters per token (+ EOS each)
+        candidate_tokens = max((sum(len(c) // 3 + 2 for c in e.get("candidates", [])) for e in examples), default=0)
+        log_training_estimate(llm_cfg.model, llm_cfg.cache_dir, lcfg, candidate_tokens)
+    if ctx.enabled:
+        distributed.main_first(lambda: hf_folder(llm_cfg))  # a GGUF base is dequantized into the cache once
 
-    model, tokenizer = load_hf(cfg.llm)
+    model, tokenizer = load_hf(cfg.item_expert_llm)
     truncated = count_truncated(rows, tokenizer, tc.max_prompt_tokens)
     if truncated:
         logger.warning(
@@ -127,10 +103,11 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             truncated, len(rows), tc.max_prompt_tokens,
         )
     result = train_lora(model, tokenizer, examples, lcfg, out, cfg.run.show_progress)
+    if not ctx.is_main:
+        return
     outputs: dict[str, int] = {ADAPTER: 1, TRAINER_STATE: 1}
     inputs: dict[str, Path] = {f"mine/{TRAIN_SPLIT}": path}
-    if source.kind == "gguf":
-        convert_lora_to_gguf(result.adapter_dir, source.location, out / "adapter.gguf")
+    if source.kind == "gguf" and try_convert_lora_to_gguf(result.adapter_dir, source.location, out / "adapter.gguf"):
         outputs["adapter.gguf"] = 1
         inputs["base_gguf"] = Path(source.location)
     split_info = mine_manifest.get("splits", {}).get(TRAIN_SPLIT, {})
@@ -142,7 +119,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         seed=cfg.run.seed,
         started=started,
         extra={
-            "model": cfg.llm.model,
+            "model": cfg.item_expert_llm.model,
             "examples": len(rows),
             "prompts_truncated": truncated,
             "steps": result.steps,

@@ -200,3 +200,17 @@ def convert_lora_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_pat
         "wrote GGUF LoRA adapter %s (%d tensors, alpha %.3g) from %s", out_path, len(tensors), alpha, adapter_dir
     )
     return out_path
+
+
+def try_convert_lora_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path) -> bool:
+    """`convert_lora_to_gguf`, or a warning when the base model's architecture has no converter here.
+
+    Why: the GGUF adapter only serves `llm.backend=llamacpp`; a stage that trained for an hour must not fail at the
+    end because of it (the hf and openai backends use the PEFT adapter). Returns whether the file was written.
+    """
+    try:
+        convert_lora_to_gguf(adapter_dir, base_gguf, out_path)
+    except ModelError as e:
+        logger.warning("no GGUF copy of the adapter (%s); llm.backend=llamacpp cannot load it, hf and openai can", e)
+        return False
+    return True

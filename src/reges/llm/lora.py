@@ -16,8 +16,19 @@ gradient accumulation, AdamW with linear warmup/decay) the loop below is one fun
 adds no dependency (TRL pulls in `datasets` and `accelerate`'s Trainer stack), and it checkpoints without pickles
 (safetensors + JSON) and resumes exactly (same data order, same final weights), which the stages rely on after a
 kill. Its steps cost what a bare forward/backward/AdamW step costs (measured in docs/results/llm_training.md), so
-no trainer can be faster here. What TRL would add (packing, padding-free batches, Liger kernels, multi-GPU through
-`accelerate`, W&B logging) is not needed at this scale.
+no trainer can be faster here. What TRL would add (packing, padding-free batches, Liger kernels, W&B logging) is
+not needed at this scale; data parallelism over GPUs is below, on torch.distributed directly.
+
+Data parallelism: started under `torchrun --nproc-per-node N` (or `accelerate launch`), the same call trains on N
+processes (`reges.llm.distributed`). Every rank builds the same plan of optimizer steps; each takes a disjoint,
+contiguous share of every step's examples (whole micro-batches of `batch_size` when the step has at least N of them,
+so with `grad_accum` a multiple of N each rank runs `grad_accum / N` passes over exactly the micro-batches a single
+process would; otherwise the examples are split evenly), and the ranks' gradients are summed before clipping and
+AdamW. `batch_size * grad_accum` therefore stays the *global* batch of an optimizer step, whatever N is, and N
+processes compute the single-process run's losses and weights up to float rounding (dropout aside: each rank draws
+its own masks, seeded with `seed + rank` after the LoRA initialisation, which is the same on every rank). Rank 0
+alone writes checkpoints (with every rank's RNG state), the adapter and `trainer_state.json`; every rank reads the
+checkpoint it resumes from.
 
 Layout of `out_dir` after `train_lora`:
 
@@ -49,8 +60,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import reges.llm.distributed as distributed
 from reges.errors import ConfigError, DataError, ModelError
 from reges.io import read_json, write_json
+from reges.llm.models import resolve_device
+from reges.llm.scoring import answer_token_ids, packed_answers
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -66,7 +80,7 @@ TRAINER_STATE = "trainer_state.json"
 # padding), small enough that the order stays random at the scale of an epoch.
 LENGTH_GROUP_STEPS = 50
 # Config fields that do not change the numbers a run computes: a resumed run may change them.
-RESUMABLE_FIELDS = ("save_every_steps", "keep_checkpoints", "log_every", "device")
+RESUMABLE_FIELDS = ("save_every_steps", "keep_checkpoints", "log_every", "device", "gradient_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,10 @@ class LoraTrainConfig:
         log_every: Log the mean loss every N optimizer steps.
         objective: "sft" (completion tokens) or "listwise" (a softmax over the candidates' log-likelihoods plus
             the completion's mean token loss; examples need "candidates").
+        gradient_checkpointing: Recompute each layer's activations in the backward pass instead of keeping them
+            (transformers' gradient checkpointing, non-reentrant): activation memory drops from every layer's to
+            about one layer's, for about a third more compute per step. The numbers are the same (dropout masks are
+            replayed), so a run may switch it on or off when it resumes. For long prompts on a GPU.
     """
 
     r: int = 16
@@ -122,6 +140,7 @@ class LoraTrainConfig:
     seed: int = 0
     log_every: int = 10
     objective: Literal["sft", "listwise"] = "sft"
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,8 +259,6 @@ def tokenize_listwise_example(
         DataError: The example is malformed, its candidates are not distinct strings, or the completion is not one
             of them.
     """
-    from reges.llm.hf import answer_token_ids
-
     if not isinstance(example, dict) or "candidates" not in example:
         raise DataError(f"a listwise example needs 'prompt', 'completion' and 'candidates', got {example!r:.200}")
     prompt = _check_messages(example["prompt"], "example 'prompt'")
@@ -272,8 +289,6 @@ def listwise_token_logprobs(
     tokens see the prompt and the tokens before them in the same candidate, and position ids restart at the
     prompt's end for each (what `HFLLM.rank` does with a cache), so their sums equal what `rank` computes.
     """
-    from reges.llm.hf import packed_answers  # here: hf imports transformers, which lora's importers may not need
-
     prompt, cands = example.input_ids, example.candidates
     n_prompt, width = len(prompt), sum(len(a) for a in cands)
     length = n_prompt + width
@@ -364,6 +379,29 @@ def plan_epoch(lengths: Sequence[int], step_size: int, epoch: int, seed: int) ->
     return [steps[i] for i in rng.permutation(len(steps)).tolist()]
 
 
+def step_share(num_examples: int, pass_size: int, world_size: int, rank: int) -> range:
+    """The positions of one optimizer step's examples that `rank` of `world_size` processes.
+
+    Whole passes (micro-batches of `pass_size` consecutive examples, as a single process cuts them) are dealt out
+    in contiguous runs when the step has at least `world_size` of them, so each rank runs a subset of exactly the
+    single-process micro-batches; a step with fewer passes than ranks is split by example instead (smaller
+    micro-batches, the same global batch). A single process gets everything.
+
+    Example:
+        >>> [step_share(8, 2, 2, r) for r in (0, 1)]  # batch 2 x accumulation 4 on 2 ranks: 2 passes each
+        [range(0, 4), range(4, 8)]
+        >>> [step_share(4, 4, 2, r) for r in (0, 1)]  # batch 4 x accumulation 1 on 2 ranks: 2 examples each
+        [range(0, 2), range(2, 4)]
+    """
+    if world_size == 1:
+        return range(num_examples)
+    passes = math.ceil(num_examples / pass_size)
+    if passes >= world_size:
+        mine = distributed.shard(passes, world_size, rank)
+        return range(mine.start * pass_size, min(mine.stop * pass_size, num_examples))
+    return distributed.shard(num_examples, world_size, rank)
+
+
 def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Linear warmup to 1 then linear decay; no step gets a learning rate of 0 (that step would be wasted)."""
     if step < warmup_steps:
@@ -444,11 +482,20 @@ def _save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write `root/step-<step>/` atomically (a temporary folder renamed into place), then prune old ones."""
+    """Write `root/step-<step>/` atomically (a temporary folder renamed into place), then prune old ones.
+
+    Distributed: every rank calls this (their RNG states are gathered); rank 0 alone writes, storing rank r's RNG
+    tensors under "rank<r>." and its Python/numpy states in `rng_ranks[r - 1]`.
+    """
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
+    rng_tensors, rng_meta = _rng_state()
+    ctx = distributed.current()
+    rank_states = distributed.all_gather_objects((rng_tensors, rng_meta)) if ctx.enabled else []
+    if not ctx.is_main:
+        return final
+    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-step-{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -456,12 +503,16 @@ def _save_checkpoint(
     model.save_pretrained(tmp / ADAPTER, save_embedding_layers=False)
     opt_tensors, opt_groups = _optimizer_state(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors, rng_meta = _rng_state()
+    extra: dict[str, Any] = {}
+    for r, (tensors, _) in enumerate(rank_states[1:], start=1):
+        rng_tensors.update({f"rank{r}.{k}": v for k, v in tensors.items()})
+    if rank_states:
+        extra = {"world_size": ctx.world_size, "rng_ranks": [meta for _, meta in rank_states[1:]]}
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     write_json(
         tmp / TRAINER_STATE,
-        {**state, "optimizer_param_groups": opt_groups, "scheduler": sched, "rng": rng_meta},
+        {**state, "optimizer_param_groups": opt_groups, "scheduler": sched, "rng": rng_meta, **extra},
     )
     if final.exists():
         shutil.rmtree(final)
@@ -491,7 +542,21 @@ def _load_checkpoint(
         optimizer, load_file(str(path / "optimizer.safetensors"), device=str(device)), state["optimizer_param_groups"]
     )
     scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
-    _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    rng = load_file(str(path / "rng.safetensors"))
+    rank = distributed.current().rank
+    if rank == 0:
+        _set_rng_state({k: v for k, v in rng.items() if not k.startswith("rank")}, state["rng"])
+    else:
+        prefix = f"rank{rank}."
+        mine = {k.removeprefix(prefix): v for k, v in rng.items() if k.startswith(prefix)}
+        metas = state.get("rng_ranks", [])
+        if mine and len(metas) >= rank:
+            _set_rng_state(mine, metas[rank - 1])
+        else:  # the checkpoint was written by fewer ranks: this one keeps its fresh seed (seed + rank)
+            logger.warning(
+                "rank %d: %s holds no RNG state for this rank (written by %d process(es)); its dropout masks will "
+                "differ from an uninterrupted run", rank, path, state.get("world_size", 1),
+            )
     return state
 
 
@@ -518,16 +583,6 @@ def _validate(cfg: LoraTrainConfig) -> None:
         raise ConfigError(f"LoraTrainConfig.objective must be sft or listwise, got {cfg.objective!r}")
     if not cfg.target_modules:
         raise ConfigError("LoraTrainConfig.target_modules is empty; name the linear layers to adapt, e.g. q_proj")
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("LoraTrainConfig.device='cuda' but torch sees no CUDA device; set device to cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"LoraTrainConfig.device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
 
 
 def _data_fingerprint(tokenized: Sequence[TokenizedExample]) -> str:
@@ -571,6 +626,9 @@ def train_lora(
     The model is changed in place: moved to `cfg.device`, cast to `cfg.dtype`, and given LoRA layers (so pass a
     freshly loaded base model). A run killed at any point continues from its latest checkpoint when called again
     with the same model, examples and config, and ends with the same weights as an uninterrupted run.
+
+    Under a launcher (torchrun, accelerate launch) every rank calls this with the same arguments; see the module
+    docstring for how the work is shared. Rank 0 alone writes to `out_dir`; every rank returns the trained model.
 
     Args:
         model: The base causal LM (no adapter yet).
@@ -624,7 +682,10 @@ def train_lora(
         saved = read_json(checkpoints[-1] / TRAINER_STATE)
         _check_resumable(saved, cfg, fingerprint, checkpoints[-1])
 
-    device = _resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
+    ctx = distributed.init_distributed(device.type)
+    if ctx.enabled:
+        distributed.check_same(fingerprint, "the tokenized training examples")
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -646,7 +707,15 @@ def train_lora(
             f"LoraTrainConfig.target_modules={list(cfg.target_modules)} does not fit the model ({e}); name linear "
             "layers of the model, e.g. q_proj, v_proj"
         ) from e
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (no enable_input_require_grads) and replays dropout masks
+        peft_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in peft_model.parameters() if p.requires_grad]
+    if ctx.enabled:
+        distributed.broadcast_parameters(params)  # the same LoRA init everywhere, whatever the ranks' RNG did
+        torch.manual_seed(cfg.seed + ctx.rank)  # per-rank seeds: each rank draws its own dropout masks
+        random.seed(cfg.seed + ctx.rank)
+        np.random.seed(cfg.seed + ctx.rank)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps))
 
@@ -668,13 +737,24 @@ def train_lora(
         cfg.dtype,
         device,
     )
+    pass_size = 1 if cfg.objective == "listwise" else cfg.batch_size
+    if ctx.enabled:
+        passes = math.ceil(step_size / pass_size)
+        logger.info("data parallel on %d processes: each runs about %.2g of the %d passes of a step (global batch %d)",
+                    ctx.world_size, passes / ctx.world_size, passes, step_size)
+        if passes % ctx.world_size:
+            logger.warning(
+                "a step's %d passes do not split evenly over %d processes: some wait for others; set grad_accum "
+                "to a multiple of %d (and batch_size so that batch_size * grad_accum stays the global batch)",
+                passes, ctx.world_size, ctx.world_size,
+            )
 
     peft_model.train()
     pad_id = int(tokenizer.pad_token_id)
     tokens, started = prior_tokens, time.perf_counter()
     plan: list[list[int]] = []
     plan_for = -1
-    bar = tqdm(total=total_steps, initial=start_step, desc="LoRA steps", disable=not show_progress)
+    bar = tqdm(total=total_steps, initial=start_step, desc="LoRA steps", disable=not (show_progress and ctx.is_main))
     for step in range(start_step, total_steps):
         step_started = time.perf_counter()
         epoch, position = divmod(step, steps_per_epoch)
@@ -684,18 +764,23 @@ def train_lora(
         # Normalise by the completion tokens of the whole step, so accumulated micro-batches give the gradient of
         # one big batch (a per-micro-batch mean would weight short completions more).
         step_targets = sum(sum(t != IGNORE_INDEX for t in e.labels) for e in step_examples)
+        # This process's share of the step (all of it when not distributed); the normaliser stays the global one.
+        share = step_share(len(step_examples), pass_size, ctx.world_size, ctx.rank)
+        local_examples = step_examples[share.start : share.stop]
         step_loss = 0.0
+        tokens_before = tokens
         if cfg.objective == "listwise":  # one example per pass (its candidates already make it a batch)
             step_targets = len(step_examples)
-            for example in step_examples:
+            for example in local_examples:
                 loss = listwise_loss(peft_model, example, device)
                 (loss / step_targets).backward()
                 step_loss += loss.item()
                 tokens += len(example.input_ids) + sum(len(a) for a in example.candidates)
         else:
-            for start in range(0, len(step_examples), cfg.batch_size):
+            for start in range(0, len(local_examples), cfg.batch_size):
                 batch = {
-                    k: v.to(device) for k, v in collate(step_examples[start : start + cfg.batch_size], pad_id).items()
+                    k: v.to(device)
+                    for k, v in collate(local_examples[start : start + cfg.batch_size], pad_id).items()
                 }
                 # Project onto the vocabulary only where a completion token is predicted: prompts are long and
                 # completions short, so full-sequence logits cost most of the memory and about a fifth of the compute.
@@ -714,6 +799,10 @@ def train_lora(
                 (loss_sum / step_targets).backward()
                 step_loss += loss_sum.item()
                 tokens += int(batch["attention_mask"].sum())
+        if ctx.enabled:  # sum the ranks' gradients (each already divided by the global normaliser), loss and tokens
+            distributed.all_reduce_gradients(params)
+            step_loss, step_tokens = distributed.all_reduce_sum([step_loss, tokens - tokens_before])
+            tokens = tokens_before + int(step_tokens)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         step_lr = scheduler.get_last_lr()[0]
@@ -724,7 +813,7 @@ def train_lora(
         step_times.append(time.perf_counter() - step_started)
         bar.update(1)
         done = step + 1
-        if cfg.log_every > 0 and done % cfg.log_every == 0:
+        if cfg.log_every > 0 and done % cfg.log_every == 0 and ctx.is_main:
             elapsed = prior_time + time.perf_counter() - started
             logger.info(
                 "step %d/%d loss %.4f lr %.2e %.0f tokens/s",
@@ -749,17 +838,11 @@ def train_lora(
             _save_checkpoint(ckpt_root, done, peft_model, optimizer, scheduler, state, cfg.keep_checkpoints)
     bar.close()
     wall = prior_time + time.perf_counter() - started
+    if cfg.gradient_checkpointing:
+        peft_model.activation_checkpointing_disable()
     peft_model.eval()
 
     adapter_dir = out_dir / ADAPTER
-    tmp = out_dir / f".tmp-{ADAPTER}"
-    for path in (tmp, adapter_dir):
-        if path.exists():
-            shutil.rmtree(path)
-    # save_embedding_layers=False: PEFT would otherwise store a full copy of lm_head/embeddings whenever they are
-    # LoRA targets; that copy is only needed after resizing the vocabulary, which we never do.
-    peft_model.save_pretrained(tmp, save_embedding_layers=False)
-    os.replace(tmp, adapter_dir)
     result = TrainResult(
         model=peft_model,
         adapter_dir=adapter_dir,
@@ -771,6 +854,22 @@ def train_lora(
         peak_rss_mb=_peak_rss_mb(),
         resumed_from_step=start_step,
     )
+    if not ctx.is_main:
+        distributed.barrier()  # returns once rank 0 has written the adapter
+        return result
+    tmp = out_dir / f".tmp-{ADAPTER}"
+    for path in (tmp, adapter_dir):
+        if path.exists():
+            shutil.rmtree(path)
+    # save_embedding_layers=False: PEFT would otherwise store a full copy of lm_head/embeddings whenever they are
+    # LoRA targets; that copy is only needed after resizing the vocabulary, which we never do.
+    peft_model.save_pretrained(tmp, save_embedding_layers=False)
+    os.replace(tmp, adapter_dir)
+    figures: dict[str, Any] = {}
+    if ctx.enabled:
+        figures["world_size"] = ctx.world_size
+    if device.type == "cuda":
+        figures["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     write_json(
         out_dir / TRAINER_STATE,
         {
@@ -788,11 +887,13 @@ def train_lora(
             "device": str(device),
             "config": dataclasses.asdict(cfg),
             "data": fingerprint,
+            **figures,
         },
     )
     # The final adapter supersedes the checkpoints; they hold optimizer state twice the adapter's size.
     if ckpt_root.exists():
         shutil.rmtree(ckpt_root)
+    distributed.barrier()
     logger.info(
         "LoRA training done: %d steps, final loss %.4f, %.0f tokens/s", total_steps, losses[-1], result.tokens_per_s
     )

@@ -8,12 +8,14 @@ with the server's message.
 What depends on the server:
 - `choose`: `llm.api_constraint` picks the server-side constraint: "grammar" sends a GBNF grammar of the
   candidates (llama.cpp server, llama-cpp-python's server), "guided_choice" sends the candidate list the way vLLM
-  takes it, "none" sends nothing. An answer that is not exactly a candidate (no constraint, or a server that ignored
-  it) is mapped to the closest candidate with rapidfuzz, and a warning says so.
+  took it up to 0.11, "structured_outputs" the way vLLM takes it since (`{"structured_outputs": {"choice": [...]}}`;
+  vLLM 0.12 removed `guided_choice`), "none" sends nothing. An answer that is not exactly a candidate (no
+  constraint, or a server that ignored it) is mapped to the closest candidate with rapidfuzz, and a warning says so.
 - `rank`: /v1/completions with `echo` and `logprobs` (OpenAI legacy semantics, vLLM), on a prompt rendered with the
-  chat template of `llm.api_template_model`. llama.cpp's own server returns no prompt logprobs (clear error here);
-  llama-cpp-python's server returns them shifted by one position (abetlen/llama-cpp-python#1983), so its scores are
-  not the candidates' log-likelihoods.
+  chat template of `llm.api_template_model`. vLLM returns the prompt's logprobs this way, so it is the GPU path for
+  `generate.mode=rank` (docs/inference_server.md). llama.cpp's own server returns no prompt logprobs (clear error
+  here); llama-cpp-python's server returns them shifted by one position (abetlen/llama-cpp-python#1983), so its
+  scores are not the candidates' log-likelihoods. Where rank is refused, the error names the modes that work.
 - Long prompts are not cut here (we do not have the server's tokenizer): a server answers 400 when a prompt exceeds
   its context, which surfaces as a ModelError.
 """
@@ -21,13 +23,16 @@ What depends on the server:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
 from reges.errors import ModelError
+from reges.io import REDACTED
 from reges.llm.base import Messages, check_candidates, check_choose_args, cut_at_stop, gbnf_choice, render_chat, unique
 
 if TYPE_CHECKING:
@@ -36,6 +41,42 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BACKOFF_S = 0.25  # first retry delay; doubles with every retry
+# What works where a server cannot rank, appended to the errors of rank and of a rejected constraint.
+RANK_ALTERNATIVES = (
+    "on this server use generate.mode=constrained (llm.api_constraint=grammar on llama.cpp servers, "
+    "structured_outputs on vLLM >= 0.12, guided_choice on older vLLM) or generate.mode=free, which every server "
+    "supports; rank needs a server that echoes prompt logprobs "
+    "(vLLM: docs/inference_server.md) or llm.backend hf / llamacpp"
+)
+
+
+API_KEY_ENV = ("REGES_API_KEY", "OPENAI_API_KEY")
+
+
+def resolve_api_key(cfg: LLMConfig) -> str:
+    """The endpoint's key: `api_key` when given (not the "***" a saved run holds), else the first line of
+    `api_key_file`, else $REGES_API_KEY, else $OPENAI_API_KEY, else "" (no key).
+
+    Raises:
+        ModelError: `api_key_file` is missing or unreadable.
+    """
+    if cfg.api_key and cfg.api_key != REDACTED:
+        return cfg.api_key
+    if cfg.api_key_file:
+        path = Path(cfg.api_key_file).expanduser()
+        try:
+            mode = path.stat().st_mode
+            key = path.read_text(encoding="utf-8").splitlines()[0].strip() if path.stat().st_size else ""
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"llm.api_key_file {path} cannot be read ({e}); check the path") from None
+        if mode & 0o077:
+            logger.warning("%s is readable by other users (mode %o); chmod 600 it", path, mode & 0o777)
+        return key
+    return next((os.environ[name] for name in API_KEY_ENV if os.environ.get(name)), "")
+
+
+class RequestRejected(ModelError):
+    """The server answered 4xx: the request itself is wrong for it (retrying cannot help)."""
 
 
 class OpenAILLM:
@@ -48,7 +89,8 @@ class OpenAILLM:
         timeout_s: Per-request timeout.
         max_retries: Retries on connection errors, timeouts and 5xx answers.
         batch_size: Requests in flight at once.
-        constraint: How `choose` constrains the server ("grammar", "guided_choice" or "none").
+        constraint: How `choose` constrains the server ("grammar", "guided_choice", "structured_outputs" or
+            "none").
         template: (chat template, BOS token, EOS token) for `rank` prompts, or None when `rank` is not wanted.
 
     Example:
@@ -64,7 +106,7 @@ class OpenAILLM:
         timeout_s: float = 60.0,
         max_retries: int = 2,
         batch_size: int = 8,
-        constraint: Literal["grammar", "guided_choice", "none"] = "grammar",
+        constraint: Literal["grammar", "guided_choice", "structured_outputs", "none"] = "grammar",
         template: tuple[str, str, str] | None = None,
     ) -> None:
         base = url.rstrip("/")
@@ -88,7 +130,7 @@ class OpenAILLM:
         return cls(
             cfg.model,
             api_model=cfg.api_model,
-            api_key=cfg.api_key,
+            api_key=resolve_api_key(cfg),
             timeout_s=cfg.timeout_s,
             max_retries=cfg.max_retries,
             batch_size=cfg.batch_size,
@@ -123,7 +165,7 @@ class OpenAILLM:
                 problem = f"HTTP {response.status_code}: {response.text[:300]}"
                 continue
             if response.status_code >= 400:
-                raise ModelError(
+                raise RequestRejected(
                     f"{url} rejected the request with HTTP {response.status_code}: {response.text[:500]}; check "
                     "llm.api_model, llm.api_key, the prompt length against the server's context, and that the server "
                     "supports this request (llm.api_constraint for choose)"
@@ -179,9 +221,20 @@ class OpenAILLM:
                 extra["grammar"] = gbnf_choice(cands)
             elif self.constraint == "guided_choice":
                 extra["guided_choice"] = cands
+            elif self.constraint == "structured_outputs":
+                extra["structured_outputs"] = {"choice": cands}
             # Enough tokens for any tokenization of the longest candidate (one token per byte at worst).
             longest = max(len(c.encode("utf-8")) for c in cands) + 1
-            return self._chat(messages, longest, 0.0, **extra)
+            try:
+                return self._chat(messages, longest, 0.0, **extra)
+            except RequestRejected as e:
+                if self.constraint == "none":
+                    raise
+                raise RequestRejected(
+                    f"{e}; if the server does not take llm.api_constraint={self.constraint}, set the one it takes "
+                    "(grammar: llama.cpp servers, structured_outputs: vLLM >= 0.12, guided_choice: older vLLM; none: "
+                    "any server, the answer mapped to the closest candidate), or use generate.mode=free"
+                ) from e
 
         answers = self._map(one, list(zip(prompts, cand_lists, strict=True)))
         chosen, mapped = [], 0
@@ -210,7 +263,7 @@ class OpenAILLM:
         if self.template is None:
             raise ModelError(
                 "rank on the openai backend needs the served model's chat template: set llm.api_template_model to "
-                "the same model as a local name, folder or .gguf file"
+                f"the same model as a local name, folder or .gguf file; or {RANK_ALTERNATIVES}"
             )
         template, bos, eos = self.template
         text = render_chat(template, prompt, bos, eos)
@@ -225,14 +278,18 @@ class OpenAILLM:
                 "echo": True,
                 "logprobs": 1,
             }
-            answer = self.post("completions", body)
+            try:
+                answer = self.post("completions", body)
+            except RequestRejected as e:
+                raise RequestRejected(f"{e}; rank sends /v1/completions with echo and logprobs: "
+                                      f"{RANK_ALTERNATIVES}") from e
             try:
                 lp = answer["choices"][0]["logprobs"]
                 offsets, token_logprobs = lp["text_offset"], lp["token_logprobs"]
             except (KeyError, IndexError, TypeError) as e:
                 raise ModelError(
                     f"{self.base_url} returned no logprobs for /v1/completions ({str(answer)[:200]}); this server "
-                    "does not support rank: use backend hf or llamacpp for rank"
+                    f"does not support rank: {RANK_ALTERNATIVES}"
                 ) from e
             # OpenAI semantics: text_offset[i] is where token i starts in the echoed text (prompt + completion), and
             # token_logprobs[i] is log p(token i | tokens before it). The candidate's tokens are those starting inside
@@ -244,7 +301,7 @@ class OpenAILLM:
                 raise ModelError(
                     f"{self.base_url} echoed logprobs that do not line up with the prompt (candidate {candidate!r} "
                     f"spelled {spelled!r}); this server does not support rank (llama.cpp's server echoes no prompt "
-                    "logprobs; llama-cpp-python's drops special tokens from its offsets): use backend hf or llamacpp"
+                    f"logprobs; llama-cpp-python's drops special tokens from its offsets): {RANK_ALTERNATIVES}"
                 )
             picked = [token_logprobs[i] for i in span]
             total = float(sum(picked))

@@ -11,12 +11,19 @@ Files under `rewrite/`:
 Latency: generation runs in batches of `rewrite.batch_size`, so a query's latency is the wall time of the batch
 it was in (what a caller waits for its answer); queries/s is the throughput. The server calls `rewrite_queries`
 with one dialogue at a time, where the two agree.
+
+Resume: every finished batch is appended to `rewrite/checkpoints/{split}.partial.jsonl` (`reges.llm.partial`), so
+a run that crashed or was killed restarts where it stopped when the command is run again: examples found there,
+under the same model, adapter and decoding settings and with the same prompt, are not sent to the LLM again. Through
+an OpenAI-compatible server (`llm.backend=openai`), `llm.batch_size` requests are in flight at once, each retried
+`llm.max_retries` times; a batch of `rewrite.batch_size` prompts is the unit that is saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +33,10 @@ from tqdm.auto import tqdm
 
 from reges.config import PipelineConfig, RewriteConfig
 from reges.errors import ConfigError, ModelError
-from reges.io import RunDir, now_iso, write_jsonl
+from reges.io import RunDir, file_sha256, now_iso, write_jsonl
 from reges.llm import resolve_backend, trained_adapter
 from reges.llm.base import LLM
+from reges.llm.partial import CHECKPOINTS, PartialRows, llm_settings, sha
 from reges.query_expert.prompts import query_prompt
 from reges.records import Turn
 from reges.retrieval.retrieve import read_examples
@@ -135,31 +143,58 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if not split_paths:
         raise ConfigError(f"none of rewrite.splits={rc.splits} was written by the data stage; check data/")
     adapter = adapter_for_backend(cfg, train_dir)
-    out = run_dir.begin("rewrite", cfg.run.overwrite)
+    out = run_dir.begin("rewrite", cfg.run.overwrite)  # keeps checkpoints/: the partial results of a killed run
     llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
+    backend = resolve_backend(cfg.llm)
+    settings = {
+        "stage": "rewrite",
+        "llm": llm_settings(cfg.llm, backend),
+        "train-query": file_sha256(train_dir / "manifest.json"),  # the adapter: retrained, the answers change
+        "max_new_tokens": rc.max_new_tokens,
+        # how prompts are batched can move a padded batch's answers on local backends, not through a server
+        "batch_size": None if backend == "openai" else rc.batch_size,
+    }
 
     outputs: dict[str, int] = {}
     per_split: dict[str, dict[str, float | int]] = {}
     for split, path in split_paths.items():
         examples = sorted(read_examples(path), key=lambda ex: ex.example_id)
+        partial = PartialRows(out / CHECKPOINTS / f"{split}.partial.jsonl", settings)
+        done = partial.load()
+        input_shas = {ex.example_id: sha(query_prompt(list(ex.context))) for ex in examples}
+        todo = [ex for ex in examples
+                if done.get(ex.example_id, {}).get("input_sha") != input_shas[ex.example_id]]
         t0 = time.perf_counter()
-        queries, latencies = rewrite_queries_timed(
-            llm, [ex.context for ex in examples], rc.batch_size, rc.max_new_tokens, cfg.run.show_progress
-        )
+        bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"rewrite {split}", unit="example",
+                   disable=not cfg.run.show_progress)
+        for start in range(0, len(todo), rc.batch_size):
+            batch = todo[start : start + rc.batch_size]
+            queries, latencies = rewrite_queries_timed(llm, [ex.context for ex in batch], rc.batch_size,
+                                                       rc.max_new_tokens)
+            finished = [{"example_id": ex.example_id, "input_sha": input_shas[ex.example_id], "query": q,
+                         "latency_s": s} for ex, q, s in zip(batch, queries, latencies, strict=True)]
+            partial.append(finished)
+            done.update((row["example_id"], row) for row in finished)
+            bar.update(len(batch))
+        bar.close()
         seconds = time.perf_counter() - t0
+        queries = [done[ex.example_id]["query"] for ex in examples]
+        latencies = [done[ex.example_id]["latency_s"] for ex in examples]
         rows = [{"example_id": ex.example_id, "query": q} for ex, q in zip(examples, queries, strict=True)]
         outputs[f"{split}.jsonl"] = write_jsonl(out / f"{split}.jsonl", rows)
         per_split[split] = {
             "queries": len(rows),
+            "resumed_queries": len(examples) - len(todo),
             "empty_queries": sum(1 for q in queries if not q),
             "seconds": round(seconds, 3),
-            "queries_per_s": round(len(rows) / seconds, 2) if seconds > 0 else 0.0,
+            "queries_per_s": round(len(todo) / seconds, 2) if seconds > 0 else 0.0,
             "latency_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else 0.0,
             "latency_p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else 0.0,
             "query_words_mean": round(float(np.mean([len(q.split()) for q in queries])), 2) if queries else 0.0,
         }
         logger.info("rewrite %s: %d queries, %.2f queries/s", split, len(rows), per_split[split]["queries_per_s"])
 
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # every split is written: nothing left to resume
     inputs = {f"data/{split}": path for split, path in split_paths.items()}
     inputs["train-query/adapter"] = train_dir / "adapter"
     run_dir.finish(

@@ -9,71 +9,23 @@ Files under `train-query/`:
     trainer_state.json    loss of every step, tokens/s, wall time, peak RSS, the LoRA config (written by train_lora)
     checkpoints/          only while training: a killed run resumes from here when the command is run again
     manifest.json         written last
+
+Under `torchrun --nproc-per-node N` the stage trains data-parallel (`reges.llm.lora`, docs/distributed.md): every
+rank reads the same rows; rank 0 alone clears the stage folder, writes the adapter, its GGUF copy and the manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import random
-from typing import Any
 
-from reges.config import LLMConfig, PipelineConfig, TrainQueryConfig
+from reges.config import PipelineConfig
+from reges.data.sampling import sample_by_id
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_jsonl
-from reges.llm.lora import LoraTrainConfig
+from reges.llm.train_settings import lora_config
 
 logger = logging.getLogger(__name__)
-
-# The attention projections: the setting whose training speed was measured (docs/results/llm_training.md).
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def resolve_train_dtype(dtype: str, device: str) -> str:
-    """`train_query.dtype` as a LoraTrainConfig dtype: "auto" is bfloat16 on CUDA and on CPUs with native bf16.
-
-    Why: on this project's AMX CPU, bf16 base weights trained 1.67x faster than fp32 (docs/results/llm_training.md);
-    on CPUs without bf16 arithmetic bf16 is slow, so they get float32.
-    """
-    from reges.llm.models import cpu_has_bf16, resolve_device
-
-    if dtype == "auto":
-        return "bfloat16" if resolve_device(device) == "cuda" or cpu_has_bf16() else "float32"
-    if dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"train_query.dtype must be auto, float32 or bfloat16, got {dtype!r}")
-    return dtype
-
-
-def lora_config(tc: TrainQueryConfig, llm: LLMConfig, seed: int) -> LoraTrainConfig:
-    """The LoRA training settings of the Query Expert."""
-    return LoraTrainConfig(
-        r=tc.r,
-        alpha=tc.alpha,
-        dropout=tc.dropout,
-        target_modules=TARGET_MODULES,
-        lr=tc.lr,
-        epochs=tc.epochs,
-        max_steps=tc.max_steps,
-        batch_size=tc.batch_size,
-        grad_accum=tc.grad_accum,
-        max_prompt_tokens=tc.max_prompt_tokens,
-        max_completion_tokens=tc.max_completion_tokens,
-        save_every_steps=tc.save_every_steps,
-        dtype=resolve_train_dtype(tc.dtype, llm.device),  # type: ignore[arg-type]
-        device=llm.device,
-        seed=seed,
-    )
-
-
-def select_examples(rows: list[dict[str, Any]], max_examples: int, seed: int) -> list[dict[str, Any]]:
-    """The SFT examples: `{"prompt", "completion"}` of a seeded sample of `max_examples` rows (0: all), id order."""
-    if max_examples < 0:
-        raise ConfigError(f"train_query.max_examples must be >= 0 (0 = all), got {max_examples}")
-    if 0 < max_examples < len(rows):
-        rows = random.Random(seed).sample(rows, max_examples)
-    rows = sorted(rows, key=lambda r: str(r.get("example_id", "")))
-    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
-
 
 def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     """Train the Query Expert's LoRA adapter on `distill/train.jsonl`; write `train-query/`, then the manifest.
@@ -83,9 +35,11 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     Example:
         reges train-query --config configs/redial.yaml --run-dir runs/redial train_query.epochs=2
     """
-    from reges.llm.gguf_lora import convert_lora_to_gguf
+    from reges.llm import distributed
+    from reges.llm.gguf_lora import try_convert_lora_to_gguf
     from reges.llm.lora import train_lora
-    from reges.llm.models import load_hf, resolve_model
+    from reges.llm.memory import log_training_estimate
+    from reges.llm.models import hf_folder, load_hf, resolve_device, resolve_model
 
     started = now_iso()
     tc = cfg.train_query
@@ -100,24 +54,37 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     for i, row in enumerate(rows):
         if "prompt" not in row or "completion" not in row:
             raise DataError(f"{path}: row {i + 1} has no prompt/completion; rerun `reges distill`")
-    examples = select_examples(rows, tc.max_examples, cfg.run.seed)
+    rows = sample_by_id(rows, tc.max_examples, cfg.run.seed, lambda r: str(r.get("example_id", "")),
+                        "train_query.max_examples")
+    examples = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
     if not examples:
         raise DataError(f"{path} holds no rows; check distill/stats.json for why every example was skipped")
-    lcfg = lora_config(tc, cfg.llm, cfg.run.seed)
-    source = resolve_model(cfg.llm.model)
+    lcfg = lora_config(tc, cfg.llm.device, cfg.run.seed)
+    ctx = distributed.init_distributed(resolve_device(lcfg.device))
+    # rank 0 resolves first: a Hugging Face id is downloaded once, and the other ranks find it in the cache
+    source = distributed.main_first(lambda: resolve_model(cfg.llm.model, cfg.llm.cache_dir))
     if source.kind == "url":
         raise ConfigError(
             f"llm.model={cfg.llm.model!r} is an endpoint; train-query needs local weights (a bundled name, an HF "
             "folder or a .gguf file)"
         )
-    out = run_dir.begin("train-query", cfg.run.overwrite)  # keeps checkpoints/ of a killed run
+    if ctx.enabled and not ctx.is_main:
+        source = resolve_model(cfg.llm.model, cfg.llm.cache_dir)  # its own path: another node has its own cache
+    # keeps checkpoints/ of a killed run; rank 0 clears the folder while the other ranks wait
+    out = distributed.main_first(lambda: run_dir.begin("train-query", cfg.run.overwrite))
+    if ctx.is_main:
+        log_training_estimate(cfg.llm.model, cfg.llm.cache_dir, lcfg)
+    llm_cfg = dataclasses.replace(cfg.llm, dtype=lcfg.dtype)
+    if ctx.enabled:
+        distributed.main_first(lambda: hf_folder(llm_cfg))  # a GGUF base is dequantized into the cache once
 
     # Load the base in the training dtype directly (no fp32 copy first), on the training device.
-    model, tokenizer = load_hf(dataclasses.replace(cfg.llm, dtype=lcfg.dtype))
+    model, tokenizer = load_hf(llm_cfg)
     result = train_lora(model, tokenizer, examples, lcfg, out, cfg.run.show_progress)
+    if not ctx.is_main:
+        return
     outputs = {"adapter": 1, "trainer_state.json": 1}
-    if source.kind == "gguf":
-        convert_lora_to_gguf(result.adapter_dir, source.location, out / "adapter.gguf")
+    if source.kind == "gguf" and try_convert_lora_to_gguf(result.adapter_dir, source.location, out / "adapter.gguf"):
         outputs["adapter.gguf"] = 1
 
     run_dir.finish(

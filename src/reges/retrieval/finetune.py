@@ -21,6 +21,12 @@ the same set.
 Why a lean loop rather than `SentenceTransformerTrainer`: that trainer needs `datasets` (not installed here) and
 the mask above; the loop is ~60 lines, seeded, and checkpoints (safetensors + JSON, no pickles) every
 `save_every_steps` so a killed run resumes at the same step with the same data order.
+
+Data parallelism: under `torchrun --nproc-per-node N` (`reges.llm.distributed`) each rank embeds a contiguous
+share of every batch's anchors and cards, the embeddings are all-gathered, every rank computes the loss over the
+whole batch (so the in-batch negatives are those of the global `batch_size`, as on one process) and backpropagates
+through its own rows only, and the ranks' gradients are summed: the single-process gradient up to float rounding.
+Rank 0 alone writes checkpoints (with every rank's RNG state); per-rank seeds are `seed + rank` (dropout).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from tqdm import tqdm
 from reges.config import TrainRetrieverConfig
 from reges.errors import ConfigError, DataError
 from reges.io import read_json, write_json
+from reges.llm import distributed
 from reges.llm.models import resolve_dtype
 from reges.records import Item, RecExample
 from reges.retrieval.comention import context_item_ids
@@ -276,8 +283,15 @@ def _fingerprint(pairs: Sequence[Pair], negatives: Sequence[Sequence[str]], cfg:
 
 def _save_checkpoint(root: Path, step: int, model: SentenceTransformer, optimizer: torch.optim.Optimizer,
                      state: dict[str, Any]) -> None:
+    """Distributed: every rank calls this (their RNG states are gathered), rank 0 alone writes."""
     from safetensors.torch import save_file
 
+    ctx = distributed.current()
+    rng_ranks = distributed.all_gather_objects(torch.get_rng_state().tolist()) if ctx.enabled else []
+    if not ctx.is_main:
+        return
+    if rng_ranks:
+        state = {**state, "world_size": ctx.world_size, "torch_rng_ranks": rng_ranks[1:]}
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-step-{step}"
     if tmp.exists():
@@ -321,7 +335,14 @@ def _load_checkpoint(path: Path, model: SentenceTransformer, optimizer: torch.op
     for group in groups:
         group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict({"state": opt, "param_groups": groups})
-    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    rank = distributed.current().rank
+    if rank == 0:
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    elif len(state.get("torch_rng_ranks", [])) >= rank:
+        torch.set_rng_state(torch.tensor(state["torch_rng_ranks"][rank - 1], dtype=torch.uint8))
+    else:  # written by fewer ranks: this one keeps its fresh seed (seed + rank)
+        logger.warning("rank %d: %s holds no RNG state for this rank; its dropout masks will differ from an "
+                       "uninterrupted run", rank, path)
     return state
 
 
@@ -357,10 +378,9 @@ def finetune_encoder(
         raise DataError("no training pairs for the encoder: train examples need a context and an in-catalog target")
     if len(negatives) != len(pairs):
         raise DataError(f"{len(negatives)} hard-negative lists for {len(pairs)} pairs")
-    if cfg.batch_size < 2:
-        raise ConfigError(f"train_retriever.batch_size must be >= 2 for in-batch negatives, got {cfg.batch_size}")
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(cfg.dtype, device.type)
+    ctx = distributed.init_distributed(device.type)
     torch.manual_seed(seed)
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -370,6 +390,15 @@ def finetune_encoder(
         optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps)
     )
     fingerprint = _fingerprint(pairs, negatives, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    dim = model.get_embedding_dimension() or 0
+    if ctx.enabled:
+        distributed.check_same(fingerprint, "the encoder's training pairs and negatives")
+        distributed.broadcast_parameters(params)
+        torch.manual_seed(seed + ctx.rank)  # per-rank seeds: each rank draws its own dropout masks
+        if dim <= 0:
+            raise ConfigError("distributed encoder fine-tuning needs the model's embedding dimension, and "
+                              "get_embedding_dimension() gave none; fine-tune on one process")
     start_step = 0
     losses: list[float] = []
     found = _checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
@@ -388,7 +417,8 @@ def finetune_encoder(
     model.train()
     t0 = time.perf_counter()
     step = 0
-    bar = tqdm(total=total_steps, initial=start_step, desc="fine-tune encoder", disable=not show_progress)
+    bar = tqdm(total=total_steps, initial=start_step, desc="fine-tune encoder",
+               disable=not (show_progress and ctx.is_main))
     for epoch in range(cfg.epochs):
         for batch in plan_epoch(len(pairs), cfg.batch_size, epoch, seed):
             if step < start_step:
@@ -396,13 +426,19 @@ def finetune_encoder(
                 continue
             batch_pairs = [pairs[i] for i in batch]
             doc_ids = [p.positive_id for p in batch_pairs] + [n for i in batch for n in negatives[i]]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16):
-                anchors = _embed(model, [p.anchor for p in batch_pairs], device, cfg.chunk_size)  # (B, dim)
-                docs = _embed(model, [items[d].text for d in doc_ids], device, cfg.chunk_size)  # (M, dim)
-            # the loss in float32: bf16 cosines times 20 would round the logits to about 0.1
-            loss = contrastive_loss(anchors.float(), docs.float(), _batch_mask(batch_pairs, doc_ids).to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            mask = _batch_mask(batch_pairs, doc_ids).to(device)
+            if not ctx.enabled:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16):
+                    anchors = _embed(model, [p.anchor for p in batch_pairs], device, cfg.chunk_size)  # (B, dim)
+                    docs = _embed(model, [items[d].text for d in doc_ids], device, cfg.chunk_size)  # (M, dim)
+                # the loss in float32: bf16 cosines times 20 would round the logits to about 0.1
+                loss = contrastive_loss(anchors.float(), docs.float(), mask)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            else:
+                loss = _distributed_loss(model, batch_pairs, doc_ids, items, mask, cfg.chunk_size, compute_dtype,
+                                         dim, optimizer)
+                distributed.all_reduce_gradients(params)
             optimizer.step()
             scheduler.step()
             losses.append(float(loss.detach()))
@@ -434,6 +470,33 @@ def finetune_encoder(
     logger.info("encoder fine-tuned (%s): %d steps, %.1f pairs/s, loss %.3f -> %.3f", compute_dtype, total_steps,
                 result.pairs_per_s, result.loss_start, result.loss_end)
     return result
+
+
+def _distributed_loss(model: SentenceTransformer, batch_pairs: list[Pair], doc_ids: list[str], items: dict[str, Item],
+                      mask: torch.Tensor, chunk_size: int, compute_dtype: torch.dtype, dim: int,
+                      optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """One batch's loss on this rank, gradients of its own rows computed (not yet summed over the ranks).
+
+    This rank embeds its shares of the anchors and cards; the gathered (B, dim) and (M, dim) matrices give every rank
+    the whole batch's loss (`distributed.all_gather_rows`).
+    """
+    ctx = distributed.current()
+    device = mask.device
+    mine_a = distributed.shard(len(batch_pairs), ctx.world_size, ctx.rank)
+    mine_d = distributed.shard(len(doc_ids), ctx.world_size, ctx.rank)
+    local_a = local_d = None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16):
+        if len(mine_a):
+            local_a = _embed(model, [batch_pairs[i].anchor for i in mine_a], device, chunk_size)
+        if len(mine_d):
+            local_d = _embed(model, [items[doc_ids[i]].text for i in mine_d], device, chunk_size)
+    anchors = distributed.all_gather_rows(local_a, len(batch_pairs), dim, device)  # (B, dim) float32
+    docs = distributed.all_gather_rows(local_d, len(doc_ids), dim, device)  # (M, dim) float32
+    loss = contrastive_loss(anchors, docs, mask)
+    optimizer.zero_grad(set_to_none=True)
+    if local_a is not None or local_d is not None:  # else no row of this rank: nothing to differentiate
+        loss.backward()
+    return loss
 
 
 def _first_steps(num_pairs: int, cfg: TrainRetrieverConfig, seed: int, num_steps: int) -> list[list[int]]:

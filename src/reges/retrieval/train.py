@@ -9,6 +9,10 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
 3. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
    with it when `rewrite/tune.jsonl` exists and `query_feature` is on.
 
+Under `torchrun --nproc-per-node N` step 2's fine-tuning runs data-parallel (`finetune.py`, docs/distributed.md);
+rank 0 alone mines the hard negatives (the others receive them), writes every file and does steps 1 and 3, and the
+other ranks return once the encoder is trained.
+
 Files written under `run_dir/train-retriever/`:
     encoder/                     the fine-tuned sentence-transformers model (only when finetune)
     index/                       ItemIndex over the cards (index.faiss, item_ids.txt, index.json, embeddings.npy);
@@ -36,12 +40,16 @@ from typing import Any
 
 import numpy as np
 
+from reges.catalog import read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
+from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, atomic_open, now_iso, read_json, write_json
+from reges.llm import distributed
+from reges.llm.models import resolve_device
 from reges.records import Item, RecExample
 from reges.retrieval.comention import CoMention
-from reges.retrieval.encoder import SentenceEncoder, load_encoder, resolve_device
+from reges.retrieval.encoder import SentenceEncoder, load_encoder
 from reges.retrieval.finetune import Pair, build_pairs, finetune_encoder, mine_hard_negatives
 from reges.retrieval.fusion import (
     EMBEDDINGS_FILE,
@@ -53,32 +61,17 @@ from reges.retrieval.fusion import (
     FusedRetriever,
     FusionSettings,
     TunePairs,
-    read_queries,
     tune_weights,
     zscore_rows,
 )
-from reges.retrieval.index import ItemIndex, read_catalog
+from reges.retrieval.index import ItemIndex
+from reges.retrieval.queries import read_queries
 from reges.retrieval.retrieve import read_dialogues, read_examples
 
 logger = logging.getLogger(__name__)
 
 STAGE = "train-retriever"
 FINETUNE_RECORD = "finetune.json"
-
-
-def _check(tc: TrainRetrieverConfig) -> None:
-    if tc.epochs < 1 or tc.batch_size < 2 or tc.lr <= 0 or tc.max_query_chars < 1 or tc.max_seq_length < 1:
-        raise ConfigError(f"train_retriever needs epochs >= 1, batch_size >= 2, lr > 0, max_query_chars >= 1 and "
-                          f"max_seq_length >= 1; got {tc.epochs}, {tc.batch_size}, {tc.lr}, {tc.max_query_chars}, "
-                          f"{tc.max_seq_length}")
-    if tc.hard_negatives < 0 or tc.max_pairs < 0 or tc.save_every_steps < 0 or not 0 <= tc.warmup_ratio < 1:
-        raise ConfigError("train_retriever.hard_negatives, max_pairs and save_every_steps must be >= 0 and "
-                          f"warmup_ratio in [0, 1); got {tc.hard_negatives}, {tc.max_pairs}, {tc.save_every_steps}, "
-                          f"{tc.warmup_ratio}")
-    if tc.chunk_size < 0:
-        raise ConfigError(f"train_retriever.chunk_size must be >= 0 (0: whole batches), got {tc.chunk_size}")
-    if not tc.weight_grid or tc.tune_passes < 1:
-        raise ConfigError("train_retriever.weight_grid must list weights and tune_passes be >= 1")
 
 
 def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path,
@@ -109,16 +102,17 @@ def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item],
     distill = read_queries(distill_path) if distill_path else None
     pairs = build_pairs(read_examples(run_dir.stage_dir("data") / "train.jsonl"), items, tc.query,
                         tc.max_query_chars, distill)
-    if tc.max_pairs and len(pairs) > tc.max_pairs:
-        keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(pairs), tc.max_pairs, replace=False))
-        pairs = [pairs[i] for i in keep]
-    return pairs
+    return sample_rows(pairs, tc.max_pairs, cfg.run.seed, "train_retriever.max_pairs")
 
 
 def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: ItemIndex, items: dict[str, Item],
-                   distill_path: Path | None) -> dict[str, Any]:
-    """Fine-tune (or reuse a finished checkpointed) encoder; copy it to `out/encoder`. Returns its record."""
+                   distill_path: Path | None) -> dict[str, Any] | None:
+    """Fine-tune (or reuse a finished checkpointed) encoder; copy it to `out/encoder`. Returns its record.
+
+    Distributed: every rank trains; rank 0 alone writes, and the others return None once training is done.
+    """
     tc = cfg.train_retriever
+    ctx = distributed.current()
     train_path = run_dir.stage_dir("data") / "train.jsonl"
     ckpt = out / "checkpoints"
     done = ckpt / ENCODER_DIR
@@ -126,17 +120,21 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
     if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
         logger.info("reusing the fine-tuned encoder in %s", done)
     else:
-        device = resolve_device(cfg.index.device)
+        device = resolve_device(cfg.index.device, "index.device")
         model = load_encoder(cfg.index.encoder, device, tc.max_seq_length, cfg.index.threads)
         pairs = training_pairs(cfg, run_dir, items, distill_path)
         logger.info("fine-tuning on %d pairs (%d from distill)", len(pairs), sum(p.source == "distill" for p in pairs))
         embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)  # (n, dim) frozen
         t0 = time.perf_counter()
-        negatives = mine_hard_negatives(pairs, SentenceEncoder(model), embeddings, frozen.item_ids,
-                                        tc.hard_negatives, cfg.run.seed, cfg.index.batch_size, cfg.run.show_progress)
+        # rank 0 mines, the other ranks take its negatives: every rank must train on the same data
+        negatives = distributed.main_first(lambda: mine_hard_negatives(
+            pairs, SentenceEncoder(model), embeddings, frozen.item_ids, tc.hard_negatives, cfg.run.seed,
+            cfg.index.batch_size, cfg.run.show_progress))
         mine_s = time.perf_counter() - t0
         result = finetune_encoder(model, pairs, negatives, items, tc, cfg.run.seed, ckpt / "steps",
                                   cfg.run.show_progress)
+        if not ctx.is_main:
+            return None
         tmp = ckpt / f".tmp-{ENCODER_DIR}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -149,6 +147,8 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
             shutil.rmtree(done)
         os.replace(tmp, done)
         shutil.rmtree(ckpt / "steps", ignore_errors=True)
+    if not ctx.is_main:
+        return None
     if (out / ENCODER_DIR).exists():
         shutil.rmtree(out / ENCODER_DIR)
     shutil.copytree(done, out / ENCODER_DIR)
@@ -188,7 +188,6 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     """
     started = now_iso()
     tc = cfg.train_retriever
-    _check(tc)
     data_dir = run_dir.require("data")
     catalog_path = run_dir.require("catalog") / "items.jsonl"
     index_dir = run_dir.require("index")
@@ -202,7 +201,14 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     rewrite_path = run_dir.stage_dir("rewrite") / "tune.jsonl"
     use_query = tc.query_feature and run_dir.is_complete("rewrite") and rewrite_path.is_file()
     distill_path = distill_pairs_file(cfg, run_dir)
-    out = run_dir.begin(STAGE, cfg.run.overwrite)
+    ctx = distributed.init_distributed(resolve_device(cfg.index.device, "index.device"))
+    out = distributed.main_first(lambda: run_dir.begin(STAGE, cfg.run.overwrite))  # the other ranks wait for it
+    if not ctx.is_main:  # the other ranks help with the fine-tuning only
+        if tc.finetune:
+            items = read_catalog(catalog_path)
+            _train_encoder(cfg, run_dir, out, ItemIndex.load(index_dir), {it.item_id: it for it in items},
+                           distill_path)
+        return
 
     items = read_catalog(catalog_path)
     by_id = {it.item_id: it for it in items}
@@ -218,7 +224,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     outputs = counts.save(out)
 
     finetune_record: dict[str, Any] | None = None
-    device = resolve_device(cfg.index.device)
+    device = resolve_device(cfg.index.device, "index.device")
     index_out = out / INDEX_DIR
     if tc.finetune:
         finetune_record = _train_encoder(cfg, run_dir, out, frozen, by_id, distill_path)

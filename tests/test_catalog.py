@@ -10,10 +10,13 @@ import pytest
 from reges.catalog import (
     InspiredInputs,
     KgMovie,
+    alias_map,
     build_card,
+    clean_catalog,
     cut_text,
     inspired_items,
     load_catalog,
+    make_item,
     read_id2info,
     read_items,
     read_kg,
@@ -24,7 +27,7 @@ from reges.config import PipelineConfig, load_config
 from reges.data.examples import run as run_data
 from reges.errors import CatalogError, DataError, StageCompleteError, StageNotReadyError
 from reges.io import RunDir, now_iso, read_json, read_jsonl, write_jsonl
-from reges.records import Dialogue, RecExample, Turn
+from reges.records import Dialogue, Item, RecExample, Turn
 
 
 @pytest.fixture()
@@ -37,12 +40,27 @@ def redial_cfg(cat_dir: Path, *overrides: str) -> PipelineConfig:
         None,
         [
             "catalog.format=redial",
+            "catalog.clean=true",  # most tests here are about cleaning; the uncleaned ones say clean=false
             f"catalog.items_file={cat_dir / 'id2info.json'}",
             f"catalog.names_file={cat_dir / 'movies_with_mentions.csv'}",
             "run.show_progress=false",
             *overrides,
         ],
     )
+
+
+def write_redial_data_stage(rd: RunDir, mentions: dict[str, int] | None = None) -> None:
+    """A hand-made `data` stage whose train dialogues mention ReDial ids (`mentions`: id -> turns mentioning it)."""
+    out = rd.begin("data", overwrite=False)
+    turns = [Turn("user", f"I liked @{i}", [i]) for i, n in (mentions or {}).items() for _ in range(n)]
+    write_jsonl(out / "train_dialogues.jsonl", [Dialogue("t1", turns or [Turn("user", "hi")])])
+    rd.finish("data", config={}, inputs={}, outputs={"train_dialogues.jsonl": 1}, seed=0, started=now_iso())
+
+
+def redial_run(path: Path, mentions: dict[str, int] | None = None) -> RunDir:
+    rd = RunDir(path)
+    write_redial_data_stage(rd, mentions)
+    return rd
 
 
 def write_custom(path: Path, rows: list[dict | str]) -> Path:
@@ -81,9 +99,9 @@ def test_cut_text_at_word_boundary() -> None:
 # --------------------------------------------------------------------------------------------------- redial
 
 
-def test_redial_stage_on_fixtures(tmp_path: Path, cat_dir: Path) -> None:
+def test_redial_stage_on_fixtures_uncleaned(tmp_path: Path, cat_dir: Path) -> None:
     rd = RunDir(tmp_path / "run")
-    run(redial_cfg(cat_dir), rd)
+    run(redial_cfg(cat_dir, "catalog.clean=false"), rd)  # no data stage needed without cleaning
     items = load_catalog(rd)
     by_id = {i.item_id: i for i in items}
 
@@ -119,17 +137,48 @@ def test_redial_stage_on_fixtures(tmp_path: Path, cat_dir: Path) -> None:
     assert manifest["outputs"] == {"items.jsonl": {"rows": 18}}
     assert set(manifest["inputs"]) == {"items_file", "names_file"}
     assert manifest["config"]["format"] == "redial"
+    assert manifest["clean"] is False and stats["clean"] is False
     assert read_items(rd.path / "catalog" / "items.jsonl") == items
 
 
+def test_redial_stage_on_fixtures_cleaned(tmp_path: Path, cat_dir: Path) -> None:
+    """Cleaning folds the two "Frozen (2010)" and the two "Tinker Bell" ids; every id stays resolvable."""
+    rd = redial_run(tmp_path / "run", {"82894": 3, "151348": 1})
+    run(redial_cfg(cat_dir), rd)
+    items = load_catalog(rd)
+    by_id = {i.item_id: i for i in items}
+    assert len(items) == 16
+    # the kept id has a card, a year, then the most train mentions: 151348 (1 mention) over 123210 (none)
+    assert by_id["151348"].meta["alias_ids"] == ["123210"] and "123210" not in by_id
+    assert by_id["104784"].meta["alias_ids"] == ["183951"] and "183951" not in by_id
+    assert alias_map(items) == {"123210": "151348", "183951": "104784"}
+    assert by_id["100026"].text.startswith("Pari (1995). Genre: drama, romance.")  # untouched
+
+    stats = read_json(rd.path / "catalog" / "stats.json")
+    assert stats["clean"] is True and stats["items"] == 16 and stats["shared_titles"] == 0
+    assert stats["cleaning"]["folded_items"] == 2 and stats["cleaning"]["fold_groups"] == 2
+    assert stats["cleaning"]["cards_dropped"] == 0
+    audit = read_jsonl(rd.path / "catalog" / "cleaning.jsonl")
+    assert {"kind": "fold", "kept": "151348 Frozen (2010)", "folded": ["123210 Frozen (2010)"]} in audit
+    manifest = rd.manifest("catalog")
+    assert manifest["outputs"] == {"items.jsonl": {"rows": 16}, "cleaning.jsonl": {"rows": 2}}
+    assert set(manifest["inputs"]) == {"items_file", "names_file", "data/train_dialogues.jsonl"}
+    assert manifest["clean"] is True
+
+
+def test_cleaning_needs_the_data_stage(tmp_path: Path, cat_dir: Path) -> None:
+    with pytest.raises(StageNotReadyError, match="reges data"):
+        run(redial_cfg(cat_dir), RunDir(tmp_path))
+
+
 def test_redial_without_names_file(tmp_path: Path, cat_dir: Path) -> None:
-    rd = RunDir(tmp_path)
+    rd = redial_run(tmp_path)
     run(redial_cfg(cat_dir, "catalog.names_file="), rd)
-    assert len(load_catalog(rd)) == 15
+    assert len(load_catalog(rd)) == 15 - 2  # two folded
 
 
 def test_card_fields_and_max_chars(tmp_path: Path, cat_dir: Path) -> None:
-    rd = RunDir(tmp_path)
+    rd = redial_run(tmp_path)
     run(redial_cfg(cat_dir, "catalog.card_fields=[director]", "catalog.max_card_chars=40"), rd)
     by_id = {i.item_id: i for i in load_catalog(rd)}
     assert by_id["100026"].text == "Pari (1995). Director: Dariush Mehrjui."
@@ -137,14 +186,14 @@ def test_card_fields_and_max_chars(tmp_path: Path, cat_dir: Path) -> None:
 
 
 def test_complete_stage_is_not_overwritten_and_bad_input_keeps_it(tmp_path: Path, cat_dir: Path) -> None:
-    rd = RunDir(tmp_path)
+    rd = redial_run(tmp_path)
     run(redial_cfg(cat_dir), rd)
     with pytest.raises(StageCompleteError):
         run(redial_cfg(cat_dir), rd)
     # overwrite with a broken input: the error comes before the complete catalog is touched
     with pytest.raises(DataError):
         run(redial_cfg(cat_dir, "run.overwrite=true", f"catalog.items_file={tmp_path / 'missing.json'}"), rd)
-    assert len(load_catalog(rd)) == 18
+    assert len(load_catalog(rd)) == 16
 
 
 def test_load_catalog_requires_the_stage(tmp_path: Path) -> None:
@@ -180,6 +229,7 @@ def inspired_cfg(cat_dir: Path, *overrides: str) -> PipelineConfig:
         None,
         [
             "catalog.format=inspired",
+            "catalog.clean=true",
             f"catalog.items_file={cat_dir / 'id2info.json'}",
             f"catalog.kg_dir={cat_dir / 'kg'}",
             *overrides,
@@ -195,8 +245,7 @@ def test_inspired_stage_merges_dialogues_kg_and_plots(tmp_path: Path, cat_dir: P
 
     assert sorted(by_id) == [
         "akira", "antlers-2020", "avengers-2012", "frozen2-2019", "goodfellas-1990", "knivesout-2019",
-        "ladyandthetramp", "ladyandthetramp-1955", "ladyandthetramp-2019", "predator-2018",
-        "thirst-2016", "zootopia-2016",
+        "ladyandthetramp-1955", "ladyandthetramp-2019", "predator-2018", "thirst-2016", "zootopia-2016",
     ]
     # dialogue title + kg attributes ("Frozen 2" = kg "Frozen II"), no id2info match for the sequel
     frozen = by_id["frozen2-2019"]
@@ -216,11 +265,14 @@ def test_inspired_stage_merges_dialogues_kg_and_plots(tmp_path: Path, cat_dir: P
     # seeker-only mention whose slug is a kg title: that title
     assert by_id["zootopia-2016"].title == "Zootopia (2016)"
     assert by_id["zootopia-2016"].meta["redial_id"] == "81792"  # year-less "Zootopia" in id2info
-    # the two dated "Lady and the Tramp" kg movies tie on the year-less dialogue item: both stay separate,
-    # and the year-less item wins the year-less id2info record (exact beats year-missing)
-    assert by_id["ladyandthetramp"].meta["source"] == "dialogues+id2info"
-    assert by_id["ladyandthetramp-1955"].meta["source"] == "kg"
+    # the two dated "Lady and the Tramp" kg movies tie on the year-less dialogue item, which wins the year-less
+    # id2info record (exact beats year-missing); that record is the 1955 film's card (its cast is kg's 1955 cast),
+    # so cleaning folds the year-less item into the 1955 one, which takes the plot it lacked
+    lady = by_id["ladyandthetramp-1955"]
+    assert lady.meta["source"] == "kg" and lady.meta["alias_ids"] == ["ladyandthetramp"]
+    assert lady.meta["imdb_id"] == "tt0048280" and "Plot: " in lady.text
     assert by_id["ladyandthetramp-2019"].meta["source"] == "kg"
+    assert "alias_ids" not in by_id["ladyandthetramp-2019"].meta
     # "The Predator (2018)" must not borrow the year-less "Predator" (1987) plot (nor share its id)
     assert by_id["predator-2018"].meta["source"] == "kg"
     assert by_id["thirst-2016"].text == "Thirst (2016)."
@@ -233,7 +285,8 @@ def test_inspired_stage_merges_dialogues_kg_and_plots(tmp_path: Path, cat_dir: P
     assert (stats["kg_merged_by_id"], stats["kg_id_collisions"]) == (0, 0)
     assert stats["items_matched_to_id2info"] == 5
     assert stats["kg_titles_exactly_in_id2info"] == 3  # Akira (1988), The Avengers (2012), Goodfellas (1990)
-    assert (stats["items"], stats["with_genre"], stats["with_plot"]) == (12, 11, 5)
+    assert (stats["items"], stats["with_genre"], stats["with_plot"]) == (11, 10, 5)
+    assert stats["cleaning"]["folded_items"] == 1 and stats["cleaning"]["cards_dropped"] == 0
     inputs = set(rd.manifest("catalog")["inputs"])
     assert {"kg.json", "entity2id.json", "items_file", "data/train_dialogues.jsonl"} <= inputs
 
@@ -247,7 +300,7 @@ def test_inspired_titles_from_mentioned_items(tmp_path: Path, cat_dir: Path) -> 
                 [{"item_id": i, "title": t, "mentions": {"train": 1}} for i, t in listed.items()])
     run(inspired_cfg(cat_dir), rd)
     by_id = {i.item_id: i for i in load_catalog(rd)}
-    assert len(by_id) == 13 and by_id["mine-2016"].title == "Mine (2016)"
+    assert len(by_id) == 12 and by_id["mine-2016"].title == "Mine (2016)"
     assert by_id["avengers-2012"].title == "Avengers (2012)"
     stats = read_json(rd.path / "catalog" / "stats.json")
     assert (stats["titles_from_data"], stats["titles_from_examples"], stats["titles_from_metadata"]) == (4, 3, 2)
@@ -298,6 +351,89 @@ def test_read_kg_resolves_names(cat_dir: Path) -> None:
     assert "horror" in antlers.genre
 
 
+# --------------------------------------------------------------------------------------------------- cleaning
+
+
+def _film(item_id: str, title: str, imdb: str = "", director: tuple[str, ...] = (),
+          star: tuple[str, ...] = ()) -> Item:
+    """An item as the redial reader makes it; no imdb, director or star: a title-only (names_only) item."""
+    meta: dict = {"source": "id2info" if imdb else "names_only"}
+    if imdb:
+        meta.update(imdb_id=imdb, director=list(director), star=list(star), genre=["drama"], plot=f"About {title}.")
+    cfg = load_config(None, []).catalog
+    return make_item(item_id, title, meta, cfg)
+
+
+def _clean(items: list[Item], mentions: dict[str, float] | None = None) -> tuple[dict[str, Item], dict]:
+    cleaned, stats, _ = clean_catalog(items, mentions or {}, load_config(None, []).catalog)
+    return {it.item_id: it for it in cleaned}, stats
+
+
+def test_careers_give_a_remakes_card_to_its_year() -> None:
+    """A 2010 cast on "Remake (1984)": the people's other films are all after 2005, so the card is the 2010 one's."""
+    people = {"director": ("Dee",), "star": ("Ess", "Tee")}
+    items = [
+        _film("1", "Remake (1984)", "tt1", **people), _film("2", "Remake (2010)", "tt1", **people),
+        _film("3", "Other (2008)", "tt3", ("Dee",), ("Ess", "Zed")), _film("4", "Later (2012)", "tt4", ("Why",),
+                                                                           ("Tee", "Ess")),
+    ]
+    by_id, stats = _clean(items, {"1": 50.0})  # mentions do not outvote the careers
+    assert by_id["1"].meta["card_dropped"] == "imdb:tt1 is the card of Remake (2010)"
+    assert by_id["1"].text == "Remake (1984)." and "imdb_id" not in by_id["1"].meta
+    assert "card_dropped" not in by_id["2"].meta and "Director: Dee" in by_id["2"].text
+    assert stats["card_owner_rules"] == {"careers": 1} and stats["cards_dropped"] == 1
+    assert "alias_ids" not in by_id["2"].meta  # two films of one title, not folded
+
+
+def test_a_generic_title_loses_a_shared_card_to_a_distinctive_one() -> None:
+    items = [_film("1", "It (1990)", "tt9", ("Scorsese",), ("De Niro", "Liotta")),
+             _film("2", "Goodfellas (1990)", "tt9", ("Scorsese",), ("De Niro", "Liotta")),
+             _film("3", "It (2017)", "tt5", ("Muschietti",), ("Skarsgard", "Lillis")),
+             _film("4", "It Follows (2014)", "tt6", ("Mitchell",), ("Monroe", "Gilchrist"))]
+    by_id, stats = _clean(items, {"1": 100.0, "2": 10.0})
+    assert by_id["1"].meta["card_dropped"] == "imdb:tt9 is the card of Goodfellas (1990)"
+    assert stats["card_owner_rules"] == {"distinct_title": 1}
+
+
+def test_mentions_decide_last_and_nothing_decided_drops_every_reading() -> None:
+    items = [_film("1", "Day of the Dead (1985)", "tt7", ("Romero",), ("A", "B")),
+             _film("2", "Day of the Dead (2008)", "tt7", ("Romero",), ("A", "B"))]
+    by_id, stats = _clean(items, {"2": 3.0})
+    assert "card_dropped" in by_id["1"].meta and "card_dropped" not in by_id["2"].meta
+    assert stats["card_owner_rules"] == {"mentions": 1}
+    by_id, stats = _clean(items)
+    assert all("card_dropped" in it.meta for it in by_id.values())
+    assert stats["card_owner_rules"] == {"undecided": 1} and stats["cards_dropped"] == 2
+
+
+def test_folding_rules() -> None:
+    anchorman = ("McKay",), ("Ferrell", "Applegate")
+    jl = ("Snyder",), ("Affleck", "Gadot")
+    home = ("Columbus",), ("Culkin", "Pesci")
+    items = [
+        _film("a1", "Anchorman: The Legend of Ron Burgundy (2004)", "tt1", *anchorman),
+        _film("a2", "Anchorman", "tt1", *anchorman),  # typed short title, same card: one film
+        _film("j1", "Justice League (2017)", "tt2", *jl),
+        _film("j2", "Justice League: Doom", "tt2", *jl),  # a word the 2017 title lacks: another film
+        _film("h1", "Home Alone (1990)", "tt3", *home),
+        _film("h2", "Home Alone 4", "tt3", *home),  # a sequel carrying the original's card: the card goes
+        _film("z1", "Zapped! (1982)", "tt4", ("Rosenthal",), ("Baio", "Ann")),
+        _film("z2", "Zapped"),  # no card, the only film of the title
+        _film("d1", "Dracula (1931)", "tt5", ("Browning",), ("Lugosi", "Manners")),
+        _film("d2", "Dracula (1958)", "tt6", ("Fisher",), ("Cushing", "Lee")),
+        _film("d3", "Dracula"),  # no card, two films of the title: left alone
+        _film("s1", "Saw (2004)", "tt7", ("Wan",), ("Elwes", "Whannell")),
+        _film("s2", "Saw (2003)", "tt8", ("Wan",), ("Whannell", "Lewis")),  # near year, same director
+        _film("f1", "Frozen (2013)", "tt9", ("Buck",), ("Bell", "Menzel")),
+        _film("f2", "Frozen (2010)", "tt10", ("Green",), ("Ashmore", "Bell2")),  # another film of the title
+    ]
+    by_id, stats = _clean(items, {"s2": 5.0})
+    assert alias_map(by_id.values()) == {"a2": "a1", "z2": "z1", "s1": "s2"}
+    assert by_id["h2"].meta["card_dropped"] == "imdb:tt3 is the card of Home Alone (1990)"
+    assert "card_dropped" not in by_id["j2"].meta and "j2" in by_id and "d3" in by_id
+    assert (stats["items_before"], stats["items_after"], stats["fold_groups"]) == (15, 12, 3)
+
+
 # --------------------------------------------------------------------------------------------------- custom
 
 
@@ -335,10 +471,10 @@ def test_custom_format_and_extra_items(tmp_path: Path) -> None:
 def test_extra_items_added_to_redial(tmp_path: Path, cat_dir: Path) -> None:
     extra = write_custom(tmp_path / "extra.jsonl", [{"item_id": "999999", "title": "Knives Out (2019)",
                                                      "meta": {"genre": ["mystery"]}}])
-    rd = RunDir(tmp_path / "run")
+    rd = redial_run(tmp_path / "run")
     run(redial_cfg(cat_dir, f"catalog.extra_items_files=[{extra}]"), rd)
     by_id = {i.item_id: i for i in load_catalog(rd)}
-    assert len(by_id) == 19 and by_id["999999"].text == "Knives Out (2019). Genre: mystery."
+    assert len(by_id) == 19 - 2 and by_id["999999"].text == "Knives Out (2019). Genre: mystery."
 
 
 def test_duplicate_item_id_names_both_sources(tmp_path: Path, cat_dir: Path) -> None:
@@ -460,6 +596,34 @@ def test_real_redial_catalog(tmp_path: Path, shared_data: Path) -> None:
     cfg = load_config(
         None,
         [
+            "catalog.clean=true",
+            f"catalog.items_file={shared_data / 'movies/txy77__iEvaLM-CRS/data/redial/id2info.json'}",
+            "catalog.names_file="
+            f"{shared_data / 'redial/Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv'}",
+        ],
+    )
+    rd = redial_run(tmp_path)  # no train mentions: owners that only mentions could pick stay undecided
+    run(cfg, rd)
+    stats = read_json(rd.path / "catalog" / "stats.json")
+    assert stats["cleaning"]["items_before"] == 6924
+    assert stats["items"] == 6924 - stats["cleaning"]["folded_items"]
+    by_id = {i.item_id: i for i in load_catalog(rd)}
+    assert by_id["87947"].title == "Why Did I Get Married? (2007)"
+    assert all(i.text for i in by_id.values())
+    # the user test of issue 16
+    aliases = alias_map(by_id.values())
+    assert aliases["107018"] == "82894" and aliases["99584"] == "175096"  # "Frozen", "Titanic" (no year)
+    assert {aliases.get("123210", "123210"), aliases.get("151348", "151348")} <= set(by_id)  # the 2010 Frozen
+    assert "Scorsese" not in by_id["204794"].text and "Director: Martin Scorsese" in by_id["143198"].text
+    assert by_id["116076"].meta["card_dropped"].endswith("is the card of Mean Girls (2004)")
+    assert "Samuel Bayer" in by_id["119295"].text and "Samuel Bayer" not in by_id["77161"].text  # Elm Street
+
+
+@pytest.mark.slow
+def test_real_redial_catalog_uncleaned(tmp_path: Path, shared_data: Path) -> None:
+    cfg = load_config(
+        None,
+        [
             f"catalog.items_file={shared_data / 'movies/txy77__iEvaLM-CRS/data/redial/id2info.json'}",
             "catalog.names_file="
             f"{shared_data / 'redial/Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv'}",
@@ -471,9 +635,6 @@ def test_real_redial_catalog(tmp_path: Path, shared_data: Path) -> None:
     assert stats["items"] == 6924
     assert stats["by_source"] == {"id2info": 6583, "names_only": 341}
     assert stats["with_plot"] == 6583 - 132
-    by_id = {i.item_id: i for i in load_catalog(rd)}
-    assert by_id["87947"].title == "Why Did I Get Married? (2007)"
-    assert all(i.text for i in by_id.values())
 
 
 @pytest.mark.slow
@@ -487,12 +648,14 @@ def test_real_inspired_catalog(tmp_path: Path, shared_data: Path) -> None:
         f"catalog.items_file={shared_data / 'movies/txy77__iEvaLM-CRS/data/redial/id2info.json'}",
         f"catalog.kg_dir={shared_data / 'inspired/wxl1999__CFCRS/data/inspired'}",
     ]
-    cfg = load_config(config, ["run.show_progress=false", *paths])
+    cfg = load_config(config, ["run.show_progress=false", "catalog.clean=true", *paths])
     run_data(cfg, rd)
     run(cfg, rd)
     stats = read_json(rd.path / "catalog" / "stats.json")
-    assert (stats["dialogue_items"], stats["kg_new_items"], stats["items"]) == (1693, 76, 1769)
-    assert (stats["with_genre"], stats["with_people"], stats["with_plot"]) == (1254, 1255, 857)
+    assert (stats["dialogue_items"], stats["kg_new_items"], stats["cleaning"]["items_before"]) == (1693, 76, 1769)
+    # cleaning (docs/results/catalog_cleaning.md): 5 items folded, 5 foreign cards dropped (It (1990) had GoodFellas')
+    assert (stats["cleaning"]["folded_items"], stats["cleaning"]["cards_dropped"], stats["items"]) == (5, 5, 1764)
+    assert (stats["with_genre"], stats["with_people"], stats["with_plot"]) == (1247, 1248, 850)
     assert stats["kg_id_collisions"] == 0 and stats["shared_titles"] == 0
     by_id = {i.item_id: i for i in load_catalog(rd)}
     assert by_id["avengers-2012"].meta["source"] == "dialogues+kg+id2info"

@@ -141,7 +141,8 @@ def test_evaluate_stage_exact_recall_files_and_manifest(run_setup: tuple[Pipelin
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["primary_metric"] == "recall@2" and metrics["cutoffs"] == [1, 2]
     dev = metrics["splits"]["dev"]
-    assert list(dev) == ["retrieve", "popularity", "bm25", "dense_full", "dense_last2", "oracle"]
+    assert list(dev) == ["retrieve", "popularity", "bm25", "dense_full", "dense_last2", "oracle", "copy"]
+    assert metrics["protocols"] == ["all", "novel", "full", "fresh"]
 
     def means(method: str, protocol: str) -> tuple[float, float]:
         m = dev[method][protocol]
@@ -155,10 +156,18 @@ def test_evaluate_stage_exact_recall_files_and_manifest(run_setup: tuple[Pipelin
     # bm25: "shark ... beach ... Alien" -> Jaws, then Alien; "old man ... house" -> Up; e3 has no context (fallback)
     assert means("bm25", "all") == (0.5, 0.75)
     assert means("bm25", "novel") == pytest.approx((2 / 3, 2 / 3))
+    # full / fresh drop e3 (no context): retrieve (e1,13)@1 (e1,10)@4 (e2,11)@2; fresh also drops (e1,10)
+    assert means("retrieve", "full") == pytest.approx((1 / 3, 2 / 3))
+    assert means("retrieve", "fresh") == (0.5, 1.0)
+    # copy: e1's context names Alien only, a mentioned target; nothing fresh is ever hit
+    assert means("copy", "all") == (0.25, 0.25)
+    assert means("copy", "full") == pytest.approx((1 / 3, 1 / 3))
+    assert means("copy", "novel") == means("copy", "fresh") == (0.0, 0.0)
+    counts = {"all": (3, 4, 2, 1), "novel": (3, 3, 2, 1), "full": (2, 3, 1, 0), "fresh": (2, 2, 1, 0)}
     for method in dev:
-        for protocol, n_targets in (("all", 4), ("novel", 3)):
+        for protocol, expected in counts.items():
             m = dev[method][protocol]
-            assert (m["n_examples"], m["n_targets"], m["n_dialogues"], m["missing_targets"]) == (3, n_targets, 2, 1)
+            assert (m["n_examples"], m["n_targets"], m["n_dialogues"], m["missing_targets"]) == expected
             for k in ("recall@1", "recall@2"):
                 assert 0.0 <= m[k]["ci_low"] <= m[k]["mean"] <= m[k]["ci_high"] <= 1.0
     details = metrics["details"]["dev"]
@@ -166,7 +175,7 @@ def test_evaluate_stage_exact_recall_files_and_manifest(run_setup: tuple[Pipelin
     assert details["oracle"]["empty_queries"] == 0 and details["retrieve"]["unranked_examples"] == 0
 
     rows = read_jsonl(out / "per_example.jsonl")
-    assert len(rows) == 6 * 3
+    assert len(rows) == 7 * 3
     row = next(r for r in rows if r["method"] == "retrieve" and r["example_id"] == "e1")
     assert row["targets"] == [
         {"item_id": "13", "mentioned": False, "in_catalog": True, "rank": 1},
@@ -175,11 +184,12 @@ def test_evaluate_stage_exact_recall_files_and_manifest(run_setup: tuple[Pipelin
     report = (out / "report.md").read_text()
     assert "## dev, protocol all (3 examples, 4 targets" in report
     assert "## dev, protocol novel (3 examples, 3 targets" in report
+    assert "## dev, protocol fresh (2 examples, 2 targets" in report
     assert "| retrieve | 0.250 | 0.500 |" in report
     assert "dev / bm25: 1 empty queries" in report
 
     manifest = run_dir.manifest("evaluate")
-    assert manifest["outputs"]["per_example.jsonl"] == {"rows": 18}
+    assert manifest["outputs"]["per_example.jsonl"] == {"rows": 21}
     assert manifest["primary_metric"] == "recall@2"
     assert {"data/dev", "data/train_dialogues", "catalog", "index", "retrieve/dev"} == set(manifest["inputs"])
 
@@ -190,12 +200,12 @@ def test_evaluate_without_retrieve_or_index(tmp_path: Path) -> None:
     _write_stage(run_dir, "catalog", {"items.jsonl": ITEMS})
     cfg = PipelineConfig(
         run=RunConfig(show_progress=False),
-        evaluate=EvaluateConfig(cutoffs=[1, 50], baselines=["popularity"], bootstrap=10),
+        evaluate=EvaluateConfig(cutoffs=[1, 50], baselines=["popularity", "copy"], bootstrap=10),
     )
     evaluate_stage.run(cfg, run_dir)
     metrics = json.loads((run_dir.stage_dir("evaluate") / "metrics.json").read_text())
     assert metrics["primary_metric"] == "recall@50"
-    assert list(metrics["splits"]["dev"]) == ["popularity"]
+    assert list(metrics["splits"]["dev"]) == ["popularity", "copy"]  # copy: always
     assert metrics["splits"]["dev"]["popularity"]["all"]["recall@50"]["mean"] == 0.75  # all but the missing one
 
 
@@ -248,3 +258,53 @@ def test_unmentioned_picks_skip_what_the_dialogue_named(tmp_path: Path) -> None:
     plain = [{**r, "ranking": [], "llm_scores": []} for r in rows]
     assert set(pick_outcomes(examples, plain, tmp_path)) == {"retriever_top1", "item_expert",
                                                             "retriever_top1_unmentioned"}
+
+
+def test_unmentioned_picks_skip_every_film_of_a_named_title(tmp_path: Path) -> None:
+    """A user who rejected Titanic (1997) is not served Titanic (2012): as served skips the whole title."""
+    from reges.eval.evaluate import pick_outcomes
+    from reges.linking import TitleSpotter
+
+    items = [Item("t97", "Titanic (1997)", "x", 1997), Item("t12", "Titanic (2012)", "x", 2012),
+             Item("nb", "The Notebook (2004)", "x", 2004)]
+    examples = [RecExample("x1", "d1", [Turn("user", "Titanic (1997)? too long", ["t97"])], ["nb"], [False])]
+    rows = [{"example_id": "x1", "item_id": "t12", "in_candidates": True, "in_catalog": True,
+             "candidate_ids": ["t97", "t12", "nb"]}]
+    spotter = TitleSpotter(items)
+    picked = pick_outcomes(examples, rows, tmp_path, spotter.same_title_ids)["retriever_top1_unmentioned"]
+    assert [o.item_id for o in picked] == ["nb"]
+    assert [o.item_id for o in pick_outcomes(examples, rows, tmp_path)["retriever_top1_unmentioned"]] == ["t12"]
+
+
+def test_copy_ranking_reverses_the_mentions() -> None:
+    from reges.eval.baselines import copy_ranking
+
+    context = [Turn("user", "A or B", ["a", "b"]), Turn("assistant", "C? or A", ["c", "a"]), Turn("user", "no")]
+    hits = copy_ranking(context, frozenset({"a", "b", "c"}))
+    assert [h.item_id for h in hits] == ["a", "c", "b"]  # a was named last
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert copy_ranking(context, frozenset({"b"})) == [Hit("b", 1.0)]  # only catalog items
+    assert copy_ranking([], frozenset({"a"})) == []
+
+
+def test_evaluate_resolves_folded_ids_through_the_catalog(tmp_path: Path) -> None:
+    """A cleaned catalog folds "13b" into "13": targets and mentions named by "13b" count as item 13."""
+    items = [dataclasses.replace(it, meta={**it.meta, "alias_ids": ["13b"]}) if it.item_id == "13" else it
+             for it in ITEMS]
+    examples = [
+        # Jaws named under its folded id, then recommended under the kept one: a repeat, not a novel target
+        RecExample("f1", "d1", [Turn("user", "I saw Jaws", ["13b"])], ["13"], [False]),
+        # two ids of one film in one turn: one target
+        RecExample("f2", "d2", [Turn("user", "a shark please")], ["13b", "13"], [False, False]),
+    ]
+    run_dir = RunDir(tmp_path / "run")
+    _write_stage(run_dir, "data", {"dev.jsonl": examples, "train_dialogues.jsonl": TRAIN})
+    _write_stage(run_dir, "catalog", {"items.jsonl": items})
+    cfg = PipelineConfig(run=RunConfig(show_progress=False),
+                         evaluate=EvaluateConfig(cutoffs=[1], baselines=["popularity", "copy"], bootstrap=0))
+    evaluate_stage.run(cfg, run_dir)
+    metrics = json.loads((run_dir.stage_dir("evaluate") / "metrics.json").read_text())
+    copy = metrics["splits"]["dev"]["copy"]
+    assert (copy["all"]["n_targets"], copy["all"]["missing_targets"], copy["novel"]["n_targets"]) == (2, 0, 1)
+    assert copy["all"]["recall@1"]["mean"] == 0.5  # f1: copying "I saw Jaws" hits item 13
+    assert metrics["catalog_aliases"] == 1 and metrics["aliased_targets"] == {"dev": 1}

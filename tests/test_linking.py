@@ -42,3 +42,30 @@ def test_a_year_picks_among_remakes_else_the_most_mentioned() -> None:
     counts = {"i12": 50.0, "i11": 3.0}
     assert _titles(TitleSpotter(ITEMS, counts), "scary like It") == ["It (2017)"]
     assert _titles(TitleSpotter(ITEMS), "scary like It") == ["It (1990)"]  # no counts: a stable order by id
+
+
+def test_a_common_word_starting_a_sentence_is_not_a_title() -> None:
+    items = _items("They (2002)", "Frozen (2013)")
+    spotter = TitleSpotter(items)
+    by_id = {i.item_id: i.title for i in items}
+    # "They" opens the second sentence: just a word (the shipped recommender linked They (2002) here)
+    text = "Something for my kids, they are 6 and 8. They loved Frozen."
+    assert [by_id[i] for i in spotter.spot(text)] == ["Frozen (2013)"]
+    assert [by_id[i] for i in spotter.spot("Have you seen They? It is creepy")] == ["They (2002)"]
+
+
+def test_folded_ids_count_for_their_item() -> None:
+    """Raw dataset counts name folded ids too; they add up for the item that kept them."""
+    items = [Item("82894", "Frozen (2013)", "x", 2013, {"alias_ids": ["107018"]}),
+             Item("123210", "Frozen (2010)", "x", 2010, {"alias_ids": ["151348"]})]
+    counts = {"82894": 10.0, "107018": 9.0, "123210": 15.0, "151348": 1.0}
+    assert TitleSpotter(items, counts).spot("We loved Frozen") == ["82894"]  # 19 against 16
+
+
+def test_same_title_ids_cover_every_film_of_a_title() -> None:
+    spotter = TitleSpotter(ITEMS)
+    by_title = {i.title: i.item_id for i in ITEMS}
+    assert spotter.same_title_ids({by_title["Dune (1984)"]}) == {by_title["Dune (1984)"], by_title["Dune (2021)"]}
+    assert spotter.same_title_ids({by_title["Up (2009)"], "not-in-catalog"}) == {by_title["Up (2009)"],
+                                                                                  "not-in-catalog"}
+    assert spotter.same_title_ids(set()) == set()

@@ -99,3 +99,18 @@ def test_bootstrap_is_seeded_and_brackets_the_mean() -> None:
     assert bootstrap_recall_ci([], [1], resamples=100, seed=0) == {1: (0.0, 0.0)}
     with pytest.raises(ConfigError, match="bootstrap must be >= 0"):
         bootstrap_recall_ci(pairs, [1], resamples=-1, seed=0)
+
+
+def test_full_and_fresh_drop_examples_without_context() -> None:
+    """Kostric & Balog's sets: "full" = "all" minus context-less examples, "fresh" = "novel" minus them."""
+    pairs = [
+        *target_ranks("e1", "d1", ["a", "b"], [True, False], ["a", "b"], frozenset("ab")),
+        *target_ranks("e2", "d2", ["c"], [False], ["c"], frozenset("c"), has_context=False),
+        *target_ranks("e3", "d3", ["a"], [True], [], frozenset("a")),
+    ]
+    assert [p.item_id for p in select_protocol(pairs, "full")] == ["a", "b", "a"]
+    assert [(p.example_id, p.item_id) for p in select_protocol(pairs, "fresh")] == [("e1", "b")]
+    fresh = summarize(pairs, "fresh", [1, 2], resamples=0, seed=0)
+    # e3 has no fresh target, so it is dropped like an example the dedup set never builds
+    assert (fresh["n_examples"], fresh["n_targets"], fresh["recall@2"]["mean"]) == (1, 1, 1.0)
+    assert summarize(pairs, "full", [1], resamples=0, seed=0)["recall@1"]["mean"] == pytest.approx(1 / 3)

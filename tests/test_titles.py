@@ -7,6 +7,7 @@ import pytest
 from reges.errors import CatalogError
 from reges.titles import (
     TitleMatcher,
+    compact_key,
     format_title,
     match_one_to_one,
     normalize_title,
@@ -16,6 +17,7 @@ from reges.titles import (
     title_from_slug,
     title_id,
     title_key,
+    title_numbers,
     title_slug,
 )
 
@@ -373,3 +375,9 @@ def test_title_key_roman_v() -> None:
     assert title_key("V/H/S") == "v h s"
     assert title_key("V") == "v"
     assert title_key("Harry Potter Part V") == "harry potter part 5"
+
+
+def test_title_numbers_and_compact_key() -> None:
+    assert title_numbers(title_key("Home Alone 2: Lost in New York")) == ["2"]
+    assert title_numbers(title_key("Rocky IV")) == ["4"] and title_numbers(title_key("Rocky")) == []
+    assert compact_key(title_key("Slap Shot")) == compact_key(title_key("Slapshot")) == "slapshot"

@@ -13,32 +13,44 @@ Three input formats (`catalog.format`):
 `catalog.extra_items_files` (custom format) are appended to any of them, e.g. to add titles a test split
 mentions. Titles are normalised and matched only through `reges.titles`.
 
-Outputs: `catalog/items.jsonl` (sorted by item_id), `catalog/stats.json`, `catalog/manifest.json`.
+Cleaning (redial and inspired; `catalog.clean`): duplicate entries of one film are folded into one item, whose
+`meta["alias_ids"]` keeps the other dataset ids, and a card that belongs to another film is dropped; see the
+"Cleaning" section below and docs/results/catalog_cleaning.md. It reads the data stage's train dialogues (train
+mention counts), so `reges data` must run first. Stages that read dataset ids map them with `alias_map`.
+
+Outputs: `catalog/items.jsonl` (sorted by item_id), `catalog/stats.json`, `catalog/cleaning.jsonl` (when cleaned:
+one row per contested card and per folded group), `catalog/manifest.json`.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
-import json
+import io
 import logging
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rapidfuzz import fuzz
+
 from reges.config import CatalogConfig, PipelineConfig
 from reges.errors import CatalogError, DataError
-from reges.io import RunDir, now_iso, read_json, read_jsonl, write_json, write_jsonl
-from reges.records import Dialogue, Item, RecExample
+from reges.io import RunDir, iter_jsonl, now_iso, read_json, read_jsonl, read_text, write_json, write_jsonl
+from reges.records import Dialogue, Item, RecExample, Turn, mentioned_item_ids
 from reges.titles import (
     TitleMatcher,
+    compact_key,
     format_title,
     match_one_to_one,
     normalize_title,
     split_year,
     title_from_slug,
     title_id,
+    title_key,
+    title_numbers,
     title_slug,
 )
 
@@ -159,7 +171,7 @@ def read_movie_names(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"file not found: {path}; set catalog.names_file to ReDial's movies_with_mentions.csv")
     names: dict[str, str] = {}
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"movieId", "movieName"} <= set(reader.fieldnames):
             raise DataError(f"{path}: expected columns movieId,movieName, got {reader.fieldnames}")
@@ -279,21 +291,31 @@ def _numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
     """JSONL rows with their line numbers, so record errors can name file:line (read_jsonl gives rows only)."""
     if not path.is_file():
         raise DataError(f"file not found: {path}; check catalog.items_file / catalog.extra_items_files")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
-    return rows
+    return [(int(where.rsplit(":", 1)[1]), row) for where, row in iter_jsonl(path)]
 
 
 def read_items(path: str | Path) -> list[Item]:
-    """Read a catalog `items.jsonl` written by this stage."""
+    """Read a catalog `items.jsonl` written by this stage, as it is (`read_catalog` also checks it)."""
     return [Item.from_dict(d) for d in read_jsonl(path)]
+
+
+def read_catalog(path: str | Path) -> list[Item]:
+    """Read `catalog/items.jsonl` for indexing and serving, refusing an empty catalog, duplicate ids and empty cards.
+
+    Raises:
+        CatalogError: no items, a duplicated item_id, or an item whose text card is empty.
+    """
+    items = read_items(path)
+    if not items:
+        raise CatalogError(f"{path} holds no items; run `reges catalog` on a non-empty item source")
+    seen: set[str] = set()
+    for item in items:
+        if item.item_id in seen:
+            raise CatalogError(f"{path}: item_id {item.item_id!r} appears twice; item ids must be unique")
+        if not item.text.strip():
+            raise CatalogError(f"{path}: item {item.item_id!r} has an empty text card; every item needs one")
+        seen.add(item.item_id)
+    return items
 
 
 def load_catalog(run_dir: RunDir) -> list[Item]:
@@ -462,6 +484,487 @@ def catalog_stats(items: list[Item]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Cleaning: one item per film, and every card on the film it describes
+#
+# ReDial's movie list was built by crowd workers: one film can have several ids ("Frozen" and "Frozen (2013)", two
+# "Frozen (2010)"), and id2info.json, looked up per id, sometimes gives an id another film's card ("It (1990)"
+# carries Goodfellas' director, stars, genres and plot; "It (2004)" Mean Girls'). Duplicates split the co-mention
+# counts of one film between ids and let a film the user named come back under its other id; a foreign card makes
+# the retriever and the Item Expert describe the wrong film. `clean_catalog` fixes both, in this order:
+#
+# 1. Foreign cards. A card is identified by its `imdb_id` (every id2info card has one; kg-only cards: the director
+#    and star set). Items sharing a card are grouped into "readings": one film by title (`_same_title`: the same
+#    compact key, or two names of one film) and year (within NEAR_YEARS).
+#    Year-less items join no reading. With two or more readings, the card describes at most one of them; its owner
+#    is decided by the first of these that separates the readings:
+#    a. careers: for each person of the card (directors, stars) with other dated films in the catalog (other cards),
+#       the years from the reading's year to their nearest one (capped at CAREER_CAP); a reading whose mean over the
+#       people is CAREER_MARGIN years or more above the best reading's is out. This separates remakes (a 2010 cast
+#       on a 1984 title, a 1931 cast on a 2004 one).
+#    b. distinct titles: among the readings left, the one whose title occurs (as whole words) in fewest other
+#       catalog titles, its own numbered sequels aside. A search for a generic title ("It", "Spider", "The Jungle")
+#       returns some popular film; a distinctive title ("Goodfellas", "The Jungle Book") is not mislinked.
+#    c. mentions: among the readings left, the one mentioned most in the training dialogues (ReDial workers who
+#       picked the wrong year of a film mostly meant the card's film, so its mentions follow the card).
+#    Every other reading loses the card (its `CARD_META` keys), and so does every reading when nothing decides. A
+#    year-less item whose title is a numbered sequel or original of the owner's ("Home Alone 4" with the card of
+#    "Home Alone (1990)") loses it too. The item keeps its title; its text card is rebuilt from what is left, and
+#    `meta["card_dropped"]` says whose card it was.
+# 2. Folding. Items with the same compact title key are one film when their years are within NEAR_YEARS (or one has
+#    none) and their cards agree (the same card, or a shared director or star); an item without a card folds only
+#    into an item of the same year, or, without a year, into the only film of that title. Items of one card under
+#    two names of one film (`_same_title`) fold too, when their years are near, or one has none and the card has
+#    no other dated film ("Anchorman" into "Anchorman: The Legend of Ron Burgundy (2004)"). Each group keeps one item
+#    (a card first, then a year, then the most train mentions, then the smallest id); the other ids are listed in
+#    its `meta["alias_ids"]`, so every dataset id still resolves (`alias_map`, `canonical_example`), and card
+#    attributes it lacks are taken from the others (its text card rebuilt).
+#
+# Films that merely share a title (remakes, "The Notebook (2004)" and "(2013)") stay apart: linking picks the most
+# mentioned one for a typed title (`reges.linking`), and the recommender excludes every film of a named title.
+
+# Whether `reges catalog` cleans the redial and inspired catalogs (custom catalogs are the user's own and never
+# are). To become `catalog.clean` in CatalogConfig; until then this module-level default applies.
+# The meta keys a metadata source fills for one film (its "card"); dropped together when the card is another film's.
+CARD_META: tuple[str, ...] = ("genre", "director", "star", "writer", "plot", "imdb_id")
+# Release years of one film differ by at most this much across sources (festival vs release, dataset noise).
+NEAR_YEARS = 1
+# Two spellings of one title (same year): "Killer Klowns" / "Killer Clowns", "Logan Lucky" / "Lucky Logan".
+ALIAS_TITLE_SCORE = 90.0
+# Careers: a reading whose year is, on average over the card's people, this many years further from their other films
+# than the best reading's is not the card's film (a 2010 remake's cast on a 1984 title). Distances are capped.
+CAREER_MARGIN = 5.0
+CAREER_CAP = 20
+# Words that do not make two titles share content ("Revenge of the Bridesmaids" vs "Return of the Living Dead").
+_FUNCTION_WORDS = frozenset({"the", "a", "an", "of", "and", "in", "on", "to", "for", "at", "by", "with", "from"})
+
+
+def card_fingerprint(meta: dict[str, Any]) -> str | None:
+    """What identifies a film's card: its imdb_id, else its director and star set (2+ stars); None without one."""
+    imdb_id = str(meta.get("imdb_id") or "").strip()
+    if imdb_id:
+        return f"imdb:{imdb_id}"
+    directors = sorted(str(d) for d in meta.get("director") or [])
+    stars = sorted(str(s) for s in meta.get("star") or [])
+    if directors and len(stars) >= 2:
+        return "people:" + "|".join(directors) + "/" + "|".join(stars)
+    return None
+
+
+def _people(meta: dict[str, Any]) -> set[str]:
+    return {str(p) for name in ("director", "star") for p in meta.get(name) or []}
+
+
+def _has_card(meta: dict[str, Any]) -> bool:
+    return any(meta.get(name) for name in CARD_META)
+
+
+def _key(item: Item) -> str:
+    """The matching key of an item's title, without its year ("the notebook (2004)" -> "notebook")."""
+    return title_key(split_year(item.title)[0])
+
+
+def alias_map(items: Iterable[Item]) -> dict[str, str]:
+    """Folded dataset id -> the id of the item it was folded into (empty for an uncleaned catalog).
+
+    Every stage that reads item ids from dialogues or examples (targets, mentions, co-mention counts) maps them
+    through this, so that one film counts under one id.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        for alias in item.meta.get("alias_ids") or []:
+            out[str(alias)] = item.item_id
+    return out
+
+
+def canonical_ids(item_ids: Iterable[str], aliases: Mapping[str, str]) -> list[str]:
+    """`item_ids` with folded ids replaced by their item's id, in order of first occurrence, without repeats."""
+    return list(dict.fromkeys(aliases.get(i, i) for i in item_ids))
+
+
+def canonical_dialogue(dialogue: Dialogue, aliases: Mapping[str, str]) -> Dialogue:
+    """The dialogue with every turn's item ids mapped through `aliases` (`alias_map`)."""
+    if not aliases:
+        return dialogue
+    turns = [Turn(t.role, t.content, canonical_ids(t.item_ids, aliases)) for t in dialogue.turns]
+    return Dialogue(dialogue.dialogue_id, turns)
+
+
+def canonical_example(example: RecExample, aliases: Mapping[str, str]) -> RecExample:
+    """The example with its context and targets mapped through `aliases`, and `target_mentioned` recomputed.
+
+    Two targets that are one film become one target (its first title kept). A target is "mentioned" when the
+    mapped context mentions it, so a film named under one id and recommended under another is not novel, as the
+    data stage decides for one id (`reges.data.examples.build_examples`).
+    """
+    if not aliases:
+        return example
+    context = [Turn(t.role, t.content, canonical_ids(t.item_ids, aliases)) for t in example.context]
+    named = mentioned_item_ids(context)
+    targets: list[str] = []
+    titles: list[str] = []
+    for n, target in enumerate(example.target_item_ids):
+        target = aliases.get(target, target)
+        if target in targets:
+            continue
+        targets.append(target)
+        if example.target_titles:
+            titles.append(example.target_titles[n])
+    return RecExample(
+        example_id=example.example_id,
+        dialogue_id=example.dialogue_id,
+        context=context,
+        target_item_ids=targets,
+        target_mentioned=[t in named for t in targets],
+        target_titles=titles,
+        response=example.response,
+    )
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+    def groups(self) -> list[list[int]]:
+        out: dict[int, list[int]] = {}
+        for i in range(len(self.parent)):
+            out.setdefault(self.find(i), []).append(i)
+        return list(out.values())
+
+
+def _same_title(a: Item, b: Item) -> bool:
+    """Two names of one film, for items that share a card: the same compact key, or, with the same numbers, close
+    keys ("Killer Klowns" / "Killer Clowns") or a shortened title, all of whose content words are in the other's
+    ("Ace Ventura (1994)" / "Ace Ventura: Pet Detective (1994)", "Logan Lucky" / "Lucky Logan"). A year-less title
+    must be the shortened one: "Anchorman" is "Anchorman: The Legend of Ron Burgundy (2004)", "Justice League: Doom"
+    is not "Justice League (2017)"."""
+    key_a, key_b = _key(a), _key(b)
+    if compact_key(key_a) == compact_key(key_b):
+        return True
+    if title_numbers(key_a) != title_numbers(key_b):
+        return False
+    words_a, words_b = _content_words(key_a), _content_words(key_b)
+    # the shortened title's words are all in the other title, and the other title has a year
+    a_short, b_short = words_a <= words_b and b.year is not None, words_b <= words_a and a.year is not None
+    if words_a and words_b and (a_short or b_short):
+        return True
+    return fuzz.ratio(key_a, key_b) >= ALIAS_TITLE_SCORE
+
+
+def _readings(dated: list[Item]) -> list[list[Item]]:
+    """Dated items sharing a card, grouped by title and year (see the section comment)."""
+    uf = _UnionFind(len(dated))
+    for i, a in enumerate(dated):
+        for j in range(i + 1, len(dated)):
+            b = dated[j]
+            assert a.year is not None and b.year is not None
+            if abs(a.year - b.year) <= NEAR_YEARS and _same_title(a, b):
+                uf.union(i, j)
+    return sorted(([dated[i] for i in g] for g in uf.groups()), key=lambda r: min(it.item_id for it in r))
+
+
+@dataclass
+class _Catalog:
+    """What deciding a card's owner looks at, computed once per catalog."""
+
+    careers: dict[str, list[tuple[str, int]]]  # person -> (card fingerprint, year) of their dated films
+    keys: list[tuple[str, str]]  # (item id, title key) of every item, for whole-word containment
+    mention_counts: Mapping[str, float]
+
+
+def _career_distances(
+    fingerprint: str, card: dict[str, Any], readings: list[list[Item]], cat: _Catalog
+) -> list[float]:
+    """Per reading, the mean over the card's people of the years to their nearest other film (capped); [] if none."""
+    spans = []
+    for person in sorted(_people(card)):
+        years = [year for fp, year in cat.careers.get(person, []) if fp != fingerprint]
+        if years:
+            spans.append(years)
+    if not spans:
+        return []
+    out = []
+    for reading in readings:
+        year = reading[0].year
+        assert year is not None
+        out.append(sum(min(CAREER_CAP, min(abs(year - y) for y in years)) for years in spans) / len(spans))
+    return out
+
+
+def _card_owner(
+    fingerprint: str, group: list[Item], readings: list[list[Item]], cat: _Catalog
+) -> tuple[int | None, str]:
+    """Index of the reading a shared card belongs to, and the rule that decided it ("undecided": None)."""
+    alive = list(range(len(readings)))
+    distances = _career_distances(fingerprint, group[0].meta, readings, cat)
+    if distances:
+        best = min(distances)
+        alive = [n for n in alive if distances[n] < best + CAREER_MARGIN]
+        if len(alive) == 1:
+            return alive[0], "careers"
+    group_ids = {it.item_id for it in group}
+    containing = {}
+    for n in alive:
+        key = _key(readings[n][0])
+        containing[n] = sum(
+            1 for item_id, other in cat.keys
+            if item_id not in group_ids and f" {key} " in f" {other} " and not _sequel_pair(key, other)
+        )
+    ranked = sorted(alive, key=lambda n: containing[n])
+    if containing[ranked[0]] < containing[ranked[1]]:
+        return ranked[0], "distinct_title"
+    mentions = {n: sum(cat.mention_counts.get(it.item_id, 0.0) for it in readings[n]) for n in alive}
+    ranked = sorted(alive, key=lambda n: -mentions[n])
+    if mentions[ranked[0]] > mentions[ranked[1]]:
+        return ranked[0], "mentions"
+    return None, "undecided"
+
+
+def _sequel_pair(key_a: str, key_b: str) -> bool:
+    """One title is the other with a (different) number: "home alone 4" and "home alone", "rocky 2" and "rocky 3"."""
+    words_a = [t for t in key_a.split() if not t.isdigit()]
+    words_b = [t for t in key_b.split() if not t.isdigit()]
+    return words_a == words_b and title_numbers(key_a) != title_numbers(key_b)
+
+
+def foreign_cards(
+    items: list[Item], mention_counts: Mapping[str, float]
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Find the items whose card describes another film (rule 1 of the section comment).
+
+    Args:
+        items: The catalog.
+        mention_counts: item id -> mentions in the training dialogues (the last tie-break).
+
+    Returns:
+        (item id -> reason, one record per card shared by two or more readings: the card, the readings, the owner
+        and the rule that chose it, for `catalog/cleaning.jsonl`).
+    """
+    by_card: dict[str, list[Item]] = {}
+    careers: dict[str, list[tuple[str, int]]] = {}
+    for item in items:
+        fingerprint = card_fingerprint(item.meta)
+        if fingerprint is None:
+            continue
+        by_card.setdefault(fingerprint, []).append(item)
+        if item.year is not None:
+            for person in _people(item.meta):
+                careers.setdefault(person, []).append((fingerprint, item.year))
+    cat = _Catalog(careers, [(it.item_id, _key(it)) for it in items], mention_counts)
+    dropped: dict[str, str] = {}
+    records: list[dict[str, Any]] = []
+    for fingerprint in sorted(by_card):
+        group = sorted(by_card[fingerprint], key=lambda it: it.item_id)
+        if len(group) < 2:
+            continue
+        readings = _readings([it for it in group if it.year is not None])
+        owner: int | None = 0 if len(readings) == 1 else None
+        if len(readings) >= 2:
+            owner, rule = _card_owner(fingerprint, group, readings, cat)
+            owner_title = readings[owner][0].title if owner is not None else None
+            for n, reading in enumerate(readings):
+                if n != owner:
+                    reason = (
+                        f"{fingerprint} is the card of {owner_title}" if owner_title is not None
+                        else f"{fingerprint} is shared by {len(readings)} films and none could be told to own it"
+                    )
+                    dropped.update((it.item_id, reason) for it in reading)
+            records.append({
+                "card": fingerprint,
+                "rule": rule,
+                "owner": [it.item_id for it in readings[owner]] if owner is not None else [],
+                "readings": [[f"{it.item_id} {it.title}" for it in reading] for reading in readings],
+            })
+        if owner is not None:
+            owner_key = _key(readings[owner][0])
+            for item in group:
+                if item.year is None and _sequel_pair(_key(item), owner_key):
+                    dropped[item.item_id] = f"{fingerprint} is the card of {readings[owner][0].title}"
+    return dropped, records
+
+
+def drop_card(item: Item, reason: str, cfg: CatalogConfig) -> Item:
+    """The item without its card's attributes (`CARD_META`), its text rebuilt, and `meta["card_dropped"]` set."""
+    meta = {k: v for k, v in item.meta.items() if k not in CARD_META}
+    meta["card_dropped"] = reason
+    return Item(item.item_id, item.title, build_card(item.title, meta, cfg.card_fields, cfg.max_card_chars),
+                item.year, meta)
+
+
+def _cards_agree(a: Item, b: Item) -> bool:
+    """Both items have cards, and they are one card or share a director or a star."""
+    if not (_has_card(a.meta) and _has_card(b.meta)):
+        return False
+    fp_a, fp_b = card_fingerprint(a.meta), card_fingerprint(b.meta)
+    return (fp_a is not None and fp_a == fp_b) or bool(_people(a.meta) & _people(b.meta))
+
+
+def _content_words(key: str) -> set[str]:
+    return {t for t in key.split() if t not in _FUNCTION_WORDS and not t.isdigit()}
+
+
+def fold_groups(items: list[Item], mention_counts: Mapping[str, float]) -> list[list[Item]]:
+    """Groups of items that are one film (rule 2 of the section comment), the item to keep first; singletons too.
+
+    Args:
+        items: The catalog (foreign cards already dropped).
+        mention_counts: item id -> mentions in the training dialogues (which id to keep).
+    """
+    def preference(it: Item) -> tuple[bool, bool, float, str]:
+        return (not _has_card(it.meta), it.year is None, -mention_counts.get(it.item_id, 0.0), it.item_id)
+
+    by_key: dict[str, list[Item]] = {}
+    for item in items:
+        by_key.setdefault(compact_key(_key(item)), []).append(item)
+    groups: list[list[Item]] = []
+    for key in sorted(by_key):
+        members = sorted(by_key[key], key=preference)
+        dated: list[list[Item]] = []
+        for item in (it for it in members if it.year is not None):
+            for group in dated:
+                anchor = group[0]
+                assert item.year is not None and anchor.year is not None
+                near = all(m.year is not None and abs(m.year - item.year) <= NEAR_YEARS for m in group)
+                same = _cards_agree(item, anchor) or (
+                    not (_has_card(item.meta) and _has_card(anchor.meta)) and item.year == anchor.year
+                )
+                if near and same:
+                    group.append(item)
+                    break
+            else:
+                dated.append([item])
+        yearless: list[list[Item]] = []
+        for item in (it for it in members if it.year is None):
+            if _has_card(item.meta):
+                fingerprint = card_fingerprint(item.meta)
+                candidates = [g for g in dated if any(card_fingerprint(m.meta) == fingerprint for m in g)] or [
+                    g for g in dated if _cards_agree(item, g[0])
+                ]
+            else:
+                candidates = dated
+            if len(candidates) == 1:
+                candidates[0].append(item)
+                continue
+            for group in yearless:
+                if card_fingerprint(group[0].meta) == card_fingerprint(item.meta):
+                    group.append(item)
+                    break
+            else:
+                yearless.append([item])
+        groups.extend(dated)
+        groups.extend(yearless)
+    # Two names of one film under one card: "Anchorman" and "Anchorman: The Legend of Ron Burgundy (2004)", "Ace
+    # Ventura (1994)" and "Ace Ventura: Pet Detective (1994)". A year-less group joins only when the card has one
+    # dated group.
+    by_card: dict[str, list[int]] = {}
+    for n, group in enumerate(groups):
+        for fingerprint in {card_fingerprint(m.meta) for m in group} - {None}:
+            by_card.setdefault(str(fingerprint), []).append(n)
+    uf = _UnionFind(len(groups))
+    for fingerprint in sorted(by_card):
+        members = by_card[fingerprint]
+        dated = [n for n in members if groups[n][0].year is not None]
+        for i, n in enumerate(members):
+            for m in members[i + 1:]:
+                a, b = groups[n][0], groups[m][0]
+                if a.year is not None and b.year is not None:
+                    near = abs(a.year - b.year) <= NEAR_YEARS
+                else:
+                    near = (a.year is None) != (b.year is None) and len(dated) == 1
+                if near and _same_title(a, b):
+                    uf.union(n, m)
+    return [sorted((m for n in ns for m in groups[n]), key=preference) for ns in sorted(uf.groups())]
+
+
+def clean_catalog(
+    items: list[Item], mention_counts: Mapping[str, float], cfg: CatalogConfig
+) -> tuple[list[Item], dict[str, Any], list[dict[str, Any]]]:
+    """Drop foreign cards, then fold duplicates into one item each (see the section comment).
+
+    Args:
+        items: The assembled catalog (ids unique).
+        mention_counts: item id -> mentions in the training dialogues; {} when unknown.
+        cfg: Card fields and length, for the rebuilt cards.
+
+    Returns:
+        (items sorted by id, stats for stats.json, audit records for `catalog/cleaning.jsonl`: one per contested
+        card and one per folded group).
+
+    Example:
+        >>> cleaned, stats, _ = clean_catalog(items, {"82894": 220}, cfg.catalog)
+        >>> alias_map(cleaned)["107018"]  # "Frozen" (no year) with the card of Frozen (2013)
+        '82894'
+    """
+    dropped, card_records = foreign_cards(items, mention_counts)
+    items = [drop_card(it, dropped[it.item_id], cfg) if it.item_id in dropped else it for it in items]
+    out: list[Item] = []
+    fold_records: list[dict[str, Any]] = []
+    for group in fold_groups(items, mention_counts):
+        kept, folded = group[0], group[1:]
+        if folded:
+            meta = dict(kept.meta)
+            # One film: what its other entries know and the kept one lacks (a plot borrowed by a year-less mention)
+            # completes its card.
+            borrowed = [(k, m.meta[k]) for m in folded for k in CARD_META if m.meta.get(k) and not kept.meta.get(k)]
+            for key, value in borrowed:
+                meta.setdefault(key, value)
+            meta["alias_ids"] = sorted({*kept.meta.get("alias_ids", []), *(m.item_id for m in folded)})
+            text = build_card(kept.title, meta, cfg.card_fields, cfg.max_card_chars) if borrowed else kept.text
+            kept = Item(kept.item_id, kept.title, text, kept.year, meta)
+            fold_records.append({"kept": f"{kept.item_id} {kept.title}",
+                                 "folded": [f"{m.item_id} {m.title}" for m in folded]})
+        out.append(kept)
+    rules = Counter(r["rule"] for r in card_records)
+    stats = {
+        "items_before": len(items),
+        "items_after": len(out),
+        "folded_items": len(items) - len(out),
+        "fold_groups": len(fold_records),
+        "contested_cards": len(card_records),
+        "cards_dropped": len(dropped),
+        "card_owner_rules": dict(sorted(rules.items())),
+        "mention_counts": len(mention_counts),
+    }
+    audit = [{"kind": "card", **r} for r in card_records] + [{"kind": "fold", **r} for r in fold_records]
+    return sorted(out, key=lambda it: it.item_id), stats, audit
+
+
+def train_mention_counts(data_dir: Path) -> tuple[dict[str, float], list[Path]]:
+    """item id -> turns mentioning it in the train dialogues and the lossy file's (when the data stage wrote it).
+
+    Only train-side dialogues: tune, dev and test mentions never decide the catalog.
+
+    Returns:
+        (counts, the files read).
+
+    Raises:
+        DataError: the data stage has no `train_dialogues.jsonl`.
+    """
+    paths = [data_dir / "train_dialogues.jsonl"]
+    if not paths[0].is_file():
+        raise DataError(f"{paths[0]} is missing from a complete data stage; rerun `reges data` with "
+                        "run.overwrite=true")
+    if (data_dir / "lossy_dialogues.jsonl").is_file():
+        paths.append(data_dir / "lossy_dialogues.jsonl")
+    counts: Counter[str] = Counter()
+    for path in paths:
+        for row in read_jsonl(path):
+            for turn in Dialogue.from_dict(row).turns:
+                counts.update(set(turn.item_ids))
+    return {item_id: float(n) for item_id, n in counts.items()}, paths
+
+
+# ----------------------------------------------------------------------------------------------------------
 # INSPIRED: titles from the data stage
 
 
@@ -552,11 +1055,21 @@ def read_data_stage(data_dir: Path) -> DataStageOutput:
 # Stage
 
 
-def build_catalog(cfg: PipelineConfig, run_dir: RunDir) -> tuple[list[Item], dict[str, Any], dict[str, Path]]:
+def build_catalog(
+    cfg: PipelineConfig, run_dir: RunDir, clean: bool
+) -> tuple[list[Item], dict[str, Any], dict[str, Path], list[dict[str, Any]]]:
     """Read the inputs named in `cfg.catalog` and assemble the catalog (no writing).
 
+    Args:
+        cfg: The pipeline config (`catalog` section).
+        run_dir: The run; the data stage is read for INSPIRED titles and, when cleaning, for train mention counts.
+        clean: Clean redial and inspired catalogs (`clean_catalog`); custom catalogs are never cleaned.
+
     Returns:
-        (items sorted by item_id, stats, input paths to hash in the manifest).
+        (items sorted by item_id, stats, input paths to hash in the manifest, cleaning audit records).
+
+    Raises:
+        StageNotReadyError: cleaning (or format inspired) and the data stage is not complete.
     """
     c = cfg.catalog
     inputs: dict[str, Path] = {}
@@ -611,8 +1124,20 @@ def build_catalog(cfg: PipelineConfig, run_dir: RunDir) -> tuple[list[Item], dic
     items = sorted(check_unique(tagged), key=lambda i: i.item_id)
     if not items:
         raise CatalogError(f"the catalog is empty (format {c.format!r}); check catalog.items_file")
+    audit: list[dict[str, Any]] = []
+    stats["clean"] = clean and c.format != "custom"
+    if stats["clean"]:
+        # Which reading owns a contested card and which id a film keeps are decided with train mentions only.
+        counts, count_files = train_mention_counts(run_dir.require("data"))
+        inputs.update({f"data/{path.name}": path for path in count_files})
+        items, stats["cleaning"], audit = clean_catalog(items, counts, c)
+        logger.info(
+            "catalog cleaning: %d items folded into %d, %d cards dropped (%d contested cards)",
+            stats["cleaning"]["folded_items"], stats["cleaning"]["fold_groups"], stats["cleaning"]["cards_dropped"],
+            stats["cleaning"]["contested_cards"],
+        )
     stats.update(catalog_stats(items))
-    return items, stats, inputs
+    return items, stats, inputs, audit
 
 
 def check_mentioned_items(run_dir: RunDir, items: list[Item], cfg: PipelineConfig) -> None:
@@ -667,11 +1192,14 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     started = now_iso()
     if run_dir.is_complete("catalog") and not cfg.run.overwrite:
         run_dir.begin("catalog", overwrite=False)  # raises StageCompleteError with the fix
-    items, stats, inputs = build_catalog(cfg, run_dir)
+    items, stats, inputs, audit = build_catalog(cfg, run_dir, clean=cfg.catalog.clean)
     check_mentioned_items(run_dir, items, cfg)
     out = run_dir.begin("catalog", cfg.run.overwrite)
     n = write_jsonl(out / "items.jsonl", items)
     write_json(out / "stats.json", stats)
+    outputs = {"items.jsonl": n}
+    if stats["clean"]:
+        outputs["cleaning.jsonl"] = write_jsonl(out / "cleaning.jsonl", audit)
     logger.info(
         "catalog: %d items (%d with genre, %d with people, %d with plot)",
         stats["items"], stats["with_genre"], stats["with_people"], stats["with_plot"],
@@ -680,7 +1208,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         "catalog",
         config=cfg.catalog,
         inputs=inputs,
-        outputs={"items.jsonl": n},
+        outputs=outputs,
         seed=cfg.run.seed,
         started=started,
+        extra={"clean": stats["clean"]},
     )

@@ -8,16 +8,22 @@ the learned retriever has.
 How: every span of 1-8 words of the message is keyed with `reges.titles.title_key` (case, accents, articles,
 punctuation, roman numerals) and looked up among the catalog's title keys; the longest spans win and spans do not
 overlap. A year right after the span ("Dune (1984)", "Dune 2021") picks among films sharing a title; otherwise the
-most mentioned one in the training dialogues does. Titles that are one common word ("Up", "Her", "It") match only
-when capitalised in the message and not at its start, and a span that is only stopwords never matches: better to
-miss a mention than to invent one.
+one most mentioned in the training dialogues does, its folded duplicate ids counted with it (a cleaned catalog lists
+them in `meta["alias_ids"]`, see `reges.catalog.clean_catalog`): a typed "Frozen" is Frozen (2013), not the 2010
+thriller. Titles that are one common word ("Up", "Her", "It", "They") match only when capitalised in the message
+and not at the start of one of its sentences, and a span that is only stopwords never matches: better to miss a
+mention than to invent one.
+
+Films sharing a title: once a dialogue names a title, every catalog film of that title is taken as named
+(`TitleSpotter.same_title_ids`): a user who loved The Notebook (2004) must not be offered The Notebook (2013), and a
+user who rejected Titanic (1997) must not get Titanic (2012) back.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from reges.records import Item
 from reges.titles import split_year, title_key
@@ -57,18 +63,40 @@ class TitleSpotter:
         Args:
             items: The catalog.
             mention_counts: item id -> how often training dialogues mention it; breaks ties between films with one
-                title (remakes) when the message gives no year.
+                title (remakes) when the message gives no year. Counts of an item's folded ids
+                (`meta["alias_ids"]`) are added to its own, so raw dataset counts can be passed.
         """
-        counts = mention_counts or {}
+        counts = dict(mention_counts or {})
         by_key: dict[str, list[Item]] = defaultdict(list)
         for item in items:
             name, _ = split_year(item.title)
             key = title_key(name)
             if key:
                 by_key[key].append(item)
-        self._by_key = {k: sorted(v, key=lambda it: (-counts.get(it.item_id, 0.0), it.item_id)) for k, v in
-                        by_key.items()}
+
+        def mentions(item: Item) -> float:
+            return counts.get(item.item_id, 0.0) + sum(counts.get(str(a), 0.0) for a in item.meta.get("alias_ids", []))
+
+        self._by_key = {k: sorted(v, key=lambda it: (-mentions(it), it.item_id)) for k, v in by_key.items()}
+        self._key_of = {it.item_id: key for key, group in self._by_key.items() for it in group}
         self._max_words = min(MAX_SPAN_WORDS, max((len(k.split()) for k in self._by_key), default=1))
+
+    def same_title_ids(self, item_ids: Iterable[str]) -> set[str]:
+        """`item_ids` and every catalog item sharing a title with one of them (remakes, other films of that name).
+
+        What a recommender excludes once a dialogue names a film: the user means the title, not the id that linking
+        or the dataset picked. Ids absent from the catalog are kept as they are.
+
+        Example:
+            >>> spotter.same_title_ids({"185139"})  # The Notebook (2004)
+            {'185139', '97219'}
+        """
+        out = set(item_ids)
+        for item_id in list(out):
+            key = self._key_of.get(item_id)
+            if key is not None:
+                out.update(it.item_id for it in self._by_key[key])
+        return out
 
     def _resolve(self, key: str, year: int | None) -> str:
         candidates = self._by_key[key]
@@ -88,7 +116,9 @@ class TitleSpotter:
             for n in range(min(self._max_words, len(words) - i), 0, -1):
                 span = words[i : i + n]
                 key = title_key(" ".join(span))
-                if key not in self._by_key or not self._plausible(span, key, i):
+                # a sentence starts at the message's start and after ".", "!" or "?"
+                sentence_start = i == 0 or words[i - 1][-1:] in ".!?"
+                if key not in self._by_key or not self._plausible(span, key, sentence_start):
                     continue
                 year_match = _YEAR.match(words[i + n]) if i + n < len(words) else None
                 year = int(year_match.group(1)) if year_match else None
@@ -104,7 +134,7 @@ class TitleSpotter:
         return found
 
     @staticmethod
-    def _plausible(span: list[str], key: str, position: int) -> bool:
+    def _plausible(span: list[str], key: str, sentence_start: bool) -> bool:
         """Reject spans that are likely ordinary words, not a title."""
         content = [w for w in span if w.lower() not in _ARTICLES]
         tokens = [t for t in key.split() if t not in _ARTICLES]
@@ -113,6 +143,6 @@ class TitleSpotter:
         if len(tokens) >= 2 and not all(t in _COMMON for t in tokens):
             return True  # "toy story", "the dark knight": several words, not all common ones
         # One content word, or only common words ("Up", "Her", "The Others"): it must be written like a title, and
-        # at the start of the message a common word is just a capitalised word.
+        # at the start of a sentence a common word is just a capitalised word ("They loved Frozen.").
         capitalised = all(w[:1].isupper() or not w[:1].isalpha() for w in content)
-        return capitalised and (position > 0 or not all(t in _COMMON for t in tokens))
+        return capitalised and (not sentence_start or not all(t in _COMMON for t in tokens))

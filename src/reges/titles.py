@@ -239,6 +239,21 @@ def _numbers(key: str) -> list[str]:
     return [t for t in key.split() if t.isdigit()]
 
 
+def title_numbers(key: str) -> list[str]:
+    """The numbers of a matching key, in order: what tells a sequel from its original ("home alone 2" -> ["2"]).
+
+    Example:
+        >>> title_numbers(title_key("Rocky II")), title_numbers(title_key("Rocky"))
+        (['2'], [])
+    """
+    return _numbers(key)
+
+
+def compact_key(key: str) -> str:
+    """A matching key without spaces: "slap shot" and "slapshot", "spider man" and "spiderman" become one."""
+    return _compact(key)
+
+
 @dataclass(frozen=True)
 class TitleMatch:
     """How a title matched the catalog.

@@ -3,7 +3,14 @@
 For each split in `evaluate.splits`, every method ranks the FULL catalog for every example:
     retrieve     the run's own candidates, `retrieve/{split}.trec` (when the retrieve stage is complete)
     popularity, bm25, dense_full, dense_last2, oracle   the baselines in `evaluate.baselines` (see baselines.py)
-and is scored under both protocols ("all" and "novel", see metrics.py) at every cutoff in `evaluate.cutoffs`.
+    copy         Kostric & Balog's naive baseline, always (it needs no model)
+and is scored under four protocols at every cutoff in `evaluate.cutoffs`: ours, "all" and "novel", and Kostric &
+Balog's standardised ReDial sets, "full" and "fresh" (their "dedup"); see metrics.py.
+
+Item ids: a cleaned catalog folds duplicate dataset ids of one film into one item (`reges.catalog.clean_catalog`).
+Every example's targets and context mentions, and the train dialogues behind the popularity baseline, are mapped
+through the catalog's alias map first (`canonical_example`), so a target named by a folded id is that item, and
+whether a target was "mentioned earlier" is decided per film.
 
 Files written under `run_dir/evaluate/`:
     metrics.json       {"primary_metric": "recall@50", "splits": {split: {method: {protocol: {...}}}}, ...}
@@ -21,13 +28,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from reges.catalog import alias_map, canonical_dialogue, canonical_example, read_catalog
 from reges.config import PipelineConfig
 from reges.errors import ConfigError, DataError
-from reges.eval.baselines import BASELINES, BM25Ranker, oracle_query
+from reges.eval.baselines import BASELINES, BM25Ranker, copy_ranking, oracle_query
 from reges.eval.metrics import (
+    EVAL_PROTOCOLS,
     PROTOCOLS,
     PickOutcome,
     TargetRank,
@@ -38,8 +48,9 @@ from reges.eval.metrics import (
 )
 from reges.io import RunDir, atomic_open, now_iso, read_jsonl, read_trec, write_json, write_jsonl
 from reges.item_expert.generate import expert_choice
+from reges.linking import TitleSpotter
 from reges.records import Hit, Item, RecExample, mentioned_item_ids
-from reges.retrieval.index import ItemIndex, read_catalog
+from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import context_to_query
 from reges.retrieval.retrieve import (
     item_popularity,
@@ -56,6 +67,10 @@ PRIMARY_METRIC = "recall@50"
 RUN_METHOD = "retrieve"
 _DENSE_BASELINES = ("dense_full", "dense_last2", "oracle")
 
+# "As served" picks skip every film whose title the dialogue named, not only the named ids (a user who rejected
+# Titanic (1997) must not get Titanic (2012)); what `PipelineRecommender` must exclude too.
+EXCLUDE_SAME_TITLE = True
+
 METHOD_DESCRIPTIONS = {
     RUN_METHOD: "this run's retrieve stage (the TREC run files in retrieve/)",
     "popularity": "train mention counts, ties at random (seeded)",
@@ -63,6 +78,7 @@ METHOD_DESCRIPTIONS = {
     "dense_full": "frozen index encoder, query = full dialogue context",
     "dense_last2": "frozen index encoder, query = last two turns",
     "oracle": "frozen index encoder, query = the true item's attributes ({fields}; never the title), one per target",
+    "copy": "the items the context mentions, in reversed order of mention (Kostric & Balog's naive baseline)",
 }
 
 
@@ -73,9 +89,10 @@ def rankings_to_pairs(
     pairs: list[TargetRank] = []
     for ex in examples:
         ranked = [h.item_id for h in rankings.get(ex.example_id, [])]
-        pairs.extend(
-            target_ranks(ex.example_id, ex.dialogue_id, ex.target_item_ids, ex.target_mentioned, ranked, catalog_ids)
-        )
+        pairs.extend(target_ranks(
+            ex.example_id, ex.dialogue_id, ex.target_item_ids, ex.target_mentioned, ranked, catalog_ids,
+            bool(ex.context),
+        ))
     return pairs
 
 
@@ -87,7 +104,9 @@ def oracle_pairs(
     for ex in examples:
         for target, mentioned in zip(ex.target_item_ids, ex.target_mentioned, strict=True):
             ranked = [h.item_id for h in item_rankings.get(target, [])]
-            pairs.extend(target_ranks(ex.example_id, ex.dialogue_id, [target], [mentioned], ranked, catalog_ids))
+            pairs.extend(target_ranks(
+                ex.example_id, ex.dialogue_id, [target], [mentioned], ranked, catalog_ids, bool(ex.context)
+            ))
     return pairs
 
 
@@ -114,11 +133,12 @@ def render_report(metrics: dict[str, Any], run_name: str, catalog_size: int, det
         f"Recall@k over (example, target) pairs, full catalog of {catalog_size} items. Primary metric: {primary}. "
         f"95% CI: percentile bootstrap over dialogues ({metrics['bootstrap']} resamples, seed {metrics['seed']}). "
         "Targets missing from the catalog count as misses. Protocol *all*: every target; "
-        "*novel*: targets not mentioned earlier in the dialogue.",
+        "*novel*: targets not mentioned earlier in the dialogue; *full* and *fresh*: Kostric & Balog's standardised "
+        "sets, i.e. *all* and *novel* without the examples that have no context.",
         "",
     ]
     for split, methods in metrics["splits"].items():
-        for protocol in PROTOCOLS:
+        for protocol in metrics["protocols"]:
             first = next(iter(methods.values()))[protocol]
             lines += [
                 f"## {split}, protocol {protocol} ({first['n_examples']} examples, {first['n_targets']} targets, "
@@ -165,19 +185,26 @@ E2E_METHODS = {
     "retriever_top1": "the first of the candidates the Item Expert saw (the retriever's pick)",
     "item_expert": "the Item Expert's pick (generate/; rank mode: fused with the retriever's scores, fusion alpha)",
     "item_expert_alone": "rank mode: the candidate the Item Expert's log-likelihood alone ranks first (alpha 1)",
-    "retriever_top1_unmentioned": "as served: the retriever's first candidate not mentioned earlier in the dialogue "
-    "(the recommender never recommends an item the dialogue already named)",
+    "retriever_top1_unmentioned": "as served: the retriever's first candidate not mentioned earlier in the dialogue, "
+    "nor sharing a title with one that was (the recommender never recommends a film the dialogue already named)",
     "item_expert_unmentioned": "as served, rank mode: the first candidate of the fused ranking not mentioned earlier "
-    "(the recommender drops those before the Item Expert sees them, so its z-scores and prompt differ a little)",
+    "nor sharing a title with one that was (the recommender drops those before the Item Expert sees them, so its "
+    "z-scores and prompt differ a little)",
 }
 
 
-def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: Path) -> dict[str, list[PickOutcome]]:
+def pick_outcomes(
+    examples: list[RecExample],
+    rows: list[dict[str, Any]],
+    path: Path,
+    same_title: Callable[[set[str]], set[str]] | None = None,
+) -> dict[str, list[PickOutcome]]:
     """Outcomes of the Item Expert's picks and of the retriever's top-1 on the examples generate covered.
 
     Rank-mode rows also give "item_expert_alone": the expert's own first choice, before fusion. The "_unmentioned"
-    methods pick as the served recommender does, skipping items the dialogue already mentioned: protocol "all"
-    rewards repeating those, which a recommender users talk to must not do.
+    methods pick as the served recommender does, skipping items the dialogue already mentioned (and, given
+    `same_title`, every item sharing a title with one of them): protocol "all" rewards repeating those, which a
+    recommender users talk to must not do.
 
     Raises:
         DataError: A row names an example the split does not have, or has no candidates.
@@ -206,6 +233,8 @@ def pick_outcomes(examples: list[RecExample], rows: list[dict[str, Any]], path: 
             alone.append(PickOutcome(ex.example_id, ex.dialogue_id, best, True, True, targets, mentioned, candidates))
         # picked from the candidates by construction; None (every candidate already named) scores as a miss
         named = mentioned_item_ids(ex.context)
+        if same_title is not None:
+            named = same_title(named)
         first_new = next((c for c in candidates if c not in named), None)
         top1_new.append(PickOutcome(ex.example_id, ex.dialogue_id, first_new, True, True, targets, mentioned,
                                     candidates))
@@ -230,13 +259,14 @@ def end_to_end_metrics(
     catalog_ids: frozenset[str],
     resamples: int,
     seed: int,
+    same_title: Callable[[set[str]], set[str]] | None = None,
 ) -> dict[str, Any]:
     """End-to-end metrics of one split: see `summarize_picks`; rank mode adds Recall@k of the re-ranked list.
 
     Recall@k of the rank list and of the retriever's order are computed over the same candidate lists (the top_k the
     Item Expert saw), so their difference is what re-ranking changed; cutoffs above top_k are left out.
     """
-    outcomes = pick_outcomes(examples, rows, path)
+    outcomes = pick_outcomes(examples, rows, path, same_title)
     top_k = int(generate_manifest["top_k"])
     out: dict[str, Any] = {
         "mode": generate_manifest["mode"],
@@ -363,9 +393,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     items = read_catalog(items_path)
     catalog_ids = frozenset(it.item_id for it in items)
     by_id: dict[str, Item] = {it.item_id: it for it in items}
-    popularity = popularity_ranking(
-        item_popularity(read_dialogues(train_dialogues_path)), [it.item_id for it in items], cfg.run.seed
-    )
+    aliases = alias_map(items)
+    train_dialogues = [canonical_dialogue(d, aliases) for d in read_dialogues(train_dialogues_path)]
+    popularity = popularity_ranking(item_popularity(train_dialogues), [it.item_id for it in items], cfg.run.seed)
+    same_title = TitleSpotter(items).same_title_ids if EXCLUDE_SAME_TITLE else None
     index = encoder = None
     if index_dir is not None:
         index = ItemIndex.load(index_dir)
@@ -379,17 +410,21 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         # recall@50 when it is computed (the candidate-list size the pipeline uses), else the deepest cutoff
         "primary_metric": PRIMARY_METRIC if PRIMARY_METRIC in map(recall_key, cutoffs) else recall_key(depth),
         "cutoffs": cutoffs,
-        "protocols": list(PROTOCOLS),
+        "protocols": list(EVAL_PROTOCOLS),
         "bootstrap": ec.bootstrap,
         "seed": cfg.run.seed,
         "catalog_size": len(items),
+        "catalog_aliases": len(aliases),
         "oracle_fields": list(ec.oracle_fields),
         "splits": {},
     }
     details: dict[str, dict[str, dict[str, Any]]] = {}
     per_example: list[dict[str, Any]] = []
+    aliased_targets: dict[str, int] = {}
     for split, path in split_paths.items():
-        examples = read_examples(path)
+        raw_examples = read_examples(path)
+        examples = [canonical_example(ex, aliases) for ex in raw_examples]
+        aliased_targets[split] = sum(t in aliases for ex in raw_examples for t in ex.target_item_ids)
         example_ids = {ex.example_id for ex in examples}
         results: dict[str, list[TargetRank]] = {}
         details[split] = {}
@@ -439,6 +474,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
                 empty = sum(1 for q in queries.values() if not q.strip())
                 ranking = retrieve(queries, index, encoder, depth, rc.batch_size, popularity, cfg.run.show_progress)
                 pairs = oracle_pairs(examples, ranking, catalog_ids)
+            elif method == "copy":
+                pairs = rankings_to_pairs(
+                    examples, {ex.example_id: copy_ranking(ex.context, catalog_ids) for ex in examples}, catalog_ids
+                )
             else:
                 raise ConfigError(f"unknown method {method!r}; choose from {list(BASELINES)}")
             results[method] = pairs
@@ -447,7 +486,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
 
         metrics["splits"][split] = {
             method: {
-                protocol: summarize(pairs, protocol, cutoffs, ec.bootstrap, cfg.run.seed) for protocol in PROTOCOLS
+                protocol: summarize(pairs, protocol, cutoffs, ec.bootstrap, cfg.run.seed)
+                for protocol in EVAL_PROTOCOLS
             }
             for method, pairs in results.items()
         }
@@ -485,6 +525,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
                 m["novel"][primary]["mean"],
             )
     metrics["details"] = details
+    # (example, target) pairs whose dataset id was folded into another item's id by catalog cleaning
+    metrics["aliased_targets"] = aliased_targets
 
     generate_inputs: dict[str, Path] = {}
     if run_dir.is_complete("generate"):
@@ -496,8 +538,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
                 logger.info("generate/ has no %s split: no end-to-end metrics for it", split)
                 continue
             end_to_end[split] = end_to_end_metrics(
-                read_examples(path), read_jsonl(gen_path), gen_path, generate_manifest, catalog_ids, ec.bootstrap,
-                cfg.run.seed,
+                [canonical_example(ex, aliases) for ex in read_examples(path)], read_jsonl(gen_path), gen_path,
+                generate_manifest, catalog_ids, ec.bootstrap, cfg.run.seed, same_title,
             )
             generate_inputs[f"generate/{split}"] = gen_path
             m = end_to_end[split]["methods"]

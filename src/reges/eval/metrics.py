@@ -1,4 +1,8 @@
-"""Retrieval and end-to-end metrics, each defined once here, with its formula and evaluation protocol.
+"""Retrieval and end-to-end metrics, each defined once, with its formula and evaluation protocol.
+
+recall@k itself and the protocol names (`recall_at_k`, `hit_at_k`, `recall_key`, `PROTOCOLS`) are defined in
+`reges.retrieval.recall`, below this package, because the retrieval and distill stages score with them too; they
+are imported here, so `from reges.eval.metrics import recall_at_k` keeps working. Everything else is defined here.
 
 Unit of evaluation: the (example, target) pair
     A recommendation example (`RecExample`) has one or more target items: the items the assistant
@@ -11,7 +15,15 @@ Protocols
     "novel": only targets not mentioned earlier in the dialogue (`target_mentioned` False). About half
              of the recall reported on ReDial comes from repeating items already in the context, which a
              retriever can copy from the query; "novel" measures actual recommendation.
-    An example counts in a protocol's `n_examples` when it has at least one target under that protocol.
+    "full":  Kostric & Balog's standardised ReDial set (SIGIR 2026, iai-group/redial-reproducibility,
+             `recommender_all`): every target of the examples with a non-empty context (they build an instance only
+             when "there is previous conversation context").
+    "fresh": their "dedup" set (`--fresh-only`): the "full" examples' targets not mentioned earlier by either
+             party; an example left without such a target is dropped. It is "novel" without the examples that open
+             a dialogue (a recommender whose first turn names a film).
+    An example counts in a protocol's `n_examples` when it has at least one target under that protocol. The
+    retrieval and distill stages score "all" and "novel" only (`reges.retrieval.recall.PROTOCOLS`); the evaluate
+    stage reports all four (`EVAL_PROTOCOLS`).
 
 Targets absent from the catalog
     They cannot be retrieved, so they count as misses (never dropped: dropping them would inflate
@@ -34,9 +46,13 @@ from typing import Literal
 import numpy as np
 
 from reges.errors import ConfigError, DataError
+from reges.retrieval.recall import PROTOCOLS as PROTOCOLS  # re-exported: evaluate and the benchmarks use it
+from reges.retrieval.recall import EvalProtocol, hit_at_k, recall_at_k, recall_key
 
-EvalProtocol = Literal["all", "novel"]
-PROTOCOLS: tuple[EvalProtocol, ...] = ("all", "novel")
+# The evaluate stage's protocols: ours ("all", "novel") and Kostric & Balog's ("full", "fresh"); see the module
+# docstring. Recall only: the end-to-end picks are scored under PROTOCOLS.
+EvalSet = Literal["all", "novel", "full", "fresh"]
+EVAL_PROTOCOLS: tuple[EvalSet, ...] = ("all", "novel", "full", "fresh")
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,7 @@ class TargetRank:
         mentioned: Whether the target was already mentioned in the context (excluded by "novel").
         in_catalog: Whether the target exists in the catalog (False: always a miss).
         rank: 1-based rank of the target in the method's list; None when it is not in the list.
+        has_context: Whether the example has earlier turns (protocols "full" and "fresh" need them).
     """
 
     example_id: str
@@ -58,39 +75,7 @@ class TargetRank:
     mentioned: bool
     in_catalog: bool
     rank: int | None
-
-
-def recall_key(top_k: int) -> str:
-    """Metric name for a cutoff: "recall@10"."""
-    return f"recall@{top_k}"
-
-
-def hit_at_k(rank: int | None, top_k: int) -> bool:
-    """Whether a target ranked `rank` (1-based, None = not retrieved) is within the first `top_k`."""
-    return rank is not None and rank <= top_k
-
-
-def recall_at_k(ranks: Sequence[int | None], top_k: int) -> float:
-    """Recall@k over (example, target) pairs.
-
-    Formula:
-        recall@k = (1 / |P|) * sum over pairs (e, t) in P of [rank_e(t) <= k]
-    where P is the set of pairs under the protocol and rank_e(t) the 1-based rank of target t in the list
-    returned for example e (infinite when absent). Equivalently sum_e |T_e ∩ top_k(e)| / sum_e |T_e|: a
-    micro average over targets, so an example with more targets weighs more (the CRSLab/UniCRS convention).
-
-    Args:
-        ranks: One rank per pair (None = not retrieved, including targets absent from the catalog).
-        top_k: The cutoff k >= 1.
-
-    Returns:
-        The recall in [0, 1]; 0.0 for no pairs.
-    """
-    if top_k < 1:
-        raise ConfigError(f"recall cutoff must be >= 1, got {top_k}; fix evaluate.cutoffs")
-    if not ranks:
-        return 0.0
-    return sum(hit_at_k(r, top_k) for r in ranks) / len(ranks)
+    has_context: bool = True
 
 
 def target_ranks(
@@ -100,8 +85,12 @@ def target_ranks(
     target_mentioned: Sequence[bool],
     ranked_item_ids: Sequence[str],
     catalog_ids: set[str] | frozenset[str],
+    has_context: bool = True,
 ) -> list[TargetRank]:
     """Score one example's targets against one ranked list.
+
+    Args:
+        has_context: Whether the example has earlier turns (recorded on every pair, for "full" and "fresh").
 
     Returns:
         One `TargetRank` per target, in target order.
@@ -115,18 +104,22 @@ def target_ranks(
     for i, item_id in enumerate(ranked_item_ids):
         position.setdefault(item_id, i + 1)
     return [
-        TargetRank(example_id, dialogue_id, t, bool(m), t in catalog_ids, position.get(t))
+        TargetRank(example_id, dialogue_id, t, bool(m), t in catalog_ids, position.get(t), has_context)
         for t, m in zip(target_item_ids, target_mentioned, strict=True)
     ]
 
 
-def select_protocol(pairs: Sequence[TargetRank], protocol: EvalProtocol) -> list[TargetRank]:
-    """The pairs a protocol scores: all of them, or the not-yet-mentioned targets only."""
+def select_protocol(pairs: Sequence[TargetRank], protocol: EvalProtocol | EvalSet) -> list[TargetRank]:
+    """The pairs a protocol scores (see the module docstring)."""
     if protocol == "all":
         return list(pairs)
     if protocol == "novel":
         return [p for p in pairs if not p.mentioned]
-    raise ConfigError(f"protocol must be 'all' or 'novel', got {protocol!r}")
+    if protocol == "full":
+        return [p for p in pairs if p.has_context]
+    if protocol == "fresh":
+        return [p for p in pairs if p.has_context and not p.mentioned]
+    raise ConfigError(f"protocol must be one of {EVAL_PROTOCOLS}, got {protocol!r}")
 
 
 def bootstrap_recall_ci(
@@ -174,7 +167,7 @@ def bootstrap_recall_ci(
 
 
 def summarize(
-    pairs: Sequence[TargetRank], protocol: EvalProtocol, cutoffs: Sequence[int], resamples: int, seed: int
+    pairs: Sequence[TargetRank], protocol: EvalProtocol | EvalSet, cutoffs: Sequence[int], resamples: int, seed: int
 ) -> dict[str, object]:
     """Recall@k with 95% CIs and counts for one method under one protocol.
 

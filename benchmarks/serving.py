@@ -5,6 +5,11 @@ Starts `reges serve` on the run directory in a subprocess, waits for /health, th
 and reads the server's resident memory from /proc while they run. The requests are the contexts of the run's dev
 examples (real dialogues, cut to the server's limits as a client would), cycled.
 
+With `--poisoned-fraction 0.1`, one more level runs at the largest client count where that share of the requests
+carries a lone UTF-16 surrogate in its last message (refused with a 4xx, issue 18); its errors count only the
+other requests, which must all succeed. `--top-k` with several values cycles them over the requests (mixed traffic,
+which shares batches since the batcher runs each batch at its largest top_k).
+
 Usage:
     .venv/bin/python benchmarks/serving.py --run-dir runs/inspired --clients 1 8 32 --requests 200 \\
         --out docs/results/serving.md
@@ -44,8 +49,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def request_bodies(run_dir: Path, split: str, top_k: int, limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` request bodies from the split's example contexts (the latest turns that fit the limits)."""
+def request_bodies(run_dir: Path, split: str, top_ks: list[int], limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` request bodies from the split's example contexts (the latest turns that fit the limits),
+    with the top_k values in turn."""
     bodies = []
     for ex in read_examples(run_dir / "data" / f"{split}.jsonl"):
         turns = [t for t in ex.context if t.content.strip()][-SERVER_LIMITS.max_messages :]
@@ -53,7 +59,7 @@ def request_bodies(run_dir: Path, split: str, top_k: int, limit: int) -> list[di
         while sum(len(m["content"]) for m in messages) > SERVER_LIMITS.max_total_chars:
             messages = messages[1:]
         if any(m["role"] == "user" for m in messages):  # the server refuses dialogues without user text
-            bodies.append({"messages": messages, "top_k": top_k})
+            bodies.append({"messages": messages, "top_k": top_ks[len(bodies) % len(top_ks)]})
         if len(bodies) == limit:
             break
     if not bodies:
@@ -95,29 +101,47 @@ class RssSampler:
         return self._read("VmHWM")
 
 
+def poisoned(body: dict[str, Any]) -> dict[str, Any]:
+    """The body with a lone surrogate in its last message: what once failed every request batched with it."""
+    last = body["messages"][-1]
+    return {**body, "messages": [*body["messages"][:-1], {**last, "content": last["content"] + "\ud800"}]}
+
+
 async def load_level(
-    url: str, bodies: list[dict[str, Any]], clients: int, requests: int, max_seconds: float
+    url: str, bodies: list[dict[str, Any]], clients: int, requests: int, max_seconds: float, poison_every: int = 0
 ) -> dict[str, Any]:
-    """`requests` POSTs from `clients` concurrent clients (stopping at `max_seconds`): latencies, statuses."""
+    """`requests` POSTs from `clients` concurrent clients (stopping at `max_seconds`): latencies, statuses.
+
+    With `poison_every` N > 0, every Nth request is `poisoned`; latencies, errors and throughput then describe the
+    other requests, and the poisoned ones' statuses are reported apart.
+    """
     latencies: list[float] = []
     model_ms: list[float] = []  # the server's own "total" per answered request (its batch's model time)
     statuses: dict[str, int] = {}
+    poisoned_statuses: dict[str, int] = {}
     next_index = 0
     deadline = time.perf_counter() + max_seconds
+    headers = {"content-type": "application/json"}
 
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal next_index
         while next_index < requests and time.perf_counter() < deadline:
             body = bodies[next_index % len(bodies)]
+            is_poisoned = poison_every > 0 and next_index % poison_every == poison_every - 1
             next_index += 1
+            # JSON text with ASCII escapes: httpx's json= encodes UTF-8, which a lone surrogate cannot be
+            content = json.dumps(poisoned(body) if is_poisoned else body)
             t0 = time.perf_counter()
             try:
-                response = await http.post("/v1/recommend", json=body)
+                response = await http.post("/v1/recommend", content=content, headers=headers)
                 status = str(response.status_code)
                 if response.status_code == 200:
                     model_ms.append(response.json()["latency_ms"]["total"])
             except httpx.HTTPError as e:
                 status = type(e).__name__
+            if is_poisoned:
+                poisoned_statuses[status] = poisoned_statuses.get(status, 0) + 1
+                continue
             latencies.append(time.perf_counter() - t0)
             statuses[status] = statuses.get(status, 0) + 1
 
@@ -133,12 +157,13 @@ async def load_level(
         "requests": len(latencies),
         "errors": len(latencies) - ok,
         "statuses": statuses,
+        "poisoned_statuses": poisoned_statuses,
         "wall_s": round(wall, 3),
         "throughput_rps": round(ok / wall, 2) if wall > 0 else 0.0,
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p95_ms": round(float(np.percentile(ms, 95)), 1),
         "model_p50_ms": round(float(np.percentile(model_ms, 50)), 1) if model_ms else None,
-        "stopped_early": len(latencies) < requests,
+        "stopped_early": len(latencies) + sum(poisoned_statuses.values()) < requests,
     }
 
 
@@ -149,8 +174,12 @@ def markdown(result: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["levels"]:
+        clients = str(r["clients"])
+        if r["poisoned_statuses"]:
+            answers = ", ".join(f"{n}× {s}" for s, n in sorted(r["poisoned_statuses"].items()))
+            clients += f" + {sum(r['poisoned_statuses'].values())} poisoned ({answers})"
         lines.append(
-            f"| {r['clients']} | {r['requests']}{' (time cap)' if r['stopped_early'] else ''} | {r['errors']} | "
+            f"| {clients} | {r['requests']}{' (time cap)' if r['stopped_early'] else ''} | {r['errors']} | "
             f"{r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['model_p50_ms']} | "
             f"{r['mean_batch']:.1f} | "
             f"{r['peak_rss_mib']:.0f} |"
@@ -165,7 +194,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests per level")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time cap per level")
     parser.add_argument("--split", default="dev", help="data split whose example contexts become requests")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=int, nargs="+", default=[5], help="one value, or several cycled per request")
+    parser.add_argument(
+        "--poisoned-fraction",
+        type=float,
+        default=0.0,
+        help="> 0: one more level at the largest --clients with this share of requests poisoned (lone surrogate)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (index.threads)")
     parser.add_argument("--batch-window-ms", type=float, default=5.0)
     parser.add_argument(
@@ -178,6 +213,9 @@ def main() -> int:
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=None, help="markdown report (raw numbers go to .json next to it)")
     args = parser.parse_args()
+    if not 0 <= args.poisoned_fraction < 1:
+        raise SystemExit(f"--poisoned-fraction must lie in [0, 1), got {args.poisoned_fraction}")
+    poison_every = round(1 / args.poisoned_fraction) if args.poisoned_fraction > 0 else 0
 
     bodies = request_bodies(args.run_dir, args.split, args.top_k, limit=max(args.requests, 50))
     port = free_port()
@@ -213,10 +251,13 @@ def main() -> int:
         idle_rss = RssSampler(server.pid)._read("VmRSS")
 
         levels = []
-        for clients in args.clients:
+        runs = [(clients, 0) for clients in args.clients]
+        if poison_every:
+            runs.append((max(args.clients), poison_every))
+        for clients, every in runs:
             before = httpx.get(f"{url}/health").json()
             with RssSampler(server.pid) as rss:
-                level = asyncio.run(load_level(url, bodies, clients, args.requests, args.max_seconds))
+                level = asyncio.run(load_level(url, bodies, clients, args.requests, args.max_seconds, every))
             after = httpx.get(f"{url}/health").json()
             batches = max(1, after["batches"] - before["batches"])
             level["mean_batch"] = round((after["requests"] - before["requests"]) / batches, 2)
@@ -263,7 +304,8 @@ def main() -> int:
             "machine. Raw numbers: the .json next to this file.\n\n"
             f"```\n.venv/bin/python {result['command']}\n```\n\n"
             f"Run directory `{args.run_dir}`; requests are {len(bodies)} distinct `{args.split}` dialogues, "
-            f"top_k {args.top_k}, server torch threads {args.threads}, batch window {args.batch_window_ms} ms.\n\n"
+            f"top_k {' / '.join(map(str, args.top_k))}, server torch threads {args.threads}, "
+            f"batch window {args.batch_window_ms} ms.\n\n"
             f"- start-up (process start to /health 200, models loaded): **{result['startup_s']} s**\n"
             f"- first request: {result['first_request_ms']} ms (stages: {stages})\n"
             f"- server RSS idle after start-up: {result['idle_rss_mib']} MiB; high-water mark over the whole run: "
@@ -272,7 +314,7 @@ def main() -> int:
             "Latency is per request as the client sees it (queueing, batching window and HTTP included); model p50 "
             "is the server's `latency_ms.total` (the model time of the batch a request ran in); mean batch is "
             "dialogues per `recommend_many` call (from /health counters); peak RSS is sampled every 20 ms during "
-            "the level.\n"
+            "the level. A poisoned row counts errors, latency and throughput over the other requests only.\n"
         )
     return 0
 

@@ -53,9 +53,7 @@ def test_server_imports_no_training_code(tiny_run: Path) -> None:
     (Third-party trainer modules do load: `import sentence_transformers` imports its own and transformers' Trainer
     classes, and peft, eagerly. That is the library's import graph, not code we run.)
     """
-    trainers = [
-        module for stage, module, _ in PIPELINE if stage in ("distill", "train-query", "train-retriever", "train-item")
-    ]
+    trainers = [s.module for s in PIPELINE if s.name in ("distill", "train-query", "train-retriever", "train-item")]
     training = sorted([*trainers, "reges.llm.lora", "reges.retrieval.finetune", "trl"])
     code = f"""
 import sys

@@ -11,9 +11,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,35 +25,23 @@ from typing import TYPE_CHECKING
 import yaml
 
 from reges.config import PipelineConfig, config_to_dict, load_config
-from reges.errors import ConfigError, RegesError
-from reges.io import RunDir, atomic_open
+from reges.errors import ConfigError, RegesError, StageNotReadyError
+from reges.io import RunDir, RunLock, atomic_open, redact
+from reges.llm.distributed import launcher_rank, launcher_world_size
+from reges.pipeline import PIPELINE, STAGES, Stage, plan
 
 if TYPE_CHECKING:
     from reges.recommender import Recommendation, Recommender
     from reges.records import Turn
+    from reges.server import ServerConfig
 
 logger = logging.getLogger("reges")
 
-# The pipeline, in order: (stage name = CLI subcommand = run-dir folder, module whose `run(cfg, run_dir)` does it).
-# Modules are imported only when their stage runs, so `reges --help` stays fast.
-PIPELINE: list[tuple[str, str, str]] = [
-    ("data", "reges.data.examples", "parse dataset files into dialogues and recommendation examples"),
-    ("catalog", "reges.catalog", "build the item catalog with text cards"),
-    ("index", "reges.retrieval.index", "embed item cards and build the FAISS index"),
-    ("distill", "reges.query_expert.distill", "teacher writes grounded pseudo-queries, kept by retrieval feedback"),
-    ("train-query", "reges.query_expert.train", "LoRA-train the Query Expert: dialogue -> pseudo-query"),
-    ("rewrite", "reges.query_expert.rewrite", "the Query Expert writes a query per example"),
-    ("train-retriever", "reges.retrieval.train", "fine-tune the encoder, fit the co-mention prior, tune fusion"),
-    ("retrieve", "reges.retrieval.retrieve", "retrieve top-k candidates per example (TREC run)"),
-    ("mine", "reges.retrieval.mining", "item-expert training examples from the retrieved hard negatives"),
-    ("train-item", "reges.item_expert.train", "LoRA-train the Item Generation Expert"),
-    ("generate", "reges.item_expert.generate", "the Item Expert picks one candidate per example"),
-    ("evaluate", "reges.eval.evaluate", "recall@k with CIs for the run and the baselines; report.md"),
-]
-
-
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="YAML config (see configs/)")
+    p.add_argument(
+        "--config", type=Path, default=None,
+        help="YAML config (see configs/); default: the run directory's config.yaml, else the defaults",
+    )
     p.add_argument("--run-dir", type=Path, required=True, help="run directory (one folder per stage)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. retrieve.top_k=20")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -59,16 +50,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reges", description="ReGeS conversational recommendation, offline.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, _, help_text in PIPELINE:
-        stage = sub.add_parser(name, help=help_text)
+    for st in PIPELINE:
+        stage = sub.add_parser(st.name, help=st.help)
         _add_common(stage)
-        if name == "evaluate":
+        if st.name == "evaluate":
             stage.add_argument(
                 "--dataset-file", type=Path, default=None,
                 help="evaluate the trained run on this file in its published format (ReDial test_data.jsonl, "
                 "INSPIRED test.tsv); results in <run-dir>/eval-<file name>/evaluate/",
             )
-    _add_common(sub.add_parser("all", help="run every stage in order, skipping complete ones"))
+    _add_common(sub.add_parser("all", help="run every stage in order, skipping complete ones, redoing stale ones"))
+    _add_common(sub.add_parser("status", help="each stage of a run directory: complete, stale (and why) or missing"))
+    cache = sub.add_parser("cache", help="list the model cache (dequantised and joined models), or prune it")
+    cache.add_argument("--cache-dir", default="", help="the cache root (llm.cache_dir; default ~/.cache/reges/models)")
+    cache.add_argument("--prune", type=float, default=None, metavar="GB",
+                       help="remove least recently used models until the cache holds at most GB gigabytes")
+    cache.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     # Serving: read a run directory, never write it. Models load once per command.
     rec = sub.add_parser("recommend", help="recommend one item for a dialogue; show the query, candidates, latency")
@@ -84,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-window-ms", type=float, default=5.0, help="how long to collect requests per batch")
     serve.add_argument("--max-batch-size", type=int, default=32, help="most dialogues per batch")
     serve.add_argument("--max-total-chars", type=int, default=16000, help="longest dialogue accepted, in characters")
+    serve.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted, in bytes")
     return parser
 
 
 SERVING_COMMANDS = ("recommend", "chat", "serve")
+# The stages that train data-parallel under torchrun / accelerate launch (docs/distributed.md).
+DISTRIBUTED_STAGES = ("train-query", "train-item", "train-retriever")
 
 
 def _add_serving(p: argparse.ArgumentParser) -> None:
@@ -108,16 +108,77 @@ def _add_serving(p: argparse.ArgumentParser) -> None:
 
 
 def _write_config(cfg: PipelineConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """The run's config.yaml: the config of its latest successful stage, secrets redacted."""
     with atomic_open(run_dir / "config.yaml") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, allow_unicode=True)
+        yaml.safe_dump(redact(config_to_dict(cfg)), f, sort_keys=False, allow_unicode=True)
 
 
-def _run_stage(name: str, module: str, cfg: PipelineConfig, run_dir: RunDir) -> None:
+def _run_stage(stage: Stage, cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Run one stage with its fingerprint handed to `finish`; on success the run's config.yaml is this config."""
+    from reges.pipeline import fingerprint
+
     t0 = time.perf_counter()
-    logger.info("stage %s: starting", name)
-    importlib.import_module(module).run(cfg, run_dir)
-    logger.info("stage %s: done in %.1f s", name, time.perf_counter() - t0)
+    logger.info("stage %s: starting", stage.name)
+    run_dir.fingerprints[stage.name] = fingerprint(stage, cfg, run_dir)
+    importlib.import_module(stage.module).run(cfg, run_dir)
+    if launcher_rank() == 0:  # under torchrun the other ranks only help with the training
+        _write_config(cfg, run_dir.path)
+    logger.info("stage %s: done in %.1f s", stage.name, time.perf_counter() - t0)
+
+
+def _load_stage_config(args: argparse.Namespace, run_dir: RunDir) -> PipelineConfig:
+    """--config, else the run directory's own config.yaml (so `reges evaluate --run-dir R` evaluates R as built),
+    else the defaults; then the overrides."""
+    path = args.config
+    if path is None and (run_dir.path / "config.yaml").is_file():
+        path = run_dir.path / "config.yaml"
+        logger.info("no --config: using %s", path)
+    return load_config(path, args.overrides)
+
+
+def _run_all(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Every stage in order: complete ones skipped, stale ones (and all downstream) redone, saying why."""
+    for stage in PIPELINE:
+        # re-planned before each stage: redoing one makes the stages built on it stale
+        status, reasons = next((s, r) for st, s, r in plan(cfg, run_dir) if st.name == stage.name)
+        if status == "complete" and not cfg.run.overwrite:
+            logger.info("stage %s: complete, skipped", stage.name)
+            continue
+        if status == "stale":
+            logger.warning("stage %s: stale (%s); redoing it", stage.name, "; ".join(reasons))
+            # its checkpoints were made from other settings or inputs: they must not be resumed
+            shutil.rmtree(run_dir.stage_dir(stage.name))
+        _run_stage(stage, cfg, run_dir)
+
+
+def _check_inputs_current(stage: Stage, cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Refuse to build `stage` on a stale input: its result would silently mix two configurations."""
+    stale = {st.name: reasons for st, status, reasons in plan(cfg, run_dir) if status == "stale"}
+    bad = [name for name in _upstream(stage) if name in stale]
+    if bad:
+        raise StageNotReadyError(
+            f"stage {stage.name} reads {', '.join(bad)}, which no longer match the config "
+            f"({'; '.join(stale[bad[0]])}); "
+            f"run `reges all --run-dir {run_dir.path}` to rebuild them, or `reges status --run-dir {run_dir.path}`"
+        )
+
+
+def _upstream(stage: Stage) -> list[str]:
+    """Every stage `stage` depends on, directly or not."""
+    seen: list[str] = []
+    todo = list(stage.inputs)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.append(name)
+            todo.extend(STAGES[name].inputs)
+    return seen
+
+
+def print_status(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """`reges status`: one line per stage."""
+    for stage, status, reasons in plan(cfg, run_dir):
+        print(f"{stage.name:<16} {status}" + (f": {'; '.join(reasons)}" if reasons else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,36 +186,65 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet = args.command in ("recommend", "chat")  # their output is the answer; model-loading logs only with -v
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet or launcher_rank() > 0 else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
         if args.command in SERVING_COMMANDS:
             return _serving_command(args)
-        cfg = load_config(args.config, args.overrides)
+        if args.command == "cache":
+            return _cache_command(args)
         run_dir = RunDir(args.run_dir)
-        _write_config(cfg, run_dir.path)
-        if args.command == "all":
-            for name, module, _ in PIPELINE:
-                if run_dir.is_complete(name) and not cfg.run.overwrite:
-                    logger.info("stage %s: complete, skipped", name)
-                    continue
-                _run_stage(name, module, cfg, run_dir)
-        elif args.command == "evaluate" and args.dataset_file is not None:
-            from reges.eval.test_file import evaluate_file
+        cfg = _load_stage_config(args, run_dir)
+        if args.command == "status":
+            print_status(cfg, run_dir)
+            return 0
+        run_dir.create()
+        if launcher_world_size() > 1 and args.command not in DISTRIBUTED_STAGES:
+            raise ConfigError(
+                f"`reges {args.command}` runs on one process, but WORLD_SIZE={launcher_world_size()}: start only "
+                f"{', '.join(DISTRIBUTED_STAGES)} with torchrun (or accelerate launch), the other stages without it"
+            )
+        # rank 0 holds the run's lock for the whole job; the other ranks work in the same folder under it
+        with RunLock(run_dir) if launcher_rank() == 0 else contextlib.nullcontext():
+            if args.command == "all":
+                _run_all(cfg, run_dir)
+            elif args.command == "evaluate" and args.dataset_file is not None:
+                from reges.eval.official_file import evaluate_file
 
-            child = evaluate_file(cfg, run_dir, args.dataset_file)
-            print(f"report: {child / 'evaluate' / 'report.md'}")
-        else:
-            module = dict((n, m) for n, m, _ in PIPELINE)[args.command]
-            _run_stage(args.command, module, cfg, run_dir)
+                child = evaluate_file(cfg, run_dir, args.dataset_file)
+                print(f"report: {child / 'evaluate' / 'report.md'}")
+            else:
+                stage = STAGES[args.command]
+                _check_inputs_current(stage, cfg, run_dir)
+                _run_stage(stage, cfg, run_dir)
     except RegesError as e:
         print(f"reges: error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeError as e:
+        # every file reader decodes strictly and names its file; this catches what a library read on its own
+        print(f"reges: error: an input is not valid UTF-8 text ({e}); save it as UTF-8", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("reges: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    return 0
+
+
+def _cache_command(args: argparse.Namespace) -> int:
+    """`reges cache`: one line per cached model (size, last use), after an optional prune."""
+    from reges.llm.models import cache_entries, default_cache_root, prune_cache
+
+    if args.prune is not None:
+        for entry in prune_cache(int(args.prune * 1e9), args.cache_dir):
+            print(f"removed  {entry.size / 1e9:6.2f} GB  {entry.path.name}")
+    entries = cache_entries(args.cache_dir)
+    for entry in entries:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+        print(f"{entry.size / 1e9:6.2f} GB  last used {used}  {entry.path.name}")
+    total = sum(e.size for e in entries)
+    print(f"{total / 1e9:.2f} GB in {len(entries)} entries under {default_cache_root(args.cache_dir)}")
     return 0
 
 
@@ -170,6 +260,7 @@ def _serving_command(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     context = _read_dialogue(args) if args.command == "recommend" else []
+    server_cfg = _server_config(args) if args.command == "serve" else None  # bad options fail before models load
     if args.run_dir is None:
         from reges.shipped import default_run_dir
 
@@ -183,19 +274,29 @@ def _serving_command(args: argparse.Namespace) -> int:
     else:
         import uvicorn
 
-        from reges.server import ServerConfig, create_app, uvicorn_config
+        from reges.server import create_app, uvicorn_config
 
-        cfg = ServerConfig(
-            model_name=recommender.cfg.run.name,
-            default_top_k=args.top_k,
-            batch_window_ms=args.batch_window_ms,
-            max_batch_size=args.max_batch_size,
-            max_total_chars=args.max_total_chars,
-        )
+        assert server_cfg is not None
+        cfg = dataclasses.replace(server_cfg, model_name=recommender.cfg.run.name)
         logger.info("serving %s on http://%s:%d (web chat at /, API under /v1)", cfg.model_name, args.host, args.port)
         app = create_app(recommender, cfg)
         uvicorn.Server(uvicorn_config(app, args.host, args.port, access_log=args.verbose)).run()
     return 0
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """`reges serve`'s options checked up front (a bad port must not cost a model load first)."""
+    from reges.server import ServerConfig, check_listen_address
+
+    check_listen_address(args.host, args.port)
+    extra = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
+    return ServerConfig(
+        default_top_k=args.top_k,
+        batch_window_ms=args.batch_window_ms,
+        max_batch_size=args.max_batch_size,
+        max_total_chars=args.max_total_chars,
+        **extra,
+    )
 
 
 def _read_dialogue(args: argparse.Namespace) -> list[Turn]:
@@ -239,7 +340,7 @@ def chat(recommender: Recommender, top_k: int) -> None:
     reply goes into the dialogue, so the next pick takes it into account (and never repeats an earlier pick).
     `/reset` forgets the dialogue, `/quit` (or end of input) leaves.
     """
-    from reges.recommender import ASK_FOR_PREFERENCES, wants_recommendation
+    from reges.recommender import ASK_FOR_PREFERENCES, check_context, wants_recommendation
     from reges.records import Turn
 
     print("reges chat: tell me what you like. /reset starts over, /quit leaves.")
@@ -250,6 +351,9 @@ def chat(recommender: Recommender, top_k: int) -> None:
         except EOFError:
             print()
             return
+        except UnicodeDecodeError:
+            print("reges: error: that line is not UTF-8 text; type it again", file=sys.stderr)
+            continue
         if text == "/quit":
             return
         if text == "/reset":
@@ -260,6 +364,11 @@ def chat(recommender: Recommender, top_k: int) -> None:
             print(f"reges> unknown command {text!r}; /reset starts over, /quit leaves")
             continue
         if not text:
+            continue
+        try:
+            check_context([Turn("user", text)])
+        except RegesError as e:
+            print(f"reges: error: {e}", file=sys.stderr)
             continue
         history.append(Turn("user", text))
         if not wants_recommendation(history):

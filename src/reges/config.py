@@ -2,6 +2,12 @@
 
 Unknown keys (with a suggestion), wrong types and bad values raise ConfigError. Overrides are
 `section.key=value` strings parsed as YAML scalars. Nothing here reads argv or the environment.
+
+Every range and cross-field check of the config lives in this file and runs when the config is built, so a bad
+value stops `reges all` and every stage command before any stage starts: each section checks its own values in
+`__post_init__` (the LLM sections are checked by the section holding them, so errors name `llm`, `item_llm` or
+`distill.teacher_llm`), and `check_pipeline`, run by `load_config`, checks that the sections agree with each other.
+Stage modules keep only the checks of their core functions' arguments (those are called without a config too).
 """
 
 from __future__ import annotations
@@ -18,6 +24,42 @@ import yaml
 
 from reges.errors import ConfigError
 
+# The keys of `data.column_map`: our field names in a custom dialogue line (reges.data.jsonl reads them).
+COLUMN_MAP_KEYS = ("dialogue_id", "turns", "role", "content", "item_ids")
+
+
+def _require(ok: bool, key: str, rule: str, value: Any, fix: str = "") -> None:
+    """Raise `<key> must be <rule>, got <value>; <fix>` unless `ok` (NaN fails every comparison, so it fails here)."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}; {fix or f'set {key} in the YAML or the override'}")
+
+
+def _at_least(section: Any, where: str, minimum: int, names: tuple[str, ...], meaning: str = "") -> None:
+    """`where.name >= minimum` for each name; `meaning` (e.g. "0 = all") is shown with the rule."""
+    rule = f">= {minimum}" + (f" ({meaning})" if meaning else "")
+    for name in names:
+        value = getattr(section, name)
+        _require(value >= minimum, f"{where}.{name}", rule, value)
+
+
+def _check_splits(splits: list[str], key: str, example: str) -> None:
+    if not splits:
+        raise ConfigError(f"{key} is empty; list the splits, e.g. {key}={example}")
+
+
+def _check_lora_steps(section: Any, where: str) -> None:
+    """The shared checks of the two LoRA stages (train_query, train_item)."""
+    _at_least(section, where, 0, ("max_examples",), "0 = all")
+    _at_least(section, where, 1, ("max_prompt_tokens", "r", "batch_size", "grad_accum"))
+    _at_least(section, where, 0, ("epochs", "max_steps"))
+    _at_least(section, where, 0, ("save_every_steps",), "0 = never")
+    if section.epochs == 0 and section.max_steps == 0:
+        raise ConfigError(
+            f"{where}.epochs and {where}.max_steps are both 0, so nothing would be trained; set {where}.epochs >= 1 "
+            f"(passes over the examples) or {where}.max_steps >= 1 (optimizer steps)"
+        )
+    _require(section.lr > 0, f"{where}.lr", "> 0", section.lr, f"set {where}.lr, e.g. 3e-4")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -32,6 +74,9 @@ class RunConfig:
     seed: int = 0
     overwrite: bool = False
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least(self, "run", 0, ("seed",), "numpy's generators take no negative seed")
 
 
 @dataclass(frozen=True)
@@ -60,6 +105,33 @@ class DataConfig:
     lossy_file: str = ""
     column_map: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # data.train_files is checked by the data stage: the defaults (no files) are a valid config for the others.
+        if self.column_map and self.format != "custom":
+            raise ConfigError(
+                f"data.column_map applies to data.format=custom only, got format={self.format!r}; remove it"
+            )
+        for key in self.column_map:
+            if key not in COLUMN_MAP_KEYS:
+                near = difflib.get_close_matches(key, COLUMN_MAP_KEYS, n=1)
+                hint = f"did you mean {near[0]}?" if near else f"known keys: {', '.join(COLUMN_MAP_KEYS)}"
+                raise ConfigError(
+                    f"data.column_map has unknown key {key!r}; the keys are our names, the values yours; {hint}"
+                )
+        if self.format != "redial" and (self.movie_names_file or self.lossy_file):
+            raise ConfigError(
+                f"data.movie_names_file and data.lossy_file are ReDial files, got format={self.format!r}; remove them"
+            )
+        if self.lossy_file and not self.movie_names_file:
+            raise ConfigError(
+                "data.lossy_file needs data.movie_names_file (movies_with_mentions.csv) to resolve its @ids; set it"
+            )
+        _require(0.0 <= self.tune_fraction < 1.0, "data.tune_fraction", "in [0, 1)", self.tune_fraction,
+                 "e.g. 0.1, or 0 for no tune split")
+        if not self.dev_files:
+            _require(0.0 < self.dev_fraction < 1.0, "data.dev_fraction", "in (0, 1) when data.dev_files is empty",
+                     self.dev_fraction, "set it (e.g. 0.16) or list data.dev_files")
+
 
 @dataclass(frozen=True)
 class CatalogConfig:
@@ -73,6 +145,10 @@ class CatalogConfig:
     card_fields: Attributes, in order, that make up an item's text card.
     max_card_chars: Cards are cut to this length (keeps prompts short).
     fuzzy_threshold: rapidfuzz score (0-100) above which a title matches a catalog title.
+    clean: Fold duplicate entries of one film into one item (the other dataset ids kept in `meta.alias_ids`) and
+        drop cards that describe another film (docs/results/catalog_cleaning.md); redial and inspired catalogs
+        only, custom catalogs are never cleaned. Off by default until every stage maps dataset ids to the folded
+        items (today only `evaluate` does; the retriever and the experts skip the folded ids).
     """
 
     format: Literal["redial", "inspired", "custom"] = "redial"
@@ -83,6 +159,11 @@ class CatalogConfig:
     card_fields: list[str] = field(default_factory=lambda: ["genre", "director", "star", "plot"])
     max_card_chars: int = 600
     fuzzy_threshold: float = 92.0
+    clean: bool = False
+
+    def __post_init__(self) -> None:
+        # fuzzy_threshold has no range: above 100 turns fuzzy matching off (reges.titles.TitleMatcher).
+        _at_least(self, "catalog", 1, ("max_card_chars",))
 
 
 @dataclass(frozen=True)
@@ -112,6 +193,11 @@ class IndexConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
 
+    def __post_init__(self) -> None:
+        _at_least(self, "index", 1, ("nlist", "nprobe", "ef_search", "batch_size", "max_seq_length"))
+        _at_least(self, "index", 2, ("hnsw_m",))
+        _at_least(self, "index", 0, ("threads",), "0 = torch's default")
+
 
 @dataclass(frozen=True)
 class RetrieveConfig:
@@ -132,13 +218,17 @@ class RetrieveConfig:
     max_query_chars: int = 2000
     fusion: bool = True
 
+    def __post_init__(self) -> None:
+        _at_least(self, "retrieve", 1, ("top_k", "batch_size", "max_query_chars"))
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     """Attributes:
     splits: Splits to evaluate.
     cutoffs: Recall cutoffs.
-    baselines: Retrieval baselines to compute alongside the run's retrieval.
+    baselines: Retrieval baselines to compute alongside the run's retrieval ("copy": the context's items, most
+        recently mentioned first; Kostric & Balog's naive baseline).
     bootstrap: Bootstrap resamples for the 95% confidence intervals.
     oracle_fields: Item attributes (meta keys, in order) the oracle query is built from; never the title.
         The plot is close to the card text, so ["genre", "director", "star"] gives a less trivial ceiling.
@@ -146,11 +236,23 @@ class EvaluateConfig:
 
     splits: list[str] = field(default_factory=lambda: ["dev"])
     cutoffs: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50])
-    baselines: list[Literal["popularity", "bm25", "dense_full", "dense_last2", "oracle"]] = field(
-        default_factory=lambda: ["popularity", "bm25", "dense_full", "dense_last2", "oracle"]
+    baselines: list[Literal["popularity", "bm25", "dense_full", "dense_last2", "oracle", "copy"]] = field(
+        default_factory=lambda: ["popularity", "bm25", "dense_full", "dense_last2", "oracle", "copy"]
     )
     bootstrap: int = 1000
     oracle_fields: list[str] = field(default_factory=lambda: ["genre", "director", "star", "plot"])
+
+    def __post_init__(self) -> None:
+        if not self.cutoffs:
+            raise ConfigError("evaluate.cutoffs is empty; list at least one cutoff, e.g. [1, 5, 10, 20, 50]")
+        bad = [k for k in self.cutoffs if k < 1]
+        if bad:
+            raise ConfigError(f"evaluate.cutoffs must all be >= 1, got {bad}; remove them from evaluate.cutoffs")
+        _at_least(self, "evaluate", 0, ("bootstrap",), "0 = no confidence intervals")
+        if "title" in self.oracle_fields:
+            raise ConfigError(
+                "evaluate.oracle_fields must not contain 'title': the oracle describes, it does not name; remove it"
+            )
 
 
 @dataclass(frozen=True)
@@ -166,13 +268,16 @@ class LLMConfig:
     n_ctx: Context window in tokens; longer prompts are cut from the left with a warning.
     cache_dir: Where dequantized GGUF models are cached ("" = ~/.cache/reges/models).
     api_model: Model name sent to an OpenAI-compatible endpoint.
-    api_key: Key for the endpoint ("" for none).
+    api_key: Key for the endpoint. Better left "" and given by the environment (REGES_API_KEY, else OPENAI_API_KEY)
+        or `api_key_file`: a key is never written to a run directory, a manifest or a log (it is stored as "***",
+        and a run read back from disk takes its key from the environment).
+    api_key_file: A file holding the key (first line; keep it mode 0600).
     timeout_s: Per-request timeout for the endpoint.
     max_retries: Retries on connection errors and 5xx answers before failing.
     batch_size: Prompts per batch (hf generate/choose; concurrent requests for openai).
     api_constraint: How the openai backend restricts `choose` to the candidates: "grammar" (a GBNF `grammar`
-        field: llama.cpp server, llama-cpp-python server), "guided_choice" (vLLM) or "none" (free text mapped to
-        the closest candidate with rapidfuzz, with a warning).
+        field: llama.cpp server, llama-cpp-python server), "guided_choice" (vLLM < 0.12), "structured_outputs"
+        (vLLM >= 0.12) or "none" (free text mapped to the closest candidate with rapidfuzz, with a warning).
     api_template_model: openai backend, `rank` only: a local model (bundled name, HF folder or .gguf) whose chat
         template and EOS token render prompts for /v1/completions; "" disables `rank` on endpoints.
     llamacpp_extra_buffers: Let llama.cpp repack weights into its extra CPU buffer types (AMX tiles, interleaved
@@ -183,6 +288,9 @@ class LLMConfig:
         (prompt lookup decoding), then check the draft in one forward pass. The Query Expert copies titles and
         phrases from the dialogue, and on CPU a step is bound by reading the weights, so checking ten tokens costs
         about as much as generating one. The text is greedy decoding's, up to float rounding. 0: off.
+
+    Its values are checked by the section holding it (`PipelineConfig` for llm and item_llm, `DistillConfig` for
+    teacher_llm; see `check_llm`), so an error names the key the value was set under.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -194,16 +302,26 @@ class LLMConfig:
     cache_dir: str = ""
     api_model: str = "default"
     api_key: str = ""
+    api_key_file: str = ""
     timeout_s: float = 60.0
     max_retries: int = 2
     batch_size: int = 8
-    api_constraint: Literal["grammar", "guided_choice", "none"] = "grammar"
+    api_constraint: Literal["grammar", "guided_choice", "structured_outputs", "none"] = "grammar"
     api_template_model: str = ""
     llamacpp_extra_buffers: bool = False
     prompt_lookup_tokens: int = 10
 
 
-# --- Query Expert (issue 4): distill -> train-query -> rewrite -----------------------------------------------------
+def check_llm(llm: LLMConfig, where: str) -> None:
+    """Range checks of an LLM section; `where` is the key it is set under (llm, item_llm, distill.teacher_llm)."""
+    _at_least(llm, where, 0, ("threads",), "0 = all cores")
+    _at_least(llm, where, 1, ("n_ctx", "batch_size"))
+    _at_least(llm, where, 0, ("max_retries",))
+    _at_least(llm, where, 0, ("prompt_lookup_tokens",), "0 = off")
+    _require(llm.timeout_s > 0, f"{where}.timeout_s", "> 0 seconds", llm.timeout_s)
+
+
+# --- Query Expert: distill -> train-query -> rewrite ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -236,6 +354,18 @@ class DistillConfig:
     teacher_temperature: float = 0.8
     teacher_max_new_tokens: int = 64
 
+    def __post_init__(self) -> None:
+        _check_splits(self.splits, "distill.splits", "[train]")
+        _at_least(self, "distill", 1, ("num_queries", "feedback_top_k", "batch_size", "teacher_max_new_tokens"))
+        _at_least(self, "distill", 3, ("max_query_words",))
+        _at_least(self, "distill", 0, ("max_examples",), "0 = all")
+        if self.teacher == "llm" and self.num_queries > 1 and not self.teacher_temperature > 0:
+            raise ConfigError(
+                f"distill.teacher_temperature must be > 0 to sample {self.num_queries} different candidates, got "
+                f"{self.teacher_temperature}; raise it (e.g. 0.8) or set distill.num_queries=1"
+            )
+        check_llm(self.teacher_llm, "distill.teacher_llm")
+
 
 @dataclass(frozen=True)
 class TrainQueryConfig:
@@ -254,6 +384,8 @@ class TrainQueryConfig:
     grad_accum: Passes per optimizer step.
     save_every_steps: Checkpoint every N optimizer steps, so a killed run resumes (0: never).
     dtype: LoRA training dtype ("auto": bf16 where the CPU/GPU supports it, measured 1.67x faster).
+        gradient_checkpointing: Recompute each layer's activations in the backward pass: activation memory from every
+        layer's to about one layer's, about a third more compute, the same numbers. For long prompts on a GPU.
     """
 
     max_examples: int = 0
@@ -269,6 +401,12 @@ class TrainQueryConfig:
     grad_accum: int = 1
     save_every_steps: int = 50
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        _check_lora_steps(self, "train_query")
+        _at_least(self, "train_query", 1, ("max_completion_tokens",))
+        _require(0.0 <= self.dropout < 1.0, "train_query.dropout", "in [0, 1)", self.dropout, "e.g. 0.05; 0 for none")
 
 
 @dataclass(frozen=True)
@@ -283,8 +421,12 @@ class RewriteConfig:
     batch_size: int = 16
     max_new_tokens: int = 48
 
+    def __post_init__(self) -> None:
+        _check_splits(self.splits, "rewrite.splits", "[tune, dev]")
+        _at_least(self, "rewrite", 1, ("batch_size", "max_new_tokens"))
 
-# --- Learned retriever (issue 4): train-retriever ----------------------------------------------------------------
+
+# --- Learned retriever: train-retriever ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -344,8 +486,21 @@ class TrainRetrieverConfig:
     )
     tune_passes: int = 3
 
+    def __post_init__(self) -> None:
+        where = "train_retriever"
+        _at_least(self, where, 1, ("epochs", "max_query_chars", "max_seq_length", "tune_passes"))
+        _at_least(self, where, 2, ("batch_size",), "in-batch negatives need two pairs per batch")
+        _at_least(self, where, 0, ("hard_negatives",), "0 = in-batch negatives only")
+        _at_least(self, where, 0, ("max_pairs",), "0 = all")
+        _at_least(self, where, 0, ("save_every_steps",), "0 = never")
+        _at_least(self, where, 0, ("chunk_size",), "0 = whole batches")
+        _require(self.lr > 0, f"{where}.lr", "> 0", self.lr, f"set {where}.lr, e.g. 5e-5")
+        _require(0.0 <= self.warmup_ratio < 1.0, f"{where}.warmup_ratio", "in [0, 1)", self.warmup_ratio)
+        if not self.weight_grid:
+            raise ConfigError(f"{where}.weight_grid is empty; list the candidate fusion weights, e.g. [0.0, 0.5, 1.0]")
 
-# --- Item Generation Expert (issue 5): mine -> train-item -> generate -----------------------------------------------
+
+# --- Item Generation Expert: mine -> train-item -> generate ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -376,6 +531,10 @@ class MineConfig:
     max_query_chars: int = 300
     mark_mentioned: bool = True
 
+    def __post_init__(self) -> None:
+        _check_splits(self.splits, "mine.splits", "[train]")
+        _at_least(self, "mine", 1, ("top_k", "max_card_chars", "max_context_chars", "max_query_chars"))
+
 
 @dataclass(frozen=True)
 class TrainItemConfig:
@@ -394,6 +553,8 @@ class TrainItemConfig:
     objective: "sft" (the loss on the target title's tokens, the paper's recipe) or "listwise" (a softmax over
         every candidate's title log-likelihood towards the target, plus the title's token loss: the hard
         negatives are pushed down explicitly, and training optimises what `generate.mode=rank` scores).
+        gradient_checkpointing: Recompute each layer's activations in the backward pass: activation memory from every
+        layer's to about one layer's, about a third more compute, the same numbers. For long prompts on a GPU.
     """
 
     max_examples: int = 0
@@ -407,6 +568,10 @@ class TrainItemConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     save_every_steps: int = 50
     objective: Literal["sft", "listwise"] = "sft"
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        _check_lora_steps(self, "train_item")
 
 
 @dataclass(frozen=True)
@@ -438,6 +603,14 @@ class GenerateConfig:
     fusion_alpha: float | None = None
     tune_split: str = "tune"
 
+    def __post_init__(self) -> None:
+        _check_splits(self.splits, "generate.splits", "[dev]")
+        _at_least(self, "generate", 1, ("top_k", "batch_size", "max_new_tokens"))
+        _at_least(self, "generate", 0, ("max_examples",), "0 = all")
+        if self.fusion_alpha is not None:
+            _require(0.0 <= self.fusion_alpha <= 1.0, "generate.fusion_alpha", "in [0, 1] or null", self.fusion_alpha,
+                     "0 is the retriever's order, 1 the Item Expert alone, null tunes it on generate.tune_split")
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -450,6 +623,9 @@ class PipelineConfig:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    # The Item Generation Expert's own LLM (mine's token counts, train-item, generate, serving's pick); null: `llm`.
+    # Lets a small fast Query Expert sit next to a bigger Item Expert (docs/results/scaling.md).
+    item_llm: LLMConfig | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
     train_query: TrainQueryConfig = field(default_factory=TrainQueryConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
@@ -457,6 +633,110 @@ class PipelineConfig:
     mine: MineConfig = field(default_factory=MineConfig)
     train_item: TrainItemConfig = field(default_factory=TrainItemConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def __post_init__(self) -> None:
+        check_llm(self.llm, "llm")
+        if self.item_llm is not None:
+            check_llm(self.item_llm, "item_llm")
+
+    @property
+    def item_expert_llm(self) -> LLMConfig:
+        """The LLM of the Item Generation Expert: `item_llm` when set, else the shared `llm`."""
+        return self.item_llm if self.item_llm is not None else self.llm
+
+
+def data_splits(data: DataConfig) -> list[str]:
+    """The splits the data stage writes: train and dev always, tune when data.tune_fraction > 0, test when
+    data.test_files lists files (reges.data.examples)."""
+    return ["train", "dev"] + (["tune"] if data.tune_fraction > 0 else []) + (["test"] if data.test_files else [])
+
+
+def _unwritten(splits: list[str], key: str, written: list[str]) -> None:
+    for split in splits:
+        if split not in written:
+            fix = {
+                "tune": "set data.tune_fraction > 0 (e.g. 0.1) to hold out a tune split",
+                "test": "list the test files in data.test_files",
+            }.get(split, f"use one of {written}")
+            raise ConfigError(
+                f"{key} has {split!r}, a split the data stage does not write (it writes {written}); {fix}"
+            )
+
+
+def check_pipeline(cfg: PipelineConfig) -> None:
+    """Cross-section checks: settings of different stages that must agree for the pipeline to run to its end.
+
+    `load_config` and `config_from_dict` run them after the sections have checked their own values, so `reges all`
+    and every stage command refuse such a config before any stage starts. A `PipelineConfig` built in code is
+    checked per section only: a test may build one stage's sections over a prepared run directory.
+
+    Not checked here, because the defaults (`load_config(None)`) must stay loadable: data.train_files being empty
+    (the data stage says so), and the tune split and train retrieval run that train-retriever and mine need.
+
+    Raises:
+        ConfigError: The first disagreement, naming both keys, their values and the fix.
+    """
+    written = data_splits(cfg.data)
+    rc, gc, mc = cfg.retrieve, cfg.generate, cfg.mine
+    _unwritten(rc.splits, "retrieve.splits", written)
+    _unwritten(mc.splits, "mine.splits", written)
+    if "train" not in mc.splits:
+        raise ConfigError(
+            f"mine.splits={mc.splits} has no 'train', but train-item trains on mine/train.jsonl; add train to "
+            "mine.splits"
+        )
+    if not set(cfg.rewrite.splits) & set(written):
+        raise ConfigError(
+            f"none of rewrite.splits={cfg.rewrite.splits} is a split the data stage writes (it writes {written}); "
+            "list at least one of them, e.g. rewrite.splits=[tune, dev]"
+        )
+    for key, splits in (("generate.splits", gc.splits), ("evaluate.splits", cfg.evaluate.splits)):
+        missing = [s for s in splits if s not in rc.splits]
+        if missing:
+            raise ConfigError(
+                f"{key} has {missing[0]!r} but retrieve.splits={rc.splits} does not, so retrieve/{missing[0]}.trec "
+                f"will not exist; add {missing[0]!r} to retrieve.splits"
+            )
+    depth = max(cfg.evaluate.cutoffs)
+    if depth > rc.top_k:
+        raise ConfigError(
+            f"evaluate.cutoffs go up to {depth} but retrieve.top_k={rc.top_k} keeps only {rc.top_k} candidates per "
+            f"example; set retrieve.top_k to {depth} or more, or lower evaluate.cutoffs"
+        )
+
+    tuning = gc.mode == "rank" and gc.fusion_alpha is None
+    if tuning and (gc.tune_split not in written or gc.tune_split not in rc.splits):
+        fixes = [] if gc.tune_split in written else [
+            "set data.tune_fraction > 0 (e.g. 0.1)" if gc.tune_split == "tune" else
+            "list data.test_files" if gc.tune_split == "test" else f"set generate.tune_split to one of {written}"
+        ]
+        fixes += [] if gc.tune_split in rc.splits else [f"add {gc.tune_split!r} to retrieve.splits"]
+        raise ConfigError(
+            f"generate.mode=rank with generate.fusion_alpha=null tunes the alpha on generate.tune_split="
+            f"{gc.tune_split!r}, but the data stage writes {written} and retrieve.splits={rc.splits}; "
+            f"{' and '.join(fixes)}, or set generate.fusion_alpha (0: the retriever's order, 1: the Item Expert alone)"
+        )
+
+    # The Item Expert's prompts show the Query Expert's query when mine.query says so; generate builds its prompts
+    # the same way (reges.item_expert.generate.resolve_query_file), so every split it reads needs a rewrite file.
+    generate_reads = [*gc.splits, gc.tune_split] if tuning else list(gc.splits)
+    if mc.query == "rewrite":
+        for what, splits in (("mine.splits has", mc.splits), ("generate reads", generate_reads)):
+            missing = [s for s in splits if s not in cfg.rewrite.splits]
+            if missing:
+                raise ConfigError(
+                    f"mine.query=rewrite shows the Query Expert's query in every prompt, but {what} {missing[0]!r} "
+                    f"and rewrite.splits={cfg.rewrite.splits} does not; add {missing[0]!r} to rewrite.splits, or set "
+                    "mine.query=auto"
+                )
+    elif mc.query == "auto" and gc.use_adapter and "train" in mc.splits and "train" in cfg.rewrite.splits:
+        missing = [s for s in generate_reads if s not in cfg.rewrite.splits]
+        if missing:
+            raise ConfigError(
+                f"mine.query=auto with 'train' in rewrite.splits trains the Item Expert on prompts with a query, so "
+                f"generate needs a query for every split it reads, but rewrite.splits={cfg.rewrite.splits} lacks "
+                f"{missing[0]!r}; add it to rewrite.splits, or set mine.query=none"
+            )
 
 
 def _type_name(tp: Any) -> str:
@@ -476,6 +756,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:
+            # a mapping for an optional section (item_llm): its own errors, not "wrong type"
+            return _convert(value, sections[0], where)
         errors = []
         for a in args:
             if a is type(None) and value is None:
@@ -532,7 +816,15 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in o:
             raise ConfigError(f"override {o!r} must look like section.key=value, e.g. retrieve.top_k=20")
         key, raw = o.split("=", 1)
-        _set_path(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            raise ConfigError(
+                f"override {o!r}: the value is not valid YAML ({problem}); quote a string "
+                f"({key}='\"...\"'), or write a list as [1, 2]"
+            ) from None
+        _set_path(tree, key.strip(), value)
     return tree
 
 
@@ -544,7 +836,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(tree: dict[str, Any]) -> PipelineConfig:
-    return _build(PipelineConfig, tree, "")
+    """Build the config from a nested dict: each section checks its values, then `check_pipeline` their agreement."""
+    cfg = _build(PipelineConfig, tree, "")
+    check_pipeline(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
@@ -554,10 +849,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}; see configs/ for examples")
+        from reges.io import read_text
+
         try:
-            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            tree = yaml.safe_load(read_text(p)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: YAML nested too deeply") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     tree = _merge(tree, parse_overrides(overrides or []))

@@ -7,6 +7,7 @@ complete only once `manifest.json` is written, last. So an interrupted stage nev
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -22,14 +23,34 @@ from dataclasses import asdict, is_dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
-from reges.errors import DataError, StageCompleteError, StageNotReadyError
+from reges.errors import ConfigError, DataError, StageCompleteError, StageNotReadyError
 from reges.records import Hit
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"
+REDACTED = "***"
+# Config keys whose values are secrets: never written to a run directory or a log.
+SECRET_KEYS = frozenset({"api_key"})
 _VERSIONED_PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "llama_cpp_python")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only set it, which races with other threads)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def output_mode() -> int:
+    """Mode of files reges writes: 0644 narrowed by the user's umask (mkstemp alone would give 0600)."""
+    return 0o644 & ~_umask()
 
 
 @contextmanager
@@ -41,11 +62,69 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared and read by others
+        os.chmod(tmp, output_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """Decode `data` as UTF-8 (a leading BOM is dropped); non-UTF-8 bytes raise a DataError naming line and byte.
+
+    Why: every text input (dialogues, items, configs, run files) is UTF-8 by contract, and a `UnicodeDecodeError`
+    traceback tells a user neither which line is wrong nor what to do.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}, offset {e.start}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 text file; missing files and non-UTF-8 bytes raise DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}; check the path")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror}); check its permissions") from None
+    return decode_utf8(data, str(path))
+
+
+def redact_url(url: str) -> str:
+    """`url` with any user:password@ part replaced by ***@ (for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a config tree (dicts, lists, scalars) with secrets replaced by "***".
+
+    Secrets are the values of `SECRET_KEYS` (when set) and credentials inside http(s) URLs. Used for everything
+    written to a run directory (config.yaml, manifests) so that no key lands on disk.
+    """
+    if isinstance(obj, dict):
+        return {
+            k: (REDACTED if k in SECRET_KEYS and v else redact(v)) for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith(("http://", "https://")):
+        return redact_url(obj)
+    return obj
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
@@ -69,15 +148,16 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}; check the path in your config")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
-            yield f"{path}:{lineno}", value
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply; fix or remove that line") from None
+        yield f"{path}:{lineno}", value
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -97,9 +177,11 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise DataError(f"file not found: {path}; check the path in your config")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); fix the file or rebuild it") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; fix the file or rebuild it") from None
 
 
 def write_trec(path: str | Path, run: dict[str, list[Hit]], tag: str) -> int:
@@ -120,18 +202,17 @@ def read_trec(path: str | Path) -> dict[str, list[Hit]]:
     if not path.is_file():
         raise DataError(f"file not found: {path}")
     run: dict[str, list[tuple[int, Hit]]] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 item_id rank score tag', got {line!r}")
-            qid, _, item_id, rank, score, _ = parts
-            try:
-                run.setdefault(qid, []).append((int(rank), Hit(item_id, float(score))))
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: rank must be an integer and score a number, got {line!r}") from None
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 item_id rank score tag', got {line!r}")
+        qid, _, item_id, rank, score, _ = parts
+        try:
+            run.setdefault(qid, []).append((int(rank), Hit(item_id, float(score))))
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: rank must be an integer and score a number, got {line!r}") from None
     return {q: [h for _, h in sorted(hits, key=lambda x: x[0])] for q, hits in run.items()}
 
 
@@ -202,8 +283,21 @@ def _to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def stage_file_sizes(stage_dir: Path) -> dict[str, int]:
+    """{path relative to the stage folder: size} of a stage's outputs (its manifest and checkpoints/ left out)."""
+    return {
+        str(p.relative_to(stage_dir)): p.stat().st_size
+        for p in sorted(stage_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and "checkpoints" not in p.relative_to(stage_dir).parts
+    }
+
+
 class RunDir:
     """A run directory: one sub-directory per stage, each complete once its manifest exists.
+
+    A manifest records each output file's size, so a file truncated after the stage finished (a full disk, a
+    copy cut short) is reported by `require` as damaged, with the command that rebuilds it, instead of surfacing
+    as a parser's traceback in a later stage.
 
     Example:
         >>> rd = RunDir("runs/redial")
@@ -215,6 +309,21 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--run-dir {self.path} is a file, not a directory; pass a directory (new or a run's)")
+        # What the CLI computed for the stage about to run (reges.pipeline); `finish` records it.
+        self.fingerprints: dict[str, dict[str, Any]] = {}
+
+    def create(self) -> None:
+        """Create the run directory (and its parents), or raise ConfigError saying why it cannot be."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(f"--run-dir {self.path}: a parent of it is a file; pass another directory") from None
+        except OSError as e:
+            raise ConfigError(
+                f"--run-dir {self.path} cannot be created ({e.strerror}); pass another directory"
+            ) from None
 
     def stage_dir(self, stage: str) -> Path:
         return self.path / stage
@@ -223,12 +332,29 @@ class RunDir:
         return (self.stage_dir(stage) / MANIFEST).is_file()
 
     def require(self, stage: str) -> Path:
-        """Return the stage directory, or raise StageNotReadyError if it has no manifest."""
+        """Return the stage directory; raise StageNotReadyError if it has no manifest, DataError if it is damaged."""
         if not self.is_complete(stage):
             raise StageNotReadyError(
                 f"{self.stage_dir(stage)}/ has no {MANIFEST}; run `reges {stage} --run-dir {self.path}` first"
             )
+        self.check_files(stage)
         return self.stage_dir(stage)
+
+    def check_files(self, stage: str) -> None:
+        """Raise DataError when an output file the manifest lists has another size now (truncated or replaced).
+
+        Files the manifest lists but that are absent are not checked here (a shipped bundle keeps only what
+        serving reads); whoever needs them says they are missing.
+        """
+        d = self.stage_dir(stage)
+        manifest = read_json(d / MANIFEST)
+        for rel, size in (manifest.get("files") or {}).items():
+            path = d / rel
+            if path.is_file() and path.stat().st_size != size:
+                raise DataError(
+                    f"{path} is damaged ({path.stat().st_size:,} bytes; stage {stage} wrote {size:,}); rebuild it "
+                    f"with `reges {stage} --run-dir {self.path} run.overwrite=true` (or `reges all`, which redoes it)"
+                )
 
     def begin(self, stage: str, overwrite: bool) -> Path:
         """Prepare an empty stage directory. Refuse to clobber a complete stage unless `overwrite`.
@@ -243,6 +369,8 @@ class RunDir:
                 f"{d}/ is already complete; pass run.overwrite=true to redo it, or use another --run-dir"
             )
         if d.exists():
+            # the manifest goes first: a stage cleared half-way must not look complete
+            (d / MANIFEST).unlink(missing_ok=True)
             for child in d.iterdir():
                 if child.name == "checkpoints":
                     continue
@@ -260,23 +388,66 @@ class RunDir:
         started: str,
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write the stage manifest, last: config, input hashes, output row counts, versions, timings."""
+        """Write the stage manifest, last: config (secrets redacted), input hashes, output rows and file sizes,
+        versions, timings, and the stage's fingerprint when the CLI computed one."""
+        d = self.stage_dir(stage)
         manifest = {
             "stage": stage,
-            "config": _to_jsonable(config),
+            "config": redact(_to_jsonable(config)),
             "inputs": {name: file_sha256(p) for name, p in inputs.items()},
             "outputs": {name: {"rows": rows} for name, rows in outputs.items()},
+            "files": stage_file_sizes(d),
             "versions": library_versions(),
             "seed": seed,
             "started": started,
             "finished": now_iso(),
         }
         if extra:
-            manifest.update(extra)
-        write_json(self.stage_dir(stage) / MANIFEST, manifest)
-        logger.info("stage %s complete: %s", stage, self.stage_dir(stage))
+            manifest.update(redact(extra))
+        if stage in self.fingerprints:
+            manifest["fingerprint"] = self.fingerprints[stage]
+        write_json(d / MANIFEST, manifest)
+        logger.info("stage %s complete: %s", stage, d)
         return manifest
 
     def manifest(self, stage: str) -> dict[str, Any]:
         self.require(stage)
         return read_json(self.stage_dir(stage) / MANIFEST)
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the commands that write it (stages, `all`).
+
+    Why: two writers in one run directory clear each other's half-written stages. The lock is an `flock` on
+    `<run>/.lock`, released by the kernel when the process dies, so a killed run never leaves a stale lock; the file
+    holds the holder's pid so that the second writer can name it.
+    """
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.path = run_dir.path / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, output_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise ConfigError(
+                    f"{self.path.parent} is in use by another reges process (pid {holder}); wait for it to finish, "
+                    "or stop it, or use another --run-dir"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from reges.catalog import read_items
+from reges.catalog import read_catalog
 from reges.config import PipelineConfig, load_config
 from reges.errors import CatalogError, ConfigError, DataError
 from reges.io import RunDir
@@ -144,11 +144,19 @@ def check_context(context: list[Turn]) -> None:
     """Refuse a dialogue the recommender cannot read.
 
     Raises:
-        DataError: no user turn with text (nothing to recommend from), or a role other than user/assistant.
+        DataError: no user turn with text (nothing to recommend from), a role other than user/assistant, or text
+            that is not valid Unicode (a lone surrogate such as "\\ud800", or undecodable bytes in a command line).
     """
     for i, turn in enumerate(context):
         if turn.role not in ROLES:
             raise DataError(f"turn {i} has role {turn.role!r}; use 'user' or 'assistant'")
+        try:
+            turn.content.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(
+                f"turn {i} is not valid text (code point U+{ord(turn.content[e.start]):04X} at character {e.start} "
+                "is a lone surrogate); send UTF-8 text"
+            ) from None
     if not any(t.role == "user" and t.content.strip() for t in context):
         raise DataError(
             'the dialogue has no user message with text; send at least one {"role": "user", "content": "..."}'
@@ -290,7 +298,7 @@ class PipelineRecommender:
         if not config_path.is_file():
             raise ConfigError(f"{config_path} not found; point --run-dir at a run directory made by `reges`")
         cfg = load_config(config_path, overrides)
-        items = read_items(run_dir.require("catalog") / "items.jsonl")
+        items = read_catalog(run_dir.require("catalog") / "items.jsonl")
         # The frozen index is needed only without the fused retriever (which carries its own item embeddings).
         index = None if run_dir.is_complete("train-retriever") else ItemIndex.load(run_dir.require("index"))
 
@@ -337,7 +345,7 @@ class PipelineRecommender:
                 logger.info("item expert: fusion alpha 0, so the pick is the retriever's top-1 and it is not loaded")
             else:
                 adapter = adapter_path(cfg, run_dir) if cfg.generate.use_adapter else None
-                item_llm = load_llm(cfg.llm, adapter=adapter, seed=cfg.run.seed)
+                item_llm = load_llm(cfg.item_expert_llm, adapter=adapter, seed=cfg.run.seed)
                 item_sees_query = bool(trained.get("query_used")) and query_llm is not None
         encoder = load_index_encoder(index, cfg.index) if index is not None else None
         recommender = cls(cfg, items, index, encoder, query_llm, fused, item_llm, item_sees_query, mention_counts)
@@ -381,7 +389,8 @@ class PipelineRecommender:
             latency["query"] = _ms_since(t0)
 
         t = time.perf_counter()
-        excluded = [mentioned_item_ids(c) for c in contexts]
+        # every film of a named title: a user who named or rejected "Titanic" means the title, not the id linked
+        excluded = [self.spotter.same_title_ids(mentioned_item_ids(c)) for c in contexts]
         pick_k = self.cfg.generate.top_k if self.item_llm is not None else 1
         depth = max(top_k, pick_k) + max(len(e) for e in excluded)
         rankings = [

@@ -28,7 +28,7 @@ import yaml
 from reges.catalog import build_card, read_items
 from reges.config import PipelineConfig, config_to_dict, load_config
 from reges.errors import ConfigError, StageNotReadyError
-from reges.io import RunDir, atomic_open, read_json, write_jsonl
+from reges.io import RunDir, atomic_open, read_json, redact, stage_file_sizes, write_json, write_jsonl
 from reges.records import Item
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def serving_config(cfg: PipelineConfig) -> PipelineConfig:
         run=dataclasses.replace(cfg.run, show_progress=False, overwrite=False),
         llm=dataclasses.replace(cfg.llm, threads=0),
         index=dataclasses.replace(cfg.index, threads=0),
+        item_llm=None if cfg.item_llm is None else dataclasses.replace(cfg.item_llm, threads=0),
     )
 
 
@@ -130,8 +131,12 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
             else:
                 (dst / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / name, dst / name)
+        # the bundle's files differ from the run's (no plots, float16, fewer files): its manifest lists its own
+        manifest = read_json(dst / "manifest.json")
+        write_json(dst / "manifest.json", {**manifest, "files": stage_file_sizes(dst)})
     with atomic_open(tmp / "config.yaml") as f:
-        yaml.safe_dump(config_to_dict(serving_config(load_config(run_dir.path / "config.yaml"))), f, sort_keys=False)
+        tree = redact(config_to_dict(serving_config(load_config(run_dir.path / "config.yaml"))))
+        yaml.safe_dump(tree, f, sort_keys=False)
     with atomic_open(tmp / "SOURCES.md") as f:
         f.write(sources_note)
     if out.exists():

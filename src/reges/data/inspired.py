@@ -18,6 +18,7 @@ never on which other titles are loaded, so adding a file (the official test spli
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from reges.data import DialogueFile, merge_turns
 from reges.errors import CatalogError, DataError
-from reges.io import iter_jsonl
+from reges.io import iter_jsonl, read_text
 from reges.records import Dialogue, Role
 from reges.titles import normalize_title, title_id
 
@@ -86,7 +87,7 @@ def load_inspired_tsv(path: str | Path) -> DialogueFile:
     csv.field_size_limit(sys.maxsize)
     titles: dict[str, str] = {}
     rows_by_dialogue: dict[str, list[tuple[Role, str, list[str]]]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
@@ -163,6 +164,5 @@ def load_inspired(path: str | Path) -> DialogueFile:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"INSPIRED file not found: {path}; check data.train_files/dev_files/test_files")
-    with path.open(encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
+    first = next((line for line in read_text(path).splitlines() if line.strip()), "")
     return load_inspired_unicrs(path) if first.lstrip().startswith("[") else load_inspired_tsv(path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import logging
 import re
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from typing import Any
 
 from reges.data import DialogueFile, merge_turns
 from reges.errors import DataError
-from reges.io import iter_jsonl
+from reges.io import iter_jsonl, read_text
 from reges.records import Dialogue, Role
 from reges.titles import normalize_title
 
@@ -55,7 +56,7 @@ def read_movie_names(path: str | Path) -> dict[str, str]:
         raise DataError(f"movie names file not found: {path}; set data.movie_names_file to ReDial's "
                         "movies_with_mentions.csv")
     names: dict[str, str] = {}
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"movieId", "movieName"} <= set(reader.fieldnames):
             raise DataError(f"{path}: expected a CSV header with movieId and movieName, got {reader.fieldnames}; "

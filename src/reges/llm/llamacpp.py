@@ -150,7 +150,7 @@ class LlamaCppLLM:
         """Load `cfg.model` (a bundled name or a .gguf file) with an optional GGUF LoRA adapter."""
         from reges.llm.models import resolve_model
 
-        source = resolve_model(cfg.model)
+        source = resolve_model(cfg.model, cfg.cache_dir)
         if source.kind != "gguf":
             raise ModelError(
                 f"backend llamacpp needs a GGUF model, but llm.model={cfg.model!r} is a {source.kind} model; "

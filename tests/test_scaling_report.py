@@ -1,0 +1,56 @@
+"""benchmarks/scaling_report.py: the table shows each variant's figures from its run directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load():  # noqa: ANN202 - a benchmark script, loaded as a module
+    spec = importlib.util.spec_from_file_location("scaling_report", REPO / "benchmarks" / "scaling_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _success(mean: float) -> dict:
+    return {"success_rate": {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05}, "n_examples": 120}
+
+
+def _run(root: Path, trained: bool, fused: float) -> Path:
+    for stage in ("evaluate", "generate", "train-item"):
+        (root / stage).mkdir(parents=True)
+    methods = {
+        "retriever_top1": {"all": _success(0.15), "novel": _success(0.03)},
+        "item_expert": {"all": _success(fused), "novel": _success(0.04)},
+        "item_expert_alone": {"all": _success(0.09), "novel": _success(0.02)},
+        "retriever_top1_unmentioned": {"all": _success(0.07)},
+        "item_expert_unmentioned": {"all": _success(0.08)},
+    }
+    e2e = {"mode": "rank", "top_k": 20, "use_adapter": trained, "model": "qwen2.5-coder-1.5b-instruct",
+           "methods": methods}
+    (root / "evaluate" / "metrics.json").write_text(json.dumps({"end_to_end": {"dev": e2e}}))
+    gen = {"fusion_alpha": 0.35, "splits": {"dev": {"hallucinations": 0, "latency_s": {"p50": 6.5, "p95": 9.0}}}}
+    (root / "generate" / "manifest.json").write_text(json.dumps(gen))
+    (root / "train-item" / "manifest.json").write_text(json.dumps({"wall_time_s": 3000, "examples": 96,
+                                                                     "final_loss": 2.5, "peak_rss_mb": 9000}))
+    return root
+
+
+def test_report_lists_each_variant(tmp_path: Path) -> None:
+    report = _load()
+    untuned, trained = _run(tmp_path / "u", False, 0.12), _run(tmp_path / "t", True, 0.18)
+    out = tmp_path / "scaling.md"
+    assert report.main(["--split", "dev", "--out", str(out), "--run", f"untuned={untuned}",
+                        "--run", f"listwise={trained}"]) == 0
+    page = out.read_text()
+    lines = [line for line in page.splitlines() if line.startswith("| untuned") or line.startswith("| listwise")]
+    assert len(lines) == 2
+    assert "| no | 20 | 120 | 0.35 | 0.150 [0.100, 0.200] | 0.120 [0.070, 0.170]" in lines[0]
+    assert lines[0].endswith("| 6.50 | - |")  # untuned: no training time, even though the folder has a manifest
+    assert "| yes |" in lines[1] and "0.180 [0.130, 0.230]" in lines[1] and lines[1].endswith("| 50.0 |")
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["train_examples"] for r in rows] == [None, 96]

@@ -54,3 +54,29 @@ def test_report_lists_each_variant(tmp_path: Path) -> None:
     assert "| yes |" in lines[1] and "0.180 [0.130, 0.230]" in lines[1] and lines[1].endswith("| 50.0 |")
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["train_examples"] for r in rows] == [None, 96]
+
+
+def test_expert_diagnostics_counts_what_the_choice_follows(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("expert_diagnostics", REPO / "benchmarks" / "expert_diagnostics.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    run = tmp_path / "run"
+    for stage in ("data", "catalog", "generate"):
+        (run / stage).mkdir(parents=True)
+    items = [{"item_id": i, "title": t, "text": t} for i, t in (("a", "Alien (1979)"), ("b", "Up (2009)"),
+                                                                  ("c", "The Shining (1980)"))]
+    (run / "catalog" / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    turn = {"role": "user", "content": "I loved Alien (1979)", "item_ids": ["a"]}
+    examples = [{"example_id": f"e{i}", "dialogue_id": "d", "context": [turn], "target_item_ids": ["c"],
+                 "target_mentioned": [False], "target_titles": ["The Shining (1980)"]} for i in range(2)]
+    (run / "data" / "dev.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
+    rows = [  # e0: the expert follows the retriever to the named Alien; e1: it picks the short title, position 2
+        {"example_id": "e0", "candidate_ids": ["a", "b", "c"], "llm_scores": [-1.0, -2.0, -3.0]},
+        {"example_id": "e1", "candidate_ids": ["c", "b", "a"], "llm_scores": [-3.0, -1.0, -2.0]},
+    ]
+    (run / "generate" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = diag.diagnose(run, "dev")
+    assert (got["examples"], got["agree_with_top1"], got["mean_position"]) == (2, 0.5, 1.5)
+    assert (got["picks_shortest_title"], got["picks_named_item"]) == (0.5, 0.5)
+    assert diag.main(["--split", "dev", "--out", str(tmp_path / "d.md"), "--run", f"x={run}"]) == 0
+    assert "| x | 2 | 3 | 0.500 | 1.5 |" in (tmp_path / "d.md").read_text()

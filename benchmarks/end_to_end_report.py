@@ -535,7 +535,8 @@ def build_report(
         "",
         f"Built {date} on {machine['cpu_model']} ({machine['cores']} logical cores, {machine['platform']}) from "
         "the files below; each number was measured when its source file was written (dates per section). "
-        "Missing inputs are skipped and listed under each table; nothing is filled in.",
+        "Missing inputs are skipped and listed under each table; nothing is filled in. This page is generated whole "
+        "by the command below: edit the generator, not the page (analysis belongs on a hand-written page).",
         "",
         f"```\n{command}\n```",
         "",

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reges.catalog import read_catalog
 from reges.config import PipelineConfig, load_config
 from reges.eval.metrics import PROTOCOLS, PickOutcome, recall_key, summarize, summarize_picks, target_ranks
 from reges.io import RunDir
@@ -51,10 +52,9 @@ from reges.item_expert.generate import (
     resolve_query_file,
     tune_alpha,
 )
+from reges.item_expert.mining import load_tokenizer, prompt_token_counts, token_stats
 from reges.item_expert.prompts import PromptFormat, candidate_titles
 from reges.llm import load_llm
-from reges.retrieval.index import read_catalog
-from reges.retrieval.mining import load_tokenizer, prompt_token_counts, token_stats
 from reges.titles import TitleMatcher
 
 logger = logging.getLogger("item_expert_benchmark")

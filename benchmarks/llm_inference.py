@@ -1,4 +1,4 @@
-"""Benchmark SmolLM2-135M-Instruct inference per backend and write docs/results/llm.md.
+"""Benchmark SmolLM2-135M-Instruct inference per backend and write docs/results/llm_inference.md.
 
 Measures, for transformers in fp32 and bf16 and for llama.cpp (Q4_1 GGUF):
 - prefill and generation throughput (tokens/s) with a key/value cache, greedy, one sequence;
@@ -8,7 +8,9 @@ Measures, for transformers in fp32 and bf16 and for llama.cpp (Q4_1 GGUF):
 Every timing is the median of `--runs` runs. The whole benchmark takes a few minutes on 2 cores.
 
 Command:
-    .venv/bin/python benchmarks/llm_inference.py --runs 3 --threads 1 --out docs/results/llm.md
+    .venv/bin/python benchmarks/llm_inference.py --runs 3 --threads 1 --out docs/results/llm_inference.md
+
+The page it writes is generated whole; docs/results/llm.md keeps dated, hand-written readings of its numbers.
 """
 
 from __future__ import annotations
@@ -222,12 +224,16 @@ def _installed(package: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median reported)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "llm.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "llm_inference.md")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--gen-tokens", type=int, default=32)
     parser.add_argument("--titles-file", type=Path, default=DEFAULT_TITLES, help="ReDial id2info.json (titles)")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[10, 50],
+                        help="candidate-list sizes for choose and rank (at most 50)")
     args = parser.parse_args(argv)
+    if not all(1 <= n <= 50 for n in args.candidates):
+        parser.error(f"--candidates must lie in 1..50 (titles are sampled 50 at a time), got {args.candidates}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = hf_throughput(llm, ids, args.gen_tokens, args.runs)
         else:
             rows[name] = cpp_throughput(llm, ids, args.gen_tokens, args.runs)
-        for n in (10, 50):
+        for n in args.candidates:
             prompt_tokens = len(backends["hf fp32"].encode(backends["hf fp32"].render(item_prompt(pool[:n]))))
             calls = iter(range(10**6))
 
@@ -291,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "Written by `benchmarks/llm_inference.py`; rerun it to refresh (a few minutes).",
         "",
         f"- Command: `.venv/bin/python benchmarks/llm_inference.py --runs {args.runs} --threads {args.threads}"
-        f" --prompt-tokens {args.prompt_tokens} --gen-tokens {args.gen_tokens}`",
+        f" --prompt-tokens {args.prompt_tokens} --gen-tokens {args.gen_tokens}"
+        f" --candidates {' '.join(map(str, args.candidates))}`",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC, {(finished - started).total_seconds():.0f} s",
         f"- Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}; CPU flags: {m['flags']}",
         f"- Threads: {args.threads or os.cpu_count()}; {m['versions']}",

@@ -1,6 +1,8 @@
 """LoRA training speed of SmolLM2-135M-Instruct on CPU: fp32 vs bf16 weights vs bf16 autocast.
 
-    .venv/bin/python benchmarks/llm_training.py --rounds 2 --steps 5 --out docs/results/llm_training.md
+    .venv/bin/python benchmarks/llm_training.py --rounds 2 --steps 5 --out docs/results/llm_training_run.md
+
+The page it writes is generated whole; docs/results/llm_training.md keeps dated, hand-written readings of it.
 
 Setup: r=16 LoRA on q,k,v,o, batches of 4 examples x 256 tokens, completion-only loss, AdamW.
 
@@ -206,7 +208,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="first steps of each run not timed")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
-    parser.add_argument("--out", default="docs/results/llm_training.md")
+    parser.add_argument("--out", default="docs/results/llm_training_run.md")
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # internal: run one mode ...
     parser.add_argument("--result", help=argparse.SUPPRESS)  # ... and write its JSON here
     args = parser.parse_args()

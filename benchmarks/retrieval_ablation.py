@@ -47,10 +47,10 @@ from reges.retrieval.fusion import (
     TunePairs,
     fuse,
     pair_ranks,
-    read_queries,
     zscore_rows,
 )
 from reges.retrieval.index import ItemIndex
+from reges.retrieval.queries import read_queries
 from reges.retrieval.retrieve import item_popularity, popularity_ranking, read_dialogues, read_examples
 
 logger = logging.getLogger("retrieval_ablation")

@@ -7,8 +7,8 @@ Usage:
     .venv/bin/python benchmarks/retrieval_baselines.py \
         --run configs/redial.yaml runs/redial --run configs/inspired.yaml runs/inspired --split dev
 
-Prints one markdown table per dataset and protocol (pasted into docs/results/retrieval.md), plus the
-stage timings from the manifests.
+Prints one markdown table per dataset and protocol, plus the stage timings from the manifests; `--out FILE` also
+writes them to FILE (a generated page, quoted by docs/results/retrieval.md).
 """
 
 from __future__ import annotations
@@ -76,11 +76,19 @@ def main() -> None:
     parser.add_argument("--run", nargs=2, action="append", metavar=("CONFIG", "RUN_DIR"), required=True)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--no-run", action="store_true", help="only print tables from existing run dirs")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
+    tables = []
     for config, run_dir in args.run:
         if not args.no_run:
             run_pipeline(Path(config), Path(run_dir))
-        sys.stdout.write(render(Path(run_dir), args.split) + "\n")
+        tables.append(render(Path(run_dir), args.split))
+        sys.stdout.write(tables[-1] + "\n")
+    if args.out is not None:
+        command = " ".join([".venv/bin/python", "benchmarks/retrieval_baselines.py", *sys.argv[1:]])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"# Retrieval baselines ({args.split})\n\n```\n{command}\n```\n\n" + "\n".join(tables),
+                            encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Usage:
     .venv/bin/python benchmarks/retrieval_speed.py --run-dir runs/redial --queries 200 \
         --synthetic-items 100000 --out docs/results/retrieval_speed.json
 
-It prints markdown tables (pasted into docs/results/retrieval.md) and writes the raw numbers as JSON.
+It prints markdown tables and, with --out, writes the raw numbers there (JSON) and the tables next to it (.md).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reges.catalog import read_catalog
 from reges.config import IndexConfig
 from reges.io import RunDir, now_iso
 from reges.retrieval.encoder import SentenceEncoder, l2_normalize, load_encoder
-from reges.retrieval.index import ItemIndex, read_catalog
+from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import context_to_query
 from reges.retrieval.retrieve import read_examples
 
@@ -170,10 +171,16 @@ def main() -> None:
         "index_types_synthetic": types_synth,
         "synthetic_items": args.synthetic_items,
     }
-    sys.stdout.write(render(result) + "\n")
+    markdown = render(result)
+    sys.stdout.write(markdown + "\n")
     if args.out:
+        # The JSON at --out, the tables next to it (.md): a generated page, quoted by docs/results/retrieval.md.
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        command = " ".join([".venv/bin/python", "benchmarks/retrieval_speed.py", *sys.argv[1:]])
+        header = f"# Retrieval speed: {args.run_dir}\n\nMeasured {result['date']}; raw numbers in the .json next to " \
+                 f"this file.\n\n```\n{command}\n```\n\n"
+        args.out.with_suffix(".md").write_text(header + markdown + "\n", encoding="utf-8")
 
 
 def render(r: dict) -> str:

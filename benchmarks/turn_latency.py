@@ -12,7 +12,7 @@ distinct). Peak RSS is the process's `ru_maxrss` (models, indexes and every allo
 
 Usage (the thread count goes to torch, `index.threads` and `llm.threads` unless an override sets them):
     .venv/bin/python benchmarks/turn_latency.py --run-dir runs/redial --split dev --turns 100 --threads 2 \\
-        --out docs/results/turn_latency_redial.md --overrides generate.mode=constrained
+        --out docs/results/turn_latency_redial.md --override generate.mode=constrained
 
 Writes the markdown report to --out and every number (per-turn raw latencies included) to the same path with .json.
 """
@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads; also index.threads and llm.threads")
     parser.add_argument("--top-k", type=int, default=5, help="candidates returned per call")
     parser.add_argument("--seed", type=int, default=0, help="seed of the example sample")
-    parser.add_argument("--overrides", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+    # --override as in `reges recommend`, serving.py and item_expert.py; --overrides is what older commands wrote.
+    parser.add_argument("--override", "--overrides", dest="overrides", nargs="*", default=[],
+                        metavar="SECTION.KEY=VALUE",
                         help="config overrides on top of the run's config.yaml (e.g. llm.threads=2)")
     parser.add_argument("--out", type=Path, required=True, help="markdown report; the JSON goes next to it (.json)")
     args = parser.parse_args(argv)

@@ -1,9 +1,18 @@
-"""benchmarks/end_to_end_report.py on hand-made inputs: the rows, the skip notes, the markdown and the PNG plots."""
+"""The benchmark scripts: end_to_end_report.py and run_summary.py on hand-made inputs, every script on a tiny run.
+
+The smoke tests (marked slow) share one `reges all` on configs/tiny.yaml (session fixture `tiny_run`) and run each
+script in benchmarks/ as its command line does, in a subprocess, with tiny sizes; `scripts/reproduce.sh smoke` runs
+too. Some scripts have their smoke test next to their stage's tests (item_expert.py in test_item_expert_stages.py,
+encoder_finetune.py in test_train_retriever.py, gpu_check.py and scaling_report.py in their own files).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -244,3 +253,218 @@ def test_parse_variant_runs_refuses_bad_triples(specs):
 
 def test_parse_variant_runs_takes_the_last_equals_sign():
     assert report.parse_variant_runs(["d:k = 10=runs/x"], ["d"]) == {"d": {"k = 10": Path("runs/x")}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run_summary.py on hand-made manifests
+
+run_summary = _load("run_summary")
+
+
+def _stage(run_dir: Path, stage: str, started: str, finished: str) -> None:
+    (run_dir / stage).mkdir(parents=True)
+    (run_dir / stage / "manifest.json").write_text(json.dumps({"stage": stage, "started": started,
+                                                               "finished": finished}))
+
+
+def test_run_summary_reads_split_sizes_and_stage_minutes(tmp_path):
+    run_dir = tmp_path / "d"
+    _stage(run_dir, "data", "2026-01-01T10:00:00+00:00", "2026-01-01T10:00:30+00:00")
+    _stage(run_dir, "train-item", "2026-01-01T11:00:00+00:00", "2026-01-01T11:25:30+00:00")
+    (run_dir / "index").mkdir()  # no manifest: incomplete, left out
+    split = {"dialogues": 3, "turns": 9, "examples": 5, "targets": 6, "novel_targets": 4}
+    (run_dir / "data" / "stats.json").write_text(json.dumps({"splits": {"train": split, "dev": split}}))
+    out = tmp_path / "results" / "run_summary.md"
+    assert run_summary.main(["--runs", f"d={run_dir}", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())["d"]
+    assert result["stage_minutes"] == {"data": 0.5, "train-item": 25.5}  # 30 s; 25 min 30 s
+    assert result["total_minutes"] == 26.0
+    assert result["splits"]["dev"] == {"dialogues": 3, "examples": 5, "targets": 6, "novel_targets": 4}
+    text = out.read_text()
+    assert "| d dev | 3 | 5 | 6 | 4 |" in text and "| train-item | 25.5 |" in text and "**26.0**" in text
+    with pytest.raises(SystemExit):
+        run_summary.main(["--runs", "d", "--out", str(out)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Smoke tests: every script on a tiny run (slow: the run takes 1-3 min on 2 cores, each script 5-60 s)
+
+# Scripts that scripts/reproduce.sh does not run, and why.
+NOT_REPRODUCED = {"gpu_check": "needs a GPU: scripts/gpu_check.sh runs it and writes docs/results/gpu_check.md",
+                  "scaling_report": "scripts/scaling_study.sh runs it (needs the opt-in 1.5B model)",
+                  "expert_diagnostics": "scaling.md's runs need the opt-in 1.5B model, as scaling_report"}
+
+
+def _python(args: list[str], timeout: float = 900) -> str:
+    """Run `python ARGS` from the repository root (config paths are relative to it); fail with its output."""
+    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`reges all` on configs/tiny.yaml, once per session; the smoke tests only read it."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "tiny"
+    _python(["-m", "reges.cli", "all", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
+             "run.show_progress=false"])
+    return run_dir
+
+
+def _examples(run_dir: Path, split: str) -> int:
+    return len((run_dir / "data" / f"{split}.jsonl").read_text().splitlines())
+
+
+def test_every_benchmark_script_has_a_smoke_test_and_a_reproduce_part():
+    tests = "\n".join(p.read_text() for p in sorted((REPO / "tests").glob("test_*.py")))
+    reproduce = (REPO / "scripts" / "reproduce.sh").read_text()
+    for script in sorted((REPO / "benchmarks").glob("*.py")):
+        # this file runs `python benchmarks/x.py`; other test files load the script by path
+        assert f"benchmarks/{script.name}" in tests or f'"{script.name}"' in tests, f"no test runs {script.name}"
+        if script.stem not in NOT_REPRODUCED:
+            assert f"benchmarks/{script.name}" in reproduce, f"scripts/reproduce.sh does not run {script.name}"
+
+
+@pytest.mark.slow
+def test_retrieval_ablation_smoke(tiny_run, tmp_path):
+    out = tmp_path / "ablation.md"
+    _python(["benchmarks/retrieval_ablation.py", str(tiny_run), "--split", "dev", "--bootstrap", "20",
+             "--threads", "1", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    # No teacher run: the teacher row is left out; the tiny run rewrote dev, so the student rows are there.
+    assert list(result["results"]) == ["popularity", "frozen_full", "frozen_last2", "tuned_full", "comention",
+                                       "fused_no_query", "student_query", "fused_student_query"]
+    assert result["examples"] == _examples(tiny_run, "dev")
+    for by_protocol in result["results"].values():
+        recalls = [by_protocol[p][f"recall@{k}"]["mean"] for p in ("all", "novel") for k in result["cutoffs"]]
+        assert all(0.0 <= r <= 1.0 for r in recalls)
+        assert recalls[:4] == sorted(recalls[:4])  # recall@k grows with k
+    assert "| fused_student_query |" in out.read_text()
+
+
+@pytest.mark.slow
+def test_retrieval_baselines_smoke(tiny_run, tmp_path):
+    out = tmp_path / "baselines.md"
+    stdout = _python(["benchmarks/retrieval_baselines.py", "--run", "configs/tiny.yaml", str(tiny_run),
+                      "--split", "dev", "--out", str(out)])
+    text = out.read_text()
+    assert stdout.strip().splitlines()[0] in text  # the printed tables are the page's
+    metrics = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
+    for method in metrics["splits"]["dev"]:
+        assert f"| {method} |" in text
+    assert "**tiny, dev, protocol novel**" in text and "Stage wall clock (UTC)" in text
+
+
+@pytest.mark.slow
+def test_retrieval_speed_smoke(tiny_run, tmp_path):
+    out = tmp_path / "speed.json"
+    _python(["benchmarks/retrieval_speed.py", "--run-dir", str(tiny_run), "--queries", "2", "--synthetic-items", "300",
+             "--threads", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["indexing"]["items"] == len((tiny_run / "catalog" / "items.jsonl").read_text().splitlines())
+    assert result["latency"]["queries"] == 2
+    assert set(result["index_types_catalog"]) == set(result["index_types_synthetic"]) == {"flat", "hnsw", "ivf"}
+    assert result["index_types_catalog"]["flat"]["overlap@50_vs_flat"] == 1.0
+    assert "| flat |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_turn_latency_smoke(tiny_run, tmp_path):
+    out = tmp_path / "latency.md"
+    _python(["benchmarks/turn_latency.py", "--run-dir", str(tiny_run), "--split", "dev", "--turns", "2",
+             "--threads", "1", "--override", "generate.mode=rank", "generate.fusion_alpha=0", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["settings"]["turns"] == 2 and "generate.fusion_alpha=0" in result["settings"]["overrides"]
+    assert len(result["raw_ms"]["end_to_end"]) + len(result["errors"]) == 2
+    assert result["stages"]["pick"] == "retriever top-1"  # rank mode, alpha 0: the Item Expert is not loaded
+    assert "# Per-turn latency" in out.read_text()
+
+
+@pytest.mark.slow
+def test_serving_smoke(tiny_run, tmp_path):
+    out = tmp_path / "serving.md"
+    _python(["benchmarks/serving.py", "--run-dir", str(tiny_run), "--clients", "1", "2", "--requests", "3",
+             "--max-seconds", "60", "--top-k", "1", "3", "--poisoned-fraction", "0.5", "--threads", "1",
+             "--override", "generate.mode=rank", "--override", "generate.fusion_alpha=0", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [r["clients"] for r in result["levels"]] == [1, 2, 2]  # the last level carries the poisoned requests
+    assert all(r["errors"] == 0 for r in result["levels"])
+    assert set(result["levels"][-1]["poisoned_statuses"]) == {"422"}
+    assert result["startup_s"] > 0 and "| clients |" in out.read_text()
+
+
+@pytest.mark.slow
+def test_catalog_cleaning_smoke(tiny_run, tmp_path):
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_run / "data", run_dir / "data")  # the benchmark runs `reges data` only where it is missing
+    out = tmp_path / "cleaning"
+    _python(["benchmarks/catalog_cleaning.py", "--run", "configs/tiny.yaml", str(run_dir), "--split", "dev",
+             "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())["tiny"]
+    assert result["catalog"]["cleaned"] is False  # a custom catalog is never cleaned
+    assert result["catalog"]["items_raw"] == result["catalog"]["items_clean"] == 20
+    assert result["splits"]["dev"]["raw"] == result["splits"]["dev"]["clean"]
+    assert "| tiny | 20 | 20 | not cleaned |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_run_summary_and_end_to_end_report_smoke(tiny_run, tmp_path):
+    out = tmp_path / "run_summary.md"
+    _python(["benchmarks/run_summary.py", "--runs", f"tiny={tiny_run}", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())["tiny"]
+    assert len(result["stage_minutes"]) == 12 and result["splits"]["dev"]["examples"] == _examples(tiny_run, "dev")
+    report_out = tmp_path / "end_to_end.md"
+    _python(["benchmarks/end_to_end_report.py", "--runs", f"tiny={tiny_run}", "--ablation-dir", str(tmp_path),
+             "--out", str(report_out)])
+    rows = json.loads(report_out.with_suffix(".json").read_text())["datasets"]["tiny"]["rows"]
+    assert {"retrieve", "retriever_top1 (k=5)"} <= {r["method"] for r in rows}
+    assert "This page is generated whole" in report_out.read_text()
+
+
+@pytest.mark.slow
+def test_llm_inference_smoke(tmp_path):
+    titles = tmp_path / "id2info.json"
+    titles.write_text(json.dumps({str(i): {"name": f"Movie {i} ({1950 + i})"} for i in range(60)}))
+    out = tmp_path / "llm.md"
+    _python(["benchmarks/llm_inference.py", "--runs", "1", "--threads", "1", "--prompt-tokens", "32",
+             "--gen-tokens", "2", "--candidates", "2", "--titles-file", str(titles), "--out", str(out)])
+    text = out.read_text()
+    for backend in ("hf fp32", "hf bf16", "llamacpp Q4_1"):
+        assert f"| {backend} |" in text
+
+
+@pytest.mark.slow
+def test_llm_training_smoke(tmp_path):
+    out = tmp_path / "training.md"
+    _python(["benchmarks/llm_training.py", "--rounds", "1", "--steps", "1", "--warmup", "0", "--threads", "1",
+             "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| `train_lora`") or
+            line.startswith("| bare step")]
+    assert len(rows) == 4  # train_lora fp32 and bf16, bare step with autocast and in fp32
+    assert "`dtype=float32`" in rows[0] and "`dtype=bfloat16`" in rows[1] and "autocast" in rows[2]
+
+
+@pytest.mark.slow
+def test_reproduce_smoke(tiny_run, tmp_path):
+    """scripts/reproduce.sh smoke: every command of readme and all on the tiny config, each part timed."""
+    # The trained run is the session's (its stages are complete, so `reges all` skips them); the rest runs.
+    shutil.copytree(tiny_run, tmp_path / "runs" / "tiny", symlinks=True)
+    done = subprocess.run(["bash", "scripts/reproduce.sh", "smoke"], cwd=REPO, capture_output=True, text=True,
+                          timeout=3600, check=False, env={**os.environ, "REPRODUCE_OUT": str(tmp_path)})
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+    parts = [line for line in done.stdout.splitlines() if line.startswith("=== reproduce: ") and " done in " in line]
+    assert len(parts) == 16, done.stdout
+    results = tmp_path / "results"
+    for name in ("retrieval_ablation_tiny.json", "item_expert_tiny.json", "item_expert_tiny_free.json",
+                 "end_to_end.md", "run_summary.md", "turn_latency_shipped.json", "turn_latency_shipped_fast.json",
+                 "serving_trained.json", "serving_trained_fast.json", "retrieval_baselines.md", "retrieval_speed.md",
+                 "retrieval_speed_synthetic.json", "distill_stats_tiny.json", "encoder_finetune.json",
+                 "llm_training_run.md", "llm_inference.md", "catalog_cleaning_counts.json", "serving.json",
+                 "serving_mixed.json", "turn_latency_tiny_full.json"):
+        assert (results / name).is_file(), name
+    rows = json.loads((results / "end_to_end.json").read_text())["datasets"]["tiny"]["rows"]
+    sources = " ".join(r["source"] for r in rows)
+    for label in ("random negatives", "shipped (frozen MiniLM)", "SFT", "k = 10", "SFT, constrained"):
+        assert f"of the {label} run" in sources, label
+    assert "teacher_query" in {r["method"] for r in rows}  # from the teacher run dir on dev

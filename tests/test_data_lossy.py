@@ -1,38 +1,27 @@
-"""Lossy ReDial file: reading the zip, the merge decoder, known-order recovery, matching and exclusion.
+"""Lossy ReDial file: reading the zip, matching entries to known dialogues, exclusion, the mention sets kept.
 
 Fixtures (tests/fixtures/lossy/README.md): 17 real entries of the lossy file, the true-order copies of 14 of them
-(12 KGSF, 2 iEvaLM) and the movie names they need. Model fitting here uses those 12-14 dialogues only (< 1 s).
+(12 KGSF, 2 iEvaLM) and the movie names they need.
 """
 
 from __future__ import annotations
 
-import html
+import hashlib
 import json
 import logging
-import math
 import re
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from reges.data.lossy import (
+    FIRST_SPEAKER_ROLE,
     MEMBER,
     MISSING_TITLE,
-    KnownOrder,
-    OrderModel,
-    alternate,
-    concatenate,
-    first_speaker_role,
-    fit_order_model,
-    interleave,
-    known_order,
-    known_orders,
     load_lossy,
     lossy_dialogues,
     match_dialogues,
-    reconstruct,
 )
 from reges.data.redial import load_redial
 from reges.errors import DataError
@@ -57,12 +46,15 @@ def names(lossy_dir: Path) -> dict[str, str]:
     return json.loads((lossy_dir / "movie_names.json").read_text(encoding="utf-8"))
 
 
+def _zip(path: Path, entries: list[dict]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(MEMBER, json.dumps(entries, ensure_ascii=False))
+    return path
+
+
 @pytest.fixture(scope="module")
 def zip_path(tmp_path_factory: pytest.TempPathFactory, sample: list[dict]) -> Path:
-    path = tmp_path_factory.mktemp("lossy") / "precessed.json.zip"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr(MEMBER, json.dumps(sample, ensure_ascii=False))
-    return path
+    return _zip(tmp_path_factory.mktemp("lossy") / "precessed.json.zip", sample)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +67,13 @@ def ievalm(lossy_dir: Path, names: dict[str, str]) -> list[Dialogue]:
     return load_redial(lossy_dir / "ievalm_valid_sample.jsonl", names).dialogues
 
 
-def _hand_model() -> OrderModel:
-    """Switch logit = 1 + 5 * (previous message has "?") - 5 * (same speaker's next starts lowercase); the first
-    speaker is the seeker with probability sigmoid(-2) (so: the recommender)."""
-    return OrderModel(order_weights={"prev_question": 5.0, "same_lower": -5.0}, order_bias=1.0,
-                      role_weights={"spoke_first": -2.0})
+def _spaced(d: Dialogue) -> Dialogue:
+    """The same dialogue with its whitespace changed, which matching ignores."""
+    return Dialogue(d.dialogue_id, [Turn(t.role, "  " + t.content.replace(" ", "  "), t.item_ids) for t in d.turns])
+
+
+def _mention_sets(dialogues: list[Dialogue]) -> dict[str, list[str]]:
+    return {d.dialogue_id: sorted({i for t in d.turns for i in t.item_ids}) for d in dialogues}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,79 +109,16 @@ def test_load_lossy_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Decoding
+# Matching
 
 
-def test_baselines() -> None:
-    assert alternate(3, 2) == [0, 1, 0, 1, 0]
-    assert alternate(1, 3) == [0, 1, 1, 1]
-    assert concatenate(2, 1) == [0, 0, 1]
-
-
-def test_interleave_and_reconstruct_hand_made_dialogue() -> None:
-    # Hand-checked with _hand_model: after "...like?" the logit is 1 + 5 = 6 (switch); after "I like comedies."
-    # it is 1 (switch); after "Have you seen @111" the same speaker goes on in lowercase: 1 - 5 = -4 (stay);
-    # then the recommender has no message left. Any other path loses at least 1 nat (vs 0.33 for this one).
-    questions = ["Hi! What kind of movies do you like?", "Have you seen @111", "it's a classic!"]
-    answers = ["I like comedies.", "No, I have not.", "Is it &quot;funny&quot;?"]
-    model = _hand_model()
-    assert interleave(questions, answers, model) == [0, 1, 0, 0, 1, 1]
-    role, p_user = first_speaker_role(questions, answers, model)
-    assert role == "assistant"
-    assert p_user == pytest.approx(1 / (1 + math.exp(2)))
-    assert reconstruct(questions, answers, model) == [
-        Turn("assistant", "Hi! What kind of movies do you like?", []),
-        Turn("user", "I like comedies.", []),
-        Turn("assistant", "Have you seen @111 it's a classic!", ["111"]),
-        Turn("user", 'No, I have not. Is it "funny"?', []),
-    ]
-
-
-def test_interleave_one_sided_dialogue() -> None:
-    assert interleave(["Hello, whats your favorite type of movies?"], [], _hand_model()) == [0]
-    assert interleave(["a", "b"], [], _hand_model()) == [0, 0]
-
-
-def test_order_model_round_trips_through_json() -> None:
-    model = _hand_model()
-    assert OrderModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Known order: matching and alignment
-
-
-def test_known_order_cuts_turns_back_into_messages() -> None:
-    entry = {"context": "", "questions": ["Hi", "any comedies?", "I loved @1"], "answers": ["Hello!", "Try @1", "ok"]}
-    dialogue = Dialogue("d", [Turn("user", "Hi any comedies?"), Turn("assistant", "Hello! Try Heat (1995)", ["1"]),
-                              Turn("user", "I loved Heat (1995)", ["1"]), Turn("assistant", "ok")])
-    assert known_order(entry, dialogue, "user", {"1": "Heat  (1995)"}) == KnownOrder(
-        questions=entry["questions"], answers=entry["answers"], sides=[0, 0, 1, 1, 0, 1], first_role="user")
-    # The dialogue must open with the entry's first speaker, and no speaker can have more turns than messages.
-    assert known_order(entry, dialogue, "assistant", {"1": "Heat (1995)"}) is None
-    three_user_turns = Dialogue("d", [Turn("user", "Hi"), Turn("assistant", "Hello!"), Turn("user", "any comedies?"),
-                                      Turn("assistant", "Try"), Turn("user", "x"), Turn("assistant", "ok"),
-                                      Turn("user", "y"), Turn("assistant", "z")])
-    assert known_order(entry, three_user_turns, "user", {}) is None
-
-
-def test_match_and_recover_true_order(sample: list[dict], names: dict[str, str], kgsf: list[Dialogue],
-                                      ievalm: list[Dialogue], lossy_dir: Path) -> None:
+def test_every_known_fixture_dialogue_matches_its_entry_exactly(sample: list[dict], names: dict[str, str],
+                                                                 kgsf: list[Dialogue], ievalm: list[Dialogue]) -> None:
     matched, unmatched = match_dialogues(sample, kgsf + ievalm, names)
     assert unmatched == 0
     assert len(matched) == 14
     assert set(range(17)) - set(matched) == set(UNKNOWN_POSITIONS)
     assert all(m.exact for m in matched.values())
-    orders = known_orders(sample, matched, names)
-    assert len(orders) == 14
-    # KGSF keeps one entry per chat message: its sender sequence is the truth, independently of the loader.
-    by_id = {m.dialogue.dialogue_id: i for i, m in matched.items()}
-    for line in (lossy_dir / "kgsf_valid_sample.jsonl").read_text(encoding="utf-8").splitlines():
-        raw = json.loads(line)
-        first = raw["messages"][0]["senderWorkerId"]
-        k = orders[by_id[str(raw["conversationId"])]]
-        assert k.sides == [int(m["senderWorkerId"] != first) for m in raw["messages"]]
-        assert k.first_role == ("user" if first == raw["initiatorWorkerId"] else "assistant")
 
 
 def test_fuzzy_match_survives_small_edits(sample: list[dict], names: dict[str, str], kgsf: list[Dialogue]) -> None:
@@ -198,67 +129,82 @@ def test_fuzzy_match_survives_small_edits(sample: list[dict], names: dict[str, s
     fuzzy, unmatched = match_dialogues(sample, [edited], names)
     assert unmatched == 0 and set(fuzzy) == set(exact)
     assert [m.exact for m in fuzzy.values()] == [False]
+    # Swapping the roles does not hide a dialogue: the entry's first speaker may be either role.
+    swapped = Dialogue(d.dialogue_id, [Turn("user" if t.role == "assistant" else "assistant", t.content, t.item_ids)
+                                       for t in edited.turns])
+    assert set(match_dialogues(sample, [swapped], names)[0]) == set(exact)
     # A different mention set is a different dialogue, however similar the text.
     other_ids = Dialogue(d.dialogue_id, [Turn(t.role, t.content, t.item_ids + ["999999"]) for t in d.turns])
     assert match_dialogues(sample, [other_ids], names) == ({}, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fitting and the corpus
-
-
-def test_fit_needs_enough_known_dialogues() -> None:
-    k = KnownOrder(questions=["Hi?", "ok"], answers=["Hello"], sides=[0, 1, 0], first_role="user")
-    with pytest.raises(DataError, match="at least 10"):
-        fit_order_model([k] * 3)
-    with pytest.raises(DataError, match="do not fit"):
-        fit_order_model([KnownOrder(["a"], ["b"], [1, 0], "user")] * 10)
-
-
-def test_fit_and_reconstruct_real_dialogues(sample: list[dict], names: dict[str, str], kgsf: list[Dialogue],
-                                            ievalm: list[Dialogue]) -> None:
-    matched, _ = match_dialogues(sample, kgsf + ievalm, names)
-    orders = known_orders(sample, matched, names)
-    model = fit_order_model(list(orders.values()))
-    assert model.fitted_on == 14
-    assert model.order_weights and model.role_weights
-    for entry in sample:
-        turns = reconstruct(entry["questions"], entry["answers"], model)
-        # Every message is used once: each speaker's turns re-join into that speaker's messages.
-        roles = [t.role for t in turns]
-        assert all(a != b for a, b in zip(roles, roles[1:], strict=False))
-        first = turns[0].role
-        by_role = {r: " ".join(" ".join(t.content for t in turns if t.role == r).split()) for r in ROLES}
-        second = "user" if first == "assistant" else "assistant"
-        assert by_role[first] == " ".join(html.unescape(" ".join(entry["questions"])).split())
-        assert by_role[second] == " ".join(html.unescape(" ".join(entry["answers"])).split())
+# The corpus
 
 
 def test_lossy_dialogues_excludes_and_skips_known(zip_path: Path, names: dict[str, str], kgsf: list[Dialogue],
                                                   ievalm: list[Dialogue], caplog: pytest.LogCaptureFixture) -> None:
-    # Held out: one KGSF and one iEvaLM dialogue (whitespace changed, which the match ignores), plus a dialogue
-    # that is not in the file at all, like a test dialogue.
-    spaced = Dialogue(kgsf[0].dialogue_id, [Turn(t.role, "  " + t.content.replace(" ", "  "), t.item_ids)
-                                            for t in kgsf[0].turns])
+    # Held out: one KGSF and one iEvaLM dialogue (whitespace changed), plus a dialogue that is not in the file at
+    # all, like a test dialogue. kgsf[1] is both known and excluded: it is dropped either way.
     not_in_file = Dialogue("test-1", [Turn("user", "I like horror"), Turn("assistant", "Try Heat", ["76636"])])
-    # kgsf[1] is both known and excluded: exclusion wins and it is not used for fitting.
-    exclude = [spaced, ievalm[0], not_in_file, kgsf[1]]
-    known = kgsf[1:] + ievalm[1:]
+    exclude = [_spaced(kgsf[0]), ievalm[0], not_in_file, kgsf[1]]
     with caplog.at_level(logging.INFO, logger="reges.data.lossy"):
-        out = lossy_dialogues(zip_path, exclude, names, known=known)
+        out = lossy_dialogues(zip_path, exclude, names, known=kgsf[1:] + ievalm[1:])
     assert [d.dialogue_id for d in out] == [f"lossy-{i:05d}" for i in UNKNOWN_POSITIONS]
     assert "3 entries match excluded dialogues" in caplog.text
     assert "1 of the 4 excluded dialogues are not in the file" in caplog.text
-    assert "turn-order model fitted on 11 dialogues" in caplog.text
-    assert "1 known dialogues are also excluded" in caplog.text
-    # The returned dialogues have titles in place of @ids, and the ids as items.
-    by_id = {d.dialogue_id: d for d in out}
-    first = by_id["lossy-00001"]
-    assert {i for t in first.turns for i in t.item_ids} == {"188192", "100030"}
-    text = " ".join(t.content for t in first.turns)
-    assert "@" not in text
-    assert names["188192"].split("  ")[0] in text
-    assert [t.role for t in by_id["lossy-00004"].turns] in (["user"], ["assistant"])
+    assert "12 entries match known dialogues" in caplog.text
+    assert "3 dialogues kept (3 excluded, 11 known)" in caplog.text
+
+
+def test_lossy_dialogues_keep_the_mention_sets_of_the_learned_reconstruction(
+    zip_path: Path, names: dict[str, str], kgsf: list[Dialogue], ievalm: list[Dialogue]
+) -> None:
+    """The co-mention prior reads only each dialogue's item set: these must not change.
+
+    The expected sets were obtained by running `lossy_dialogues` of commit 1ecc0b1 (the learned role and order
+    reconstruction, since removed) on the same inputs and reducing each returned dialogue to its sorted item set;
+    they were pinned from that run before the reconstruction was deleted, not computed by the code under test.
+    """
+    not_in_file = Dialogue("test-1", [Turn("user", "I like horror"), Turn("assistant", "Try Heat", ["76636"])])
+    unknown = {"lossy-00001": ["100030", "188192"], "lossy-00002": ["112719"], "lossy-00004": []}
+    cases = [
+        ([_spaced(kgsf[0]), ievalm[0], not_in_file, kgsf[1]], kgsf[1:] + ievalm[1:], unknown),
+        ([], kgsf, {**unknown, "lossy-00005": ["76012", "84036", "85612", "94056", "99244"],
+                    "lossy-00010": ["169419", "183121", "204974", "78418"]}),
+        (ievalm + kgsf[:2], kgsf[2:], unknown),
+    ]
+    for exclude, known, expected in cases:
+        assert _mention_sets(lossy_dialogues(zip_path, exclude, names, known)) == expected
+
+
+def test_lossy_dialogues_hold_one_turn_per_speaker_with_titles(zip_path: Path, names: dict[str, str],
+                                                               sample: list[dict]) -> None:
+    out = {d.dialogue_id: d for d in lossy_dialogues(zip_path, [], names, known=[])}
+    assert len(out) == 17
+    first = out["lossy-00001"]
+    assert [t.role for t in first.turns] == [FIRST_SPEAKER_ROLE, "user"]
+    # Each turn is one speaker's messages in file order, HTML escapes undone, `@id`s replaced by titles.
+    assert first.turns[0].content.startswith("Hello What genre are you into")
+    assert "@" not in " ".join(t.content for t in first.turns)
+    assert names["188192"].split("  ")[0] in " ".join(t.content for t in first.turns)
+    for i, entry in enumerate(sample):
+        d = out[f"lossy-{i:05d}"]
+        assert len(d.turns) == (2 if entry["answers"] else 1)
+        assert {t.role for t in d.turns} <= set(ROLES)
+        for turn, key in zip(d.turns, ("questions", "answers"), strict=False):
+            assert turn.item_ids == list(dict.fromkeys(re.findall(r"@(\d+)", " ".join(entry[key]))))
+
+
+def test_known_dialogue_is_skipped_whatever_its_turn_structure(tmp_path: Path) -> None:
+    # The dialogue opens with the entry's second speaker, so the removed reconstruction could not align it and
+    # returned its entry again (counted twice next to the train copy); matching alone now skips it.
+    path = _zip(tmp_path / "p.zip", [{"context": "", "questions": ["Hi", "@1 is great"], "answers": ["Hello"]},
+                                     {"context": "", "questions": ["Any comedies?"], "answers": ["Try @1"]}])
+    known = Dialogue("k", [Turn("assistant", "Hello"), Turn("user", "Hi Heat (1995) is great", ["1"])])
+    out = lossy_dialogues(path, [], {"1": "Heat (1995)"}, known=[known])
+    assert [d.dialogue_id for d in out] == ["lossy-00001"]
+    assert out[0].turns == [Turn(FIRST_SPEAKER_ROLE, "Any comedies?"), Turn("user", "Try Heat (1995)", ["1"])]
 
 
 def test_lossy_dialogues_counts_missing_titles(zip_path: Path, names: dict[str, str], kgsf: list[Dialogue],
@@ -268,22 +214,23 @@ def test_lossy_dialogues_counts_missing_titles(zip_path: Path, names: dict[str, 
         out = lossy_dialogues(zip_path, [], partial, known=kgsf)
     d = next(d for d in out if d.dialogue_id == "lossy-00002")
     turn = next(t for t in d.turns if "112719" in t.item_ids)
-    assert turn.content.endswith(f"Maybe something like {MISSING_TITLE}")
+    assert f"Maybe something like {MISSING_TITLE}" in turn.content
     assert "1 mentions of 1 movie ids have no title" in caplog.text
-
-
-def test_lossy_dialogues_needs_known(zip_path: Path, names: dict[str, str], kgsf: list[Dialogue]) -> None:
-    with pytest.raises(DataError, match="at least 10 lossy dialogues of known order, got 3"):
-        lossy_dialogues(zip_path, [], names, known=kgsf[:3])
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Real data (slow: the whole 10,006-dialogue file)
 
+# Pinned from `reges data --config configs/redial.yaml` with the learned reconstruction (commit 1ecc0b1), on
+# 2026-12-06: its data/lossy_dialogues.jsonl, each dialogue reduced to the line "<dialogue_id> <sorted item ids>"
+# (space-separated), lines sorted, joined with "\n", sha256. 8,193 dialogues, 43,336 (dialogue, item) pairs,
+# 5,722 distinct items. The split below is that config's (dev_fraction 0.16, tune_fraction 0.1).
+REAL_MENTION_SETS_SHA256 = "8d6de94a515a8603b9a19a68a8401e88cf1946f546cba32e11e9da7f84bdc5bc"
+
 
 @pytest.mark.slow
-def test_real_file_matches_known_and_beats_baselines(shared_data: Path) -> None:
-    from reges.data.examples import combine_files, split_dev
+def test_real_file_keeps_the_mention_sets_and_drops_tune_and_dev(shared_data: Path) -> None:
+    from reges.data.examples import combine_files, split_dev, split_tune
     from reges.data.redial import read_movie_names
 
     redial = shared_data / "redial"
@@ -295,40 +242,20 @@ def test_real_file_matches_known_and_beats_baselines(shared_data: Path) -> None:
     assert len(entries) == 10_006
     matched, unmatched = match_dialogues(entries, dialogues, names)
     assert (len(matched), unmatched) == (1_813, 0)
-    orders = known_orders(entries, matched, names)
     train, dev = split_dev(dialogues, 0.16)
-    dev_ids = {d.dialogue_id for d in dev}
-    model = fit_order_model([k for i, k in orders.items() if matched[i].dialogue.dialogue_id not in dev_ids])
-    held = [k for i, k in orders.items() if matched[i].dialogue.dialogue_id in dev_ids]
-    role_ok = sum(first_speaker_role(k.questions, k.answers, model)[0] == k.first_role for k in held) / len(held)
-    def positions(sides: list[int]) -> list[tuple[int, int]]:
-        """(side, index within side) of the message at each position."""
-        count = [0, 0]
-        out = []
-        for side in sides:
-            out.append((side, count[side]))
-            count[side] += 1
-        return out
-
-    def position_accuracy(order: Callable[[KnownOrder], list[int]]) -> float:
-        hits = sum(a == b for k in held for a, b in zip(positions(order(k)), positions(k.sides), strict=True))
-        return hits / sum(len(k.sides) for k in held)
-
-    learned = position_accuracy(lambda k: interleave(k.questions, k.answers, model))
-    baseline = position_accuracy(lambda k: alternate(len(k.questions), len(k.answers)))
-    # Cross-validated on all 1,813 (docs/results/lossy_reconstruction.md): roles 96.5 %, messages at their true
-    # position 47.1 % vs 32.4 % for strict alternation.
-    assert role_ok > 0.9
-    assert learned > baseline + 0.05
-    out = lossy_dialogues(path, dev, names, known=train)
+    train, tune = split_tune(train, 0.1)
+    assert (len(train), len(tune), len(dev)) == (1_361, 161, 291)
+    out = lossy_dialogues(path, tune + dev, names, known=train)
     assert len(out) == 10_006 - len(dialogues)
+    lines = sorted(f"{d.dialogue_id} {' '.join(ids)}" for d in out for ids in [sorted({i for t in d.turns
+                                                                                        for i in t.item_ids})])
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == REAL_MENTION_SETS_SHA256
 
     # Each speaker's messages keep their order, so the two per-speaker texts identify a dialogue however its
-    # turns were interleaved: none of the returned dialogues may be a dev dialogue.
+    # turns were interleaved: none of the returned dialogues may be a train, tune or dev dialogue.
     def speaker_texts(d: Dialogue) -> frozenset[str]:
         return frozenset(re.sub(r"[\W_]+", "", " ".join(t.content for t in d.turns if t.role == r).lower())
                          for r in ROLES)
 
-    dev_keys = {speaker_texts(d) for d in dev}
-    assert not [d.dialogue_id for d in out if speaker_texts(d) in dev_keys]
-    assert len({speaker_texts(d) for d in train} & {speaker_texts(d) for d in out}) == 0
+    held = {speaker_texts(d) for d in dialogues}
+    assert not [d.dialogue_id for d in out if speaker_texts(d) in held]

@@ -9,7 +9,8 @@
 #           retrieval baselines and speed, the distillation study, encoder fine-tuning, LLM inference and LoRA
 #           training speed, catalog cleaning, serving and latency of the full runs. About 15 h in all.
 #   smoke   the same commands on configs/tiny.yaml, with tiny sizes, into a temporary folder (REPRODUCE_OUT, or a new
-#           mktemp -d): a few minutes. tests/test_benchmarks.py runs it.
+#           mktemp -d): 12 min with the tiny trained run already in REPRODUCE_OUT/runs/tiny, 25 min from scratch, on
+#           this 2-core CPU shared with training jobs (2026-12-06). tests/test_benchmarks.py runs it.
 # Environment: RUNS (run dirs, default runs), RESULTS (generated pages, default docs/results), PY, REGES.
 # Every command's output goes to a generated file (a page written whole by its script); the hand-written pages
 # (end_to_end_cost.md, query_expert.md, item_expert.md, retrieval.md, llm.md, llm_training.md, reliability.md,

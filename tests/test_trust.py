@@ -232,3 +232,12 @@ def test_credentials_in_urls_are_refused_and_redacted() -> None:
     tree = {"llm": {"model": "https://u:p@h/v1", "api_key": "k", "api_model": "m"}, "x": [{"api_key": ""}]}
     assert redact(tree) == {"llm": {"model": "https://***@h/v1", "api_key": "***", "api_model": "m"},
                             "x": [{"api_key": ""}]}
+
+
+def test_a_stage_reading_one_key_of_a_section_ignores_the_rest() -> None:
+    """distill reads only retrieve.max_query_chars: other retrieve settings must not make it stale."""
+    from reges.pipeline import _section
+
+    cfg = load_config(None, ["retrieve.splits=[train,dev]", "retrieve.max_query_chars=500"])
+    assert _section(cfg, "retrieve.max_query_chars") == {"max_query_chars": 500}
+    assert "retrieve.max_query_chars" in STAGES["distill"].sections

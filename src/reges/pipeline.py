@@ -29,7 +29,8 @@ class Stage:
         module: Module whose `run(cfg, run_dir)` does the work (imported only when the stage runs).
         help: One line for `reges --help`.
         inputs: Stages whose files it reads (when they are complete, for the optional ones such as rewrite).
-        sections: Config sections it reads; "item_llm" means the Item Expert's LLM (`item_llm`, else `llm`).
+        sections: Config sections it reads; "item_llm" means the Item Expert's LLM (`item_llm`, else `llm`);
+            "section.key" is one key of a section the stage reads nothing else of.
     """
 
     name: str
@@ -46,7 +47,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("index", "reges.retrieval.index", "embed item cards and build the FAISS index", ("catalog",), ("index",)),
     Stage("distill", "reges.query_expert.distill",
           "teacher writes grounded pseudo-queries, kept by retrieval feedback",
-          ("data", "catalog", "index"), ("distill", "index", "retrieve")),
+          ("data", "catalog", "index"), ("distill", "index", "retrieve.max_query_chars")),
     Stage("train-query", "reges.query_expert.train", "LoRA-train the Query Expert: dialogue -> pseudo-query",
           ("distill",), ("llm", "train_query")),
     Stage("rewrite", "reges.query_expert.rewrite", "the Query Expert writes a query per example",
@@ -89,6 +90,9 @@ def _digest(obj: Any) -> str:
 
 def _section(cfg: PipelineConfig, name: str) -> dict[str, Any]:
     """A config section without its volatile keys (a nested LLM section, distill.teacher_llm, likewise)."""
+    if "." in name:  # one key of a section
+        section, key = name.split(".", 1)
+        return {key: config_to_dict(getattr(cfg, section))[key]}
     tree = config_to_dict(cfg.item_expert_llm if name == "item_llm" else getattr(cfg, name))
     volatile = VOLATILE_KEYS.get(name, frozenset())
     kept = {k: v for k, v in tree.items() if k not in volatile}

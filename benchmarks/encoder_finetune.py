@@ -53,14 +53,14 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     pairs = sample_rows(pairs, n_pairs, cfg.run.seed, "--steps")
     frozen = ItemIndex.load(run_dir.require("index"))
     embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)
-    model = load_encoder(cfg.index.encoder, "cpu", tc.max_seq_length, args.threads)
+    model = load_encoder(cfg.index.encoder, "cpu", tc.max_seq_length)
     negatives = mine_hard_negatives(pairs, SentenceEncoder(model), embeddings, frozen.item_ids, tc.hard_negatives,
                                     cfg.run.seed, cfg.index.batch_size, False)
     load_before = [round(x, 2) for x in os.getloadavg()]
     runs: dict[str, list[dict[str, Any]]] = {d: [] for d in args.dtypes}
     for round_ in range(args.rounds):
         for dtype in args.dtypes:
-            model = load_encoder(cfg.index.encoder, "cpu", tc.max_seq_length, args.threads)
+            model = load_encoder(cfg.index.encoder, "cpu", tc.max_seq_length)
             result = finetune_encoder(model, pairs, negatives, items,
                                       dataclasses.replace(tc, dtype=dtype, save_every_steps=0, epochs=1), cfg.run.seed)
             logger.info("round %d %s: %.2f pairs/s", round_, dtype, result.pairs_per_s)

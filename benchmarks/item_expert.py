@@ -117,8 +117,8 @@ def brief(summary: dict[str, Any]) -> dict[str, Any]:
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = RunDir(args.run_dir)
     cfg: PipelineConfig = load_config(run_dir.path / "config.yaml", args.override)
-    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, threads=args.threads))
-    torch.set_num_threads(args.threads)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, threads=args.threads))
+    torch.set_num_threads(args.threads)  # this script is the process's entry point, as the CLI is for `reges`
     fmt = PromptFormat.from_config(cfg.mine)
     items_list = read_catalog(run_dir.require("catalog") / "items.jsonl")
     items = {it.item_id: it for it in items_list}

@@ -33,6 +33,7 @@ import torch
 from reges.config import LLMConfig
 from reges.llm.hf import HFLLM
 from reges.llm.llamacpp import LlamaCppLLM
+from reges.llm.models import resolve_model
 
 logger = logging.getLogger("llm_inference")
 
@@ -190,7 +191,7 @@ def notes(fp32: tuple[float, float], bf16: tuple[float, float], rows: dict[str, 
             lines.append(
                 f"- Threads on a busy machine: {compared}. Its threads meet at a barrier after every operation; when "
                 "other jobs hold the cores, each barrier waits for a descheduled thread. On a shared machine set "
-                "`llm.threads` below the number of free cores (torch's threads suffer the same way)."
+                "`run.threads` below the number of free cores (torch's threads suffer the same way)."
             )
         else:
             lines.append(f"- Threads: {compared}; the cores were free enough for more threads to help.")
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--candidates must lie in 1..50 (titles are sampled 50 at a time), got {args.candidates}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:  # this script is the process's entry point, as the CLI is for `reges`; llama.cpp takes torch's
+        torch.set_num_threads(args.threads)
 
     info = json.loads(args.titles_file.read_text(encoding="utf-8"))
     titles = sorted({v["name"] for v in info.values()})
@@ -247,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, latency = {}, {}
     backends: dict[str, HFLLM | LlamaCppLLM] = {}
     for name, cfg in [
-        ("hf fp32", LLMConfig(model="smollm2-135m-instruct", backend="hf", dtype="float32", threads=args.threads)),
-        ("hf bf16", LLMConfig(model="smollm2-135m-instruct", backend="hf", dtype="bfloat16", threads=args.threads)),
-        ("llamacpp Q4_1", LLMConfig(model="smollm2-135m-instruct", backend="llamacpp", threads=args.threads)),
+        ("hf fp32", LLMConfig(model="smollm2-135m-instruct", backend="hf", dtype="float32")),
+        ("hf bf16", LLMConfig(model="smollm2-135m-instruct", backend="hf", dtype="bfloat16")),
+        ("llamacpp Q4_1", LLMConfig(model="smollm2-135m-instruct", backend="llamacpp")),
     ]:
         logger.info("benchmarking %s", name)
         llm = HFLLM.from_config(cfg) if cfg.backend == "hf" else LlamaCppLLM.from_config(cfg)
@@ -280,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     if (args.threads or all_cores) != all_cores:
         # llama.cpp's threads wait for each other at every operation: on a busy machine more threads can be slower.
         logger.info("benchmarking llamacpp with %d threads", all_cores)
-        cfg = LLMConfig(model="smollm2-135m-instruct", backend="llamacpp", threads=all_cores)
+        gguf = resolve_model("smollm2-135m-instruct", "").location
         ids = long_prompt_ids(backends["hf fp32"], args.prompt_tokens)
         rows[f"llamacpp Q4_1, {all_cores} threads"] = cpp_throughput(
-            LlamaCppLLM.from_config(cfg), ids, args.gen_tokens, args.runs
+            LlamaCppLLM(gguf, threads=all_cores), ids, args.gen_tokens, args.runs
         )
     agree = agreement(backends["hf fp32"], backends["llamacpp Q4_1"])
     load_end = os.getloadavg()[0]

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from reges.eval.metrics import PROTOCOLS, TargetRank, summarize
 from reges.io import RunDir, machine_info, now_iso
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--out", type=Path, required=True, help="markdown output; JSON goes next to it (.json)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--max-examples", type=int, default=0, help="first N examples only (0: all)")
@@ -94,7 +95,9 @@ def main() -> None:
     examples = read_examples(rd.require("data") / f"{args.split}.jsonl")
     if args.max_examples:
         examples = examples[: args.max_examples]
-    retriever = FusedRetriever.load(rd.path, device=args.device, threads=args.threads)
+    if args.threads:  # this script is the process's entry point, as the CLI is for `reges`
+        torch.set_num_threads(args.threads)
+    retriever = FusedRetriever.load(rd.path, device=args.device)
     item_ids = retriever.item_ids
     pairs = TunePairs.from_examples(examples, item_ids)
     contexts = [ex.context for ex in examples]
@@ -120,7 +123,7 @@ def main() -> None:
     if frozen_index.item_ids != item_ids:
         raise SystemExit("index/ and train-retriever/index/ list items in different orders; rebuild one of them")
     frozen_enc = SentenceEncoder(load_encoder(frozen_index.encoder, args.device,
-                                              int(frozen_index.meta.get("max_seq_length") or 256), args.threads))
+                                              int(frozen_index.meta.get("max_seq_length") or 256)))
     for mode in ("full", "last2"):
         frozen = FusedRetriever(frozen_enc, frozen_emb, item_ids, retriever.counts, {NO_QUERY: {"dense_dialogue": 1}},
                                 FusionSettings(mode, 2000, retriever.settings.normalization, 64, seed))

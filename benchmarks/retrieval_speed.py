@@ -109,7 +109,9 @@ def main() -> None:
     texts = [context_to_query(ex.context, "full", args.max_query_chars) for ex in examples]
     texts = [t for t in texts if t.strip()]
     texts = [texts[i] for i in rng.permutation(len(texts))[: args.queries]]
-    encoder = SentenceEncoder(load_encoder(args.encoder, "cpu", 256, args.threads))
+    if args.threads:  # this script is the process's entry point, as the CLI is for `reges`
+        torch.set_num_threads(args.threads)
+    encoder = SentenceEncoder(load_encoder(args.encoder, "cpu", 256))
     load_before = os.getloadavg()
 
     # 1. Indexing: embed every card (batch 64), then build the exact index.

@@ -201,14 +201,14 @@ def main() -> int:
         default=0.0,
         help="> 0: one more level at the largest --clients with this share of requests poisoned (lone surrogate)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (index.threads)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of the server (run.threads)")
     parser.add_argument("--batch-window-ms", type=float, default=5.0)
     parser.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="passed to `reges serve --override` (e.g. llm.threads=1), repeatable",
+        help="passed to `reges serve --override` (e.g. generate.top_k=10), repeatable",
     )
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=None, help="markdown report (raw numbers go to .json next to it)")
@@ -222,7 +222,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "reges.cli", "serve", "--run-dir", str(args.run_dir), "--port", str(port),
-        "--batch-window-ms", str(args.batch_window_ms), "--override", f"index.threads={args.threads}",
+        "--batch-window-ms", str(args.batch_window_ms), "--override", f"run.threads={args.threads}",
     ]  # fmt: skip
     for override in args.override:
         command += ["--override", override]

@@ -10,7 +10,7 @@ assembly) and the recommender's own `latency_ms` ("query", "retrieve", "pick", "
 If the split has fewer usable examples than `--turns`, the sample is cycled (the report says how many were
 distinct). Peak RSS is the process's `ru_maxrss` (models, indexes and every allocation so far).
 
-Usage (the thread count goes to torch, `index.threads` and `llm.threads` unless an override sets them):
+Usage (the thread count goes to torch, and to `run.threads` unless an override sets it):
     .venv/bin/python benchmarks/turn_latency.py --run-dir runs/redial --split dev --turns 100 --threads 2 \\
         --out docs/results/turn_latency_redial.md --override generate.mode=constrained
 
@@ -53,9 +53,9 @@ def peak_rss_mib() -> float:
 
 
 def thread_overrides(threads: int, overrides: list[str]) -> list[str]:
-    """`index.threads` and `llm.threads` set to `threads`, unless the user's overrides set them; user's last."""
+    """`run.threads` set to `threads` (what llama.cpp models take), unless the user's overrides set it; user's last."""
     given = {o.split("=", 1)[0].strip() for o in overrides}
-    defaults = [f"{key}={threads}" for key in ("index.threads", "llm.threads") if key not in given]
+    defaults = [f"run.threads={threads}"] if "run.threads" not in given else []
     return defaults + list(overrides)
 
 
@@ -213,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True, help="a run dir made by `reges` (catalog, index, ...)")
     parser.add_argument("--split", default="dev", help="data split whose example contexts are the turns")
     parser.add_argument("--turns", type=int, default=100, help="timed recommend calls (one extra warm-up call)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads; also index.threads and llm.threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads; also run.threads")
     parser.add_argument("--top-k", type=int, default=5, help="candidates returned per call")
     parser.add_argument("--seed", type=int, default=0, help="seed of the example sample")
     # --override as in `reges recommend`, serving.py and item_expert.py; --overrides is what older commands wrote.
     parser.add_argument("--override", "--overrides", dest="overrides", nargs="*", default=[],
                         metavar="SECTION.KEY=VALUE",
-                        help="config overrides on top of the run's config.yaml (e.g. llm.threads=2)")
+                        help="config overrides on top of the run's config.yaml (e.g. generate.top_k=10)")
     parser.add_argument("--out", type=Path, required=True, help="markdown report; the JSON goes next to it (.json)")
     args = parser.parse_args(argv)
     if args.turns < 1 or args.threads < 1:

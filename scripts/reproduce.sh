@@ -131,9 +131,9 @@ random_negatives() {  # ~1.5 h ReDial, ~45 min INSPIRED: the Item Expert trained
 }
 
 shipped_variant() {  # ~1.5 h: the shipped recommender's retriever (bundled frozen MiniLM in the fusion) on ReDial
-  # scripts/ship_redial.sh reuses the trained run's mine and train-item with this retriever; the stale-input check
-  # refuses that now (mine was built on the other retriever's candidates), so here the Item Expert is retrained on
-  # this retriever's candidates. Not runs/redial-ship: ship_redial.sh links mine and train-item there.
+  # The Item Expert is retrained on this retriever's candidates (the stale-input check refuses one trained on the
+  # fine-tuned retriever's): the run scripts/ship_redial.sh builds, so `scripts/ship_redial.sh runs/redial
+  # runs/redial-ship-variant` ships this run without retraining anything.
   variant_all "$FIRST" ship-variant "data catalog index distill train-query rewrite" train_retriever.finetune=false
 }
 
@@ -206,7 +206,7 @@ distillation_study() {  # ~10 min: query_expert.md's teacher table (300 seeded t
   for d in "${DATASETS[@]}"; do
     link_stages "$RUNS/$d" "$RUNS/$d-qe" data catalog index
     $REGES distill --config "${CONFIG[$d]}" --run-dir "$RUNS/$d-qe" "distill.max_examples=$DISTILL_EXAMPLES" \
-      index.threads=1 run.show_progress=false run.overwrite=true
+      run.threads=1 run.show_progress=false run.overwrite=true
     cp "$RUNS/$d-qe/distill/stats.json" "$RESULTS/distill_stats_$d.json"
   done
 }
@@ -228,6 +228,12 @@ catalog_cleaning() {  # ~3 min: catalog_cleaning.md's counts (its data stages ar
   local runs=()
   for d in "${DATASETS[@]}"; do runs+=(--run "${CONFIG[$d]}" "$RUNS/cc-$d"); done
   $PY benchmarks/catalog_cleaning.py "${runs[@]}" --split dev --out "$RESULTS/catalog_cleaning_counts"
+}
+
+cross_dataset() {  # ~15 min: cross_dataset.md (INSPIRED with and without ReDial's co-mentions; reuses the encoder)
+  CONFIG="${CONFIG[$LAST]}" NAME=$LAST REGES=$REGES bash scripts/cross_dataset_study.sh "$RUNS/$LAST" "$RUNS"
+  $PY benchmarks/compare_runs.py --split dev --runs "no cross=$RUNS/$LAST-nocross" "cross=$RUNS/$LAST-cross" \
+    --bootstrap "$BOOTSTRAP" --out "$RESULTS/cross_dataset_$LAST.md"
 }
 
 full_run_latency() {  # ~20 min: serving.md (INSPIRED run), reliability.md's mixed traffic, ReDial per turn
@@ -262,6 +268,7 @@ if [ "$MODE" != readme ]; then
   part "training speed" "~15 min" training_speed
   part "LLM inference" "~3 min" llm_inference
   part "catalog cleaning" "~3 min" catalog_cleaning
+  part "cross-dataset co-mentions" "~15 min" cross_dataset
   part "full-run latency and serving" "~20 min" full_run_latency
 fi
 

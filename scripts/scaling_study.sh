@@ -18,7 +18,7 @@ BASE=$ROOT/$DS
 ITEM_1_5B=(
   item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4
   train_item.max_examples=200 train_item.batch_size=1 train_item.grad_accum=8 train_item.save_every_steps=5
-  ${THREADS:+item_llm.threads=$THREADS}
+  ${THREADS:+run.threads=$THREADS}
 )
 UPSTREAM=(data catalog index distill train-query rewrite train-retriever retrieve)
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REGES=${REGES:-.venv/bin/reges}
 BASE=runs/inspired; RUN=runs/inspired-item135m-untuned; CONFIG=configs/inspired.yaml
-ARGS=(generate.max_examples=120 generate.use_adapter=false llm.threads=1 index.threads=1)
+ARGS=(generate.max_examples=120 generate.use_adapter=false run.threads=1)
 mkdir -p "$RUN"
 for stage in data catalog index distill train-query rewrite train-retriever retrieve; do
   [ -e "$RUN/$stage" ] || cp -r "$BASE/$stage" "$RUN/$stage"

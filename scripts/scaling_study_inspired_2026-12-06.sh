@@ -11,7 +11,7 @@ ITEM_1_5B=(
   item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4
   train_item.max_examples=96 train_item.batch_size=1 train_item.grad_accum=8 train_item.save_every_steps=2
   generate.max_examples=120
-  item_llm.threads=1 llm.threads=1 index.threads=1
+  run.threads=1
 )
 UPSTREAM=(data catalog index distill train-query rewrite train-retriever retrieve)
 RUN=$ROOT/$DS-item1.5b; [ "$VARIANT" = untuned ] && RUN=$ROOT/$DS-item1.5b-untuned

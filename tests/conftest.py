@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from reges.recommender import PipelineRecommender
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -28,6 +33,40 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real data not found at {SHARED_DATA}; check out the shared folder next to the repository")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def rng_states() -> Callable[[], tuple[object, ...]]:
+    """The process's global generator states (torch CPU, Python, numpy) as comparable values: take them before and
+    after a library call, which must leave them as they were."""
+    import random
+
+    import numpy as np
+    import torch
+
+    def states() -> tuple[object, ...]:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        return torch.get_rng_state().tolist(), random.getstate(), (name, keys.tolist(), pos, has_gauss, gauss)
+
+    return states
+
+
+@pytest.fixture(scope="session")
+def serving_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data, catalog and index of configs/tiny.yaml with a random 16-dim encoder: the frozen serving path, built once
+    for the recommender, server and CLI serving tests, which only read it."""
+    from serving_helpers import build_tiny_run
+
+    root = tmp_path_factory.mktemp("serving")
+    return build_tiny_run(root / "run", root / "encoder")
+
+
+@pytest.fixture(scope="module")
+def recommender(serving_run: Path) -> PipelineRecommender:
+    """The serving run's recommender (one per test module: a module may wrap or serve it)."""
+    from reges.recommender import PipelineRecommender
+
+    return PipelineRecommender.from_run_dir(serving_run)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,6 +16,8 @@ from retrieval_fakes import build_tiny_sentence_transformer
 
 from reges.catalog import read_items
 from reges.cli import main
+from reges.records import Hit, Turn
+from reges.retrieval.constraints import apply_constraints, parse_constraints
 from reges.server import uvicorn_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,14 @@ def catalog_titles(run_dir: Path) -> dict[str, str]:
     return {it.item_id: it.title for it in read_items(run_dir / "catalog" / "items.jsonl")}
 
 
+def served_order(run_dir: Path, user_text: str, candidates: list[tuple[str, float]]) -> list[str]:
+    """The order the recommender serves (item_id, score) candidates in: best score first, then the stated
+    constraints' re-ordering (a request for "epic fantasy" brings fantasy films forward)."""
+    items = {it.item_id: it for it in read_items(run_dir / "catalog" / "items.jsonl")}
+    by_score = sorted((Hit(i, s) for i, s in candidates), key=lambda h: -h.score)
+    return [h.item_id for h in apply_constraints(by_score, parse_constraints([Turn("user", user_text)]), items)]
+
+
 def build_tiny_run(run_dir: Path, encoder_dir: Path | None = None) -> Path:
     """Stages data, catalog and index of configs/tiny.yaml into `run_dir` (the frozen serving path).
 
@@ -35,7 +45,7 @@ def build_tiny_run(run_dir: Path, encoder_dir: Path | None = None) -> Path:
         encoder_dir: Where to build a random 16-dim sentence-transformer over the books vocabulary (fast, for the
             default tests); None keeps the config's real all-MiniLM-L6-v2 (slow tests).
     """
-    overrides = ["run.show_progress=false", "index.threads=1"]
+    overrides = ["run.show_progress=false", "run.threads=1"]
     if encoder_dir is not None:
         texts = [line for p in ("items.jsonl", "dialogues.jsonl") for line in (BOOKS / p).read_text().splitlines()]
         build_tiny_sentence_transformer(encoder_dir, texts + ["User Assistant"])

@@ -147,3 +147,70 @@ def test_no_import_cycles() -> None:
 def test_every_module_has_a_layer() -> None:
     for name in collect_modules(SRC):
         layer_of(name)  # raises for a module outside every layer
+
+
+def config_reads(path: Path) -> tuple[dict[str, set[str]], list[str]]:
+    """What a module reads of the whole config, and whom it hands the whole config to.
+
+    Every function parameter annotated `PipelineConfig` counts, whatever its name. Returns section -> the keys read
+    as `cfg.section.key` ("" when the section is used whole, e.g. passed on), and the calls that get the whole
+    config but are not functions of this module (their reads would escape this check).
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    local = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    reads: dict[str, set[str]] = {}
+    handed: list[str] = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
+        names = {p.arg for p in params if p.annotation is not None and ast.unparse(p.annotation) == "PipelineConfig"}
+        keyed: set[int] = set()
+        for node in ast.walk(fn):
+            inner = node.value if isinstance(node, ast.Attribute) else None
+            if isinstance(inner, ast.Attribute) and isinstance(inner.value, ast.Name) and inner.value.id in names:
+                reads.setdefault(inner.attr, set()).add(node.attr)
+                keyed.add(id(inner))
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names:
+                if id(node) not in keyed:
+                    reads.setdefault(node.attr, set()).add("")
+            elif isinstance(node, ast.Call):
+                args = list(node.args) + [k.value for k in node.keywords]
+                if any(isinstance(a, ast.Name) and a.id in names for a in args):
+                    if not (isinstance(node.func, ast.Name) and node.func.id in local):
+                        handed.append(f"{ast.unparse(node.func)} (line {node.lineno})")
+    return reads, handed
+
+
+def test_stages_read_only_the_config_sections_they_declare() -> None:
+    """A stage that read a section it does not declare would not go stale when that section changes.
+
+    `reges.pipeline.stage_config` refuses such a read when the stage runs; this finds it without running, in the
+    stage's module (which hands the whole config to no other module).
+    """
+    from reges.pipeline import PIPELINE
+
+    bad: list[str] = []
+    for stage in PIPELINE:
+        path = SRC / (stage.module.replace(".", "/") + ".py")
+        if not path.is_file():
+            path = path.with_suffix("") / "__init__.py"
+        whole = {"run"} | {s for s in stage.sections if "." not in s}
+        if "item_llm" in whole:  # stage_config sets item_llm to the Item Expert's LLM; `llm` stays hidden
+            whole.add("item_expert_llm")
+        one_key = {tuple(s.split(".", 1)) for s in stage.sections if "." in s}
+        reads, handed = config_reads(path)
+        assert reads, f"{stage.module} reads no `cfg: PipelineConfig` parameter; annotate its run's cfg"
+        bad += [
+            f"stage {stage.name} ({stage.module}) reads cfg.{section}" + (f".{key}" if key else "")
+            for section, keys in sorted(reads.items())
+            for key in sorted(keys)
+            if section not in whole and (section, key) not in one_key
+        ]
+        bad += [f"stage {stage.name} ({stage.module}) hands the whole config to {call}" for call in handed]
+    assert not bad, (
+        "declare the section in the stage's sections in reges.pipeline.PIPELINE (keys that cannot change its output "
+        "go in VOLATILE_KEYS), or stop reading it; pass other modules the sections they read, not cfg:\n"
+        + "\n".join(bad)
+    )

@@ -286,13 +286,46 @@ def test_run_summary_reads_split_sizes_and_stage_minutes(tmp_path):
         run_summary.main(["--runs", "d", "--out", str(out)])
 
 
+def _per_example(run_dir: Path, ranks: dict[str, list[tuple[int | None, bool]]]) -> None:
+    """evaluate/per_example.jsonl with one row per example id "<dialogue>_<n>" of method `retrieve` on dev."""
+    (run_dir / "evaluate").mkdir(parents=True)
+    rows = [{"split": "dev", "method": "retrieve", "example_id": ex, "dialogue_id": ex.split("_")[0],
+             "targets": [{"item_id": "x", "mentioned": m, "in_catalog": True, "rank": r} for r, m in targets]}
+            for ex, targets in ranks.items()]
+    (run_dir / "evaluate" / "per_example.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_compare_runs_gives_recall_and_the_paired_difference(tmp_path):
+    """benchmarks/compare_runs.py on two hand-made evaluate outputs whose recall and difference are known."""
+    compare_runs = _load("compare_runs")
+    # four dialogues of one example each; b finds two more targets at rank 1, one of them a mentioned one
+    _per_example(tmp_path / "a", {"d1_1": [(1, False)], "d2_1": [(None, False)], "d3_1": [(60, True)],
+                                  "d4_1": [(None, False)]})
+    _per_example(tmp_path / "b", {"d1_1": [(1, False)], "d2_1": [(1, False)], "d3_1": [(1, True)],
+                                  "d4_1": [(None, False)]})
+    out = tmp_path / "cmp.md"
+    compare_runs.main(["--runs", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--bootstrap", "200",
+                       "--out", str(out)])
+    table = json.loads(out.with_suffix(".json").read_text())["table"]
+    assert table["a"]["all/recall@1"]["mean"] == 0.25 and table["b"]["all/recall@1"]["mean"] == 0.75
+    assert table["b"]["all/recall@1"]["diff"] == 0.5
+    assert table["b"]["novel/recall@1"]["mean"] == pytest.approx(2 / 3, abs=1e-4)  # d3's target is left out
+    assert table["b"]["novel/recall@1"]["diff"] == pytest.approx(1 / 3, abs=1e-4)
+    low, high = table["b"]["all/recall@1"]["diff_ci"]
+    assert 0.0 <= low <= 0.5 <= high <= 1.0  # no resample can make b worse: it never misses where a hits
+    assert table["a"]["all/recall@50"]["diff"] == 0.0 and "| b |" in out.read_text()
+    with pytest.raises(SystemExit, match="per_example"):
+        compare_runs.main(["--runs", f"a={tmp_path / 'a'}", f"c={tmp_path / 'c'}", "--out", str(out)])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Smoke tests: every script on a tiny run (slow: the run takes 1-3 min on 2 cores, each script 5-60 s)
 
 # Scripts that scripts/reproduce.sh does not run, and why.
 NOT_REPRODUCED = {"gpu_check": "needs a GPU: scripts/gpu_check.sh runs it and writes docs/results/gpu_check.md",
                   "scaling_report": "scripts/scaling_study.sh runs it (needs the opt-in 1.5B model)",
-                  "expert_diagnostics": "scaling.md's runs need the opt-in 1.5B model, as scaling_report"}
+                  "expert_diagnostics": "scaling.md's runs need the opt-in 1.5B model, as scaling_report",
+                  "scale_catalog": "~1 h on one thread at 1e6 items; docs/results/scale.md names its command"}
 
 
 def _python(args: list[str], timeout: float = 900) -> str:

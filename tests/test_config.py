@@ -87,7 +87,6 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
     (["index.ef_search=0"], ["index.ef_search must be >= 1", "got 0"]),
     (["index.batch_size=0"], ["index.batch_size must be >= 1", "got 0"]),
     (["index.max_seq_length=0"], ["index.max_seq_length must be >= 1", "got 0"]),
-    (["index.threads=-1"], ["index.threads must be >= 0", "got -1"]),
     (["retrieve.top_k=0"], ["retrieve.top_k must be >= 1", "got 0"]),
     (["retrieve.batch_size=0"], ["retrieve.batch_size must be >= 1", "got 0"]),
     (["retrieve.max_query_chars=0"], ["retrieve.max_query_chars must be >= 1", "got 0"]),
@@ -95,7 +94,8 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
     (["evaluate.cutoffs=[0, 5]"], ["evaluate.cutoffs must all be >= 1", "got [0]"]),
     (["evaluate.bootstrap=-1"], ["evaluate.bootstrap must be >= 0", "got -1"]),
     (["evaluate.oracle_fields=[genre, title]"], ["evaluate.oracle_fields must not contain 'title'"]),
-    (["llm.threads=-1"], ["llm.threads must be >= 0", "got -1"]),
+    (["run.threads=-1"], ["run.threads must be >= 0", "got -1"]),
+    (["llm.threads=-1"], ["run.threads must be >= 0", "got -1"]),
     (["llm.n_ctx=0"], ["llm.n_ctx must be >= 1", "got 0"]),
     (["llm.batch_size=0"], ["llm.batch_size must be >= 1", "got 0"]),
     (["llm.max_retries=-1"], ["llm.max_retries must be >= 0", "got -1"]),
@@ -104,7 +104,6 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
     (["item_llm.n_ctx=0"], ["item_llm.n_ctx must be >= 1", "got 0"]),
     (["item_llm.timeout_s=-5"], ["item_llm.timeout_s must be > 0", "got -5.0"]),
     (["distill.teacher_llm.batch_size=0"], ["distill.teacher_llm.batch_size must be >= 1", "got 0"]),
-    (["distill.teacher_llm.threads=-2"], ["distill.teacher_llm.threads must be >= 0", "got -2"]),
     (["distill.splits=[]"], ["distill.splits is empty"]),
     (["distill.num_queries=0"], ["distill.num_queries must be >= 1", "got 0"]),
     (["distill.max_query_words=2"], ["distill.max_query_words must be >= 3", "got 2"]),
@@ -229,6 +228,30 @@ def test_bad_value_stops_the_cli_before_any_stage(
     assert seconds < 1.0
     assert "generate.top_k must be >= 1, got 0" in capsys.readouterr().err
     assert not run_dir.exists() or not any(run_dir.iterdir())
+
+
+def test_old_thread_keys_are_deprecated_aliases_of_run_threads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # run.threads is one count for the whole process; the per-section keys of older configs and scripts set it
+    assert load_config(None, ["llm.threads=1", "index.threads=1"]).run.threads == 1
+    assert "llm.threads and index.threads are deprecated" in caplog.text and "run.threads=1" in caplog.text
+    assert load_config(None, ["distill.teacher_llm.threads=2"]).run.threads == 2
+    assert load_config(None, ["item_llm.threads=3"]).run.threads == 3
+    with pytest.raises(ConfigError, match=r"llm.threads=1, index.threads=2, but the process has one thread count"):
+        load_config(None, ["llm.threads=1", "index.threads=2"])
+    with pytest.raises(ConfigError, match="set only run.threads"):
+        load_config(None, ["run.threads=2", "llm.threads=1"])
+    # an older run's config.yaml holds threads: 0 in each section (no warning: 0 means what run.threads=0 means)
+    old = tmp_path / "config.yaml"
+    old.write_text("llm:\n  threads: 0\nindex:\n  threads: 0\ndistill:\n  teacher_llm:\n    threads: 0\n")
+    caplog.clear()
+    assert load_config(old) == PipelineConfig()
+    assert "deprecated" not in caplog.text
+    # an override beats the file, whichever key either uses
+    old.write_text("llm:\n  threads: 1\n")
+    assert load_config(old, ["run.threads=2"]).run.threads == 2
+    assert load_config(old, ["index.threads=2"]).run.threads == 2
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import pytest
 
 from reges.config import config_from_dict
 from reges.data.examples import dev_score, run, split_dev, split_tune
-from reges.errors import ConfigError, DataError, StageCompleteError
+from reges.errors import ConfigError, DataError, StageCompleteError, UndeclaredSectionError
 from reges.io import MANIFEST, RunDir, read_json, read_jsonl
+from reges.pipeline import STAGES, stage_config
 from reges.records import Dialogue, RecExample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,27 @@ def test_redial_stage_outputs(fixtures_dir, tmp_path):
     assert items["196336"]["mentions"] == {"train": 2}  # Scarface: a user turn and an assistant turn of 12153
     with pytest.raises(StageCompleteError):
         run(_redial_cfg(fixtures_dir), run_dir)
+
+
+def test_stage_runs_on_its_config_view_which_refuses_undeclared_sections(fixtures_dir, tmp_path):
+    cfg = _redial_cfg(fixtures_dir)
+    # The view the CLI hands the data stage gives the same files as the whole config.
+    run(stage_config(STAGES["data"], cfg), RunDir(tmp_path / "view"))
+    run(cfg, RunDir(tmp_path / "whole"))
+    for name in ("train.jsonl", "dev.jsonl", "stats.json", "mentioned_items.jsonl"):
+        assert (tmp_path / "view" / "data" / name).read_bytes() == (tmp_path / "whole" / "data" / name).read_bytes()
+    # A stage that read a section it does not declare fails loudly, naming stage, section and fix.
+    with pytest.raises(UndeclaredSectionError, match=r"stage 'index' reads config section 'data' \(data\.\w+\).*"
+                       r"add 'data' to its sections in reges\.pipeline\.PIPELINE"):
+        run(stage_config(STAGES["index"], cfg), RunDir(tmp_path / "index-view"))
+    view = stage_config(STAGES["generate"], cfg)
+    assert view.run == cfg.run and view.generate == cfg.generate and view.mine == cfg.mine  # run: always visible
+    assert view.item_expert_llm == cfg.llm  # item_llm is null: the Item Expert's LLM is `llm`...
+    with pytest.raises(UndeclaredSectionError, match="'llm'"):
+        _ = view.llm.model  # ...but `llm` itself is not generate's to read
+    with pytest.raises(UndeclaredSectionError, match="'index'"):
+        bool(view.index)
+    assert cfg.index.encoder  # the config itself is untouched
 
 
 def test_inspired_stage(fixtures_dir, tmp_path):

@@ -50,19 +50,23 @@ def test_load_encoder_rules(tiny_st_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError):
         load_encoder(str(tmp_path / "empty"), "cpu", 64)
-    with pytest.raises(ModelError, match="threads must be >= 0"):
-        load_encoder(str(tiny_st_dir), "cpu", 64, threads=-1)
-    before = torch.get_num_threads()
-    try:
-        load_encoder(str(tiny_st_dir), "cpu", 64, threads=1)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
     model = load_encoder(str(tiny_st_dir), "cpu", 64)
     emb = SentenceEncoder(model).encode(["a shark attacks", "an old man"], batch_size=2, show_progress=False)
     assert emb.shape == (2, 16) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     assert SentenceEncoder(model).encode([], 4, False).shape == (0, 16)
+
+
+def test_load_encoder_leaves_the_process_threads_alone(tiny_st_dir: Path) -> None:
+    # run.threads is the CLI's to set (reges.cli.apply_threads); a library load must not change it
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_encoder(str(tiny_st_dir), "cpu", 64)
+        load_encoder("all-MiniLM-L6-v2", "cpu", 64)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_load_encoder_refuses_cuda_without_a_gpu(tiny_st_dir: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from retrieval_fakes import KeywordEncoder, build_tiny_sentence_transformer
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-from sentence_transformers.sentence_transformer.modules import Dense
+from sentence_transformers.sentence_transformer.modules import Dense, Dropout
 
 from reges.config import TrainRetrieverConfig
 from reges.records import Item, RecExample, Turn
@@ -124,6 +124,26 @@ def test_finetune_lowers_the_loss_and_changes_the_weights(tmp_path: Path) -> Non
     assert _mean_loss(model, pairs) < loss_before
     after = model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finetune_leaves_the_global_generators_alone_and_repeats_for_a_seed(tmp_path: Path, rng_states) -> None:
+    pairs = build_pairs(EXAMPLES, ITEMS, "full", 1000)
+    cfg = dataclasses.replace(CFG, epochs=2)
+
+    def train(seed: int) -> dict[str, torch.Tensor]:
+        # a Dropout module, so the masks (torch's global generator) decide the weights
+        model = SentenceTransformer(modules=[*_tiny_model(tmp_path), Dropout(0.5)], device="cpu")
+        torch.manual_seed(123)  # (building the tiny model seeds torch itself)
+        before = rng_states()
+        finetune_encoder(model, pairs, [[] for _ in pairs], ITEMS, cfg, seed=seed)
+        assert rng_states() == before
+        return model.state_dict()
+
+    first = train(0)
+    second = train(0)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = train(1)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

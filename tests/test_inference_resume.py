@@ -93,7 +93,7 @@ def test_partial_rows_round_trip_drop_a_torn_line_and_other_settings(tmp_path: P
 
 def test_fingerprint_ignores_what_changes_no_answer() -> None:
     base = LLMConfig(model="http://127.0.0.1:8080", batch_size=8)
-    runtime = dataclasses.replace(base, timeout_s=600.0, max_retries=9, api_key="secret", batch_size=2, threads=4)
+    runtime = dataclasses.replace(base, timeout_s=600.0, max_retries=9, api_key="secret", batch_size=2)
     assert sha(llm_settings(base, "openai")) == sha(llm_settings(runtime, "openai"))
     assert "secret" not in str(llm_settings(runtime, "openai"))
     local = LLMConfig(model="smollm2-135m-instruct")

@@ -144,7 +144,7 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory):
     from reges.llm.hf import HFLLM
 
     folder = build_tiny_llama(tmp_path_factory.mktemp("tiny"), byte_level=True)
-    return HFLLM.from_config(LLMConfig(model=str(folder), device="cpu", dtype="float32", threads=1, batch_size=4))
+    return HFLLM.from_config(LLMConfig(model=str(folder), device="cpu", dtype="float32", batch_size=4))
 
 
 def test_constrained_never_leaves_the_candidates_and_rank_scores_all(tiny_llm) -> None:

@@ -43,7 +43,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _cfg(model: Path, cache: Path, **generate: object) -> PipelineConfig:
     return PipelineConfig(
         run=RunConfig(show_progress=False),
-        llm=LLMConfig(model=str(model), cache_dir=str(cache), device="cpu", dtype="float32", threads=1),
+        llm=LLMConfig(model=str(model), cache_dir=str(cache), device="cpu", dtype="float32"),
         mine=MineConfig(top_k=3),
         train_item=TrainItemConfig(max_steps=3, batch_size=2, grad_accum=1, r=2, dtype="float32", save_every_steps=1),
         generate=dataclasses.replace(GenerateConfig(top_k=3, batch_size=2, max_new_tokens=4), **generate),
@@ -103,6 +103,17 @@ def test_train_item_writes_adapters_and_resumes_after_a_kill(trained: tuple[RunD
     assert manifest["query_used"] is False and manifest["prompt_format"]["card_fields"] == ["genre"]
     assert manifest["config"]["lora"]["dtype"] == "float32" and manifest["config"]["lora"]["alpha"] == 4.0
     assert set(manifest["outputs"]) == {"adapter", "trainer_state.json", "adapter.gguf"}
+
+
+def test_generate_with_exclude_named_never_shows_a_named_item(trained: tuple[RunDir, PipelineConfig]) -> None:
+    """mine.exclude_named: v3 named "11", so its candidates skip it and take the next retrieved item instead."""
+    rd, cfg = trained
+    cfg = dataclasses.replace(_overwrite(cfg, mode="rank", fusion_alpha=1.0),
+                              mine=dataclasses.replace(cfg.mine, exclude_named=True))
+    generate_stage.run(cfg, rd)
+    rows = {r["example_id"]: r for r in read_jsonl(rd.path / "generate" / "dev.jsonl")}
+    assert rows["v3"]["candidate_ids"] == ["14", "15", "10"]
+    assert rows["v1"]["candidate_ids"] == ["13", "10", "16"]  # names nothing: unchanged
 
 
 @pytest.mark.parametrize("mode", ["constrained", "rank", "free"])
@@ -215,7 +226,7 @@ def test_smollm2_item_expert_end_to_end(tmp_path: Path) -> None:
     shutil.copy(rd.stage_dir("retrieve") / "dev.trec", rd.stage_dir("retrieve") / "tune.trec")
     cfg = PipelineConfig(
         run=RunConfig(show_progress=False),
-        llm=LLMConfig(model="smollm2-135m-instruct", threads=1),
+        llm=LLMConfig(model="smollm2-135m-instruct"),
         mine=MineConfig(top_k=3),
         train_item=TrainItemConfig(max_steps=2, batch_size=1, grad_accum=1, r=4, save_every_steps=0,
                                    objective="listwise"),

@@ -35,11 +35,11 @@ def byte_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_byte"), byte_level=True)
 
 
-def make_llm(folder: Path, n_ctx: int = 512, prompt_lookup_tokens: int = 0) -> HFLLM:
+def make_llm(folder: Path, n_ctx: int = 512, prompt_lookup_tokens: int = 0, seed: int = 0) -> HFLLM:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return HFLLM(model, tokenizer, n_ctx=n_ctx, batch_size=8, prompt_lookup_tokens=prompt_lookup_tokens)
+    return HFLLM(model, tokenizer, n_ctx=n_ctx, batch_size=8, prompt_lookup_tokens=prompt_lookup_tokens, seed=seed)
 
 
 @pytest.fixture
@@ -145,6 +145,19 @@ def test_prompt_lookup_is_off_for_batches_and_sampling(word_llm: HFLLM) -> None:
 def test_prompt_lookup_rejects_a_negative_length(word_folder: Path) -> None:
     with pytest.raises(ModelError, match="prompt_lookup_tokens"):
         make_llm(word_folder, prompt_lookup_tokens=-1)
+
+
+def test_sampling_draws_from_the_models_own_seeded_stream(word_folder: Path, rng_states) -> None:
+    # transformers samples from torch's global generator; each HFLLM lends it its own stream (llama.cpp's `seed`)
+    first_llm, second_llm = make_llm(word_folder), make_llm(word_folder)
+    torch.manual_seed(123)
+    before = rng_states()
+    first = first_llm.generate(PROMPTS, 8, temperature=1.0)
+    assert rng_states() == before  # the caller's generator is as it was
+    torch.rand(3)  # and what the caller draws does not move the model's stream
+    assert second_llm.generate(PROMPTS, 8, temperature=1.0) == first  # the same seed, the same samples
+    assert first_llm.generate(PROMPTS, 8, temperature=1.0) == second_llm.generate(PROMPTS, 8, temperature=1.0)
+    assert make_llm(word_folder, seed=1).generate(PROMPTS, 8, temperature=1.0) != first
 
 
 def test_output_head_gets_row_major_input(byte_llm: HFLLM) -> None:

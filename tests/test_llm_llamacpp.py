@@ -136,10 +136,13 @@ SMOL_PROMPTS = [
 @pytest.fixture(scope="module")
 def smol() -> Iterator[tuple[HFLLM, LlamaCppLLM]]:
     # fp32: the dequantized weights exactly. One thread: on a shared 2-core machine more threads wait on each other.
-    cfg = LLMConfig(model="smollm2-135m-instruct", n_ctx=1024, dtype="float32", threads=1)
+    cfg = LLMConfig(model="smollm2-135m-instruct", n_ctx=1024, dtype="float32")
     torch_threads = torch.get_num_threads()
-    yield HFLLM.from_config(cfg), LlamaCppLLM.from_config(cfg)
-    torch.set_num_threads(torch_threads)  # load_hf set it process-wide
+    torch.set_num_threads(1)  # as `run.threads=1` would (llama.cpp takes torch's count when it loads)
+    cpp = LlamaCppLLM.from_config(cfg)
+    assert cpp.threads == 1
+    yield HFLLM.from_config(cfg), cpp
+    torch.set_num_threads(torch_threads)
 
 
 @pytest.mark.slow

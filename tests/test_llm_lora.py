@@ -234,6 +234,24 @@ def test_resume_after_kill_ends_with_the_same_weights(
     assert not (out / "checkpoints").exists()
 
 
+def test_training_leaves_the_global_generators_alone_and_repeats_for_a_seed(
+    tiny_dir: Path, tokenizer, tmp_path: Path, rng_states
+) -> None:
+    # dropout on: the LoRA init and the masks draw from torch's global generator, seeded for the call only
+    cfg = replace(FAST, dropout=0.1, max_steps=3)
+    torch.manual_seed(123)
+    before = rng_states()
+    first = train_lora(fresh_model(tiny_dir), tokenizer, EXAMPLES, cfg, tmp_path / "first", False)
+    assert rng_states() == before
+    torch.rand(3)  # the caller draws in between: the next run must not notice
+    second = train_lora(fresh_model(tiny_dir), tokenizer, EXAMPLES, cfg, tmp_path / "second", False)
+    assert first.losses == second.losses
+    a, b = adapter_weights(first.adapter_dir), adapter_weights(second.adapter_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = train_lora(fresh_model(tiny_dir), tokenizer, EXAMPLES, replace(cfg, seed=1), tmp_path / "other", False)
+    assert other.losses != first.losses
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)

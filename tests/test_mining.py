@@ -97,7 +97,7 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _cfg(model: Path, **mine: object) -> PipelineConfig:
     return PipelineConfig(
         run=RunConfig(show_progress=False),
-        llm=LLMConfig(model=str(model), threads=1),
+        llm=LLMConfig(model=str(model)),
         mine=dataclasses.replace(MineConfig(top_k=3), **mine),
     )
 
@@ -137,3 +137,19 @@ def test_mine_stage_uses_rewrite_queries_and_random_negatives(tmp_path: Path, ti
         mining.run(_cfg(tiny_llm_dir), bare)
     with pytest.raises(DataError, match="'tune'"):
         mining.run(_cfg(tiny_llm_dir, splits=["tune"]), make_run_dir(tmp_path / "run2"))
+
+
+
+def test_exclude_named_leaves_named_items_and_targets_out() -> None:
+    """The served setting: items the dialogue named are never candidates, nor training targets."""
+    e4 = TRAIN[3]  # names "15", which is also its best-ranked target; "12" is the fresh target
+    kept = select_candidates(e4, TRAIN_RUN["e4"], CATALOG, "hard", 3, seed=0)
+    assert kept is not None and kept.candidate_ids == ["15", "12", "16"] and kept.target_item_id == "15"
+    fresh = select_candidates(e4, TRAIN_RUN["e4"], CATALOG, "hard", 3, seed=0, exclude_named=True)
+    assert fresh is not None
+    assert fresh.candidate_ids == ["12", "16", "17"] and fresh.target_item_id == "12" and not fresh.inserted
+    rnd = select_candidates(e4, TRAIN_RUN["e4"], CATALOG, "random", len(CATALOG) - 1, seed=0, exclude_named=True)
+    assert rnd is not None and "15" not in rnd.candidate_ids and len(rnd.candidate_ids) == len(CATALOG) - 1
+    only_named = RecExample("n1", "d9", [Turn("user", "I loved The Matrix (1999)", ["15"])], ["15"], [True])
+    assert select_candidates(only_named, ["15", "12"], CATALOG, "hard", 2, 0, exclude_named=True) is None
+    assert select_candidates(only_named, ["15", "12"], CATALOG, "hard", 2, 0) is not None

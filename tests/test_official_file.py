@@ -48,12 +48,11 @@ def _tiny_overrides(models: Path) -> list[str]:
     """configs/tiny.yaml with random tiny models, and rank mode with the alpha tuned (as the real configs)."""
     return [
         "run.show_progress=false",
-        "index.threads=1",
+        "run.threads=1",
         f"index.encoder={models / 'encoder'}",
         f"llm.model={models / 'llm'}",
         "llm.device=cpu",
         "llm.dtype=float32",
-        "llm.threads=1",
         "train_query.dtype=float32",
         "train_item.dtype=float32",
         "generate.mode=rank",
@@ -129,7 +128,7 @@ def test_official_file_uses_the_alpha_the_trained_run_tuned(
     assert not (child / "generate" / "tune.jsonl").exists()
     _assert_picks_fused_with(child, trained["fusion_alpha"])
     # exactly what `reges recommend` serves from the trained run: the same alpha, the fused retriever
-    served = PipelineRecommender.from_run_dir(run_dir, ["llm.threads=1", "index.threads=1"])
+    served = PipelineRecommender.from_run_dir(run_dir, ["run.threads=1"])
     assert served.cfg.generate.fusion_alpha == manifest["fusion_alpha"]
     assert served.fused is not None and RunDir(child).manifest("retrieve")["mode"] == "fused"
     # the Query Expert rewrote the file's examples, and the report carries the end-to-end section with that alpha
@@ -159,7 +158,7 @@ def test_without_a_complete_generate_the_alpha_is_the_served_fallback(
     assert manifest["fusion_alpha"] == 1.0
     assert manifest["fusion_alpha_from"].startswith("1 (the Item Expert alone, as served)")
     _assert_picks_fused_with(child, 1.0)
-    assert PipelineRecommender.from_run_dir(copy, ["llm.threads=1"]).cfg.generate.fusion_alpha == 1.0
+    assert PipelineRecommender.from_run_dir(copy, ["run.threads=1"]).cfg.generate.fusion_alpha == 1.0
 
 
 def test_a_bundle_without_index_gets_one_from_the_retriever_embeddings(
@@ -177,7 +176,7 @@ def test_a_bundle_without_index_gets_one_from_the_retriever_embeddings(
     # own sizes, so nothing reads as damaged
     for stage in ("catalog", "train-retriever"):
         RunDir(bundle).check_files(stage)
-    cfg = load_config(bundle / "config.yaml", ["llm.threads=1", "index.threads=1"])
+    cfg = load_config(bundle / "config.yaml", ["run.threads=1"])
 
     child = evaluate_file(cfg, RunDir(bundle), _held_out_file(tmp_path / "held_out.jsonl"))
 
@@ -220,7 +219,7 @@ def test_the_shipped_redial_bundle_on_a_redial_file(tmp_path: Path, in_repo: Non
     test_file = tmp_path / "test_data.jsonl"
     lines = (REPO / "tests" / "fixtures" / "redial" / "kgsf_valid_data.jsonl").read_text().splitlines(keepends=True)
     test_file.write_text("".join(lines[:2]))
-    cfg = load_config(bundle / "config.yaml", ["llm.threads=1", "index.threads=1"])
+    cfg = load_config(bundle / "config.yaml", ["run.threads=1"])
     assert cfg.generate.mode == "rank" and cfg.generate.fusion_alpha is None
 
     child = evaluate_file(cfg, RunDir(bundle), test_file)

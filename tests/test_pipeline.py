@@ -145,3 +145,40 @@ def test_cli_errors_exit_2_with_a_clear_message(tmp_path: Path, capsys: pytest.C
     assert main(["data", "--run-dir", str(tmp_path / "r"), "data.format=custom", f"data.train_files=[{bad}]"]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "r" / "data" / "manifest.json").exists()
+
+
+def test_cli_sets_run_threads_for_the_whole_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.threads is applied once by the CLI, before a stage runs or a recommender loads; stages never change it."""
+    import faiss
+    import torch
+
+    from reges.errors import StageNotReadyError
+    from reges.recommender import PipelineRecommender
+
+    monkeypatch.chdir(REPO)
+    seen: list[tuple[int, int]] = []
+
+    def fake_from_run_dir(path: Path, overrides: list[str] | None = None, **options: object) -> PipelineRecommender:
+        seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
+        raise StageNotReadyError("stop here: the threads were set before any model would load")
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        torch.set_num_threads(2)
+        faiss.omp_set_num_threads(2)
+        run_dir = tmp_path / "tiny"
+        assert main(["data", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir), "run.threads=1"]) == 0
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
+        assert "threads: 1" in (run_dir / "config.yaml").read_text()
+
+        torch.set_num_threads(2)
+        faiss.omp_set_num_threads(2)
+        assert main(["data", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir), "run.overwrite=true"]) == 0
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)  # run.threads=0: left alone
+
+        monkeypatch.setattr(PipelineRecommender, "from_run_dir", fake_from_run_dir)
+        assert main(["recommend", "--run-dir", str(run_dir), "--override", "run.threads=1", "a film please"]) == 2
+        assert seen == [(1, 1)]
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])

@@ -97,7 +97,7 @@ def test_train_query_and_rewrite_stages(base_run: Path, tiny_llm: Path, tmp_path
     run_dir = copy_run(base_run, tmp_path)
     with pytest.raises(StageNotReadyError, match="distill"):
         train.run(config(run_dir), run_dir)
-    llm = [f"llm.model={tiny_llm}", "llm.device=cpu", "llm.threads=1"]
+    llm = [f"llm.model={tiny_llm}", "llm.device=cpu", "run.threads=1"]
     cfg = config(run_dir, *llm, "train_query.max_steps=3", "train_query.batch_size=2", "train_query.lr=0.01",
                  "train_query.save_every_steps=1", "rewrite.splits=[dev, test]", "rewrite.max_new_tokens=4",
                  "rewrite.batch_size=3")
@@ -169,7 +169,7 @@ def test_real_smollm2_student_on_a_few_examples(base_run: Path, tmp_path: Path) 
     run_dir = copy_run(base_run, tmp_path)
     shutil.rmtree(run_dir.path / "index")
     cfg = load_config(REPO / "configs/tiny.yaml", [
-        "run.show_progress=false", "index.threads=1", "llm.threads=1", "train_query.max_steps=2",
+        "run.show_progress=false", "run.threads=1", "train_query.max_steps=2",
         "train_query.batch_size=2", "rewrite.splits=[dev]", "rewrite.max_new_tokens=16", "rewrite.batch_size=4",
     ])
     index_stage.run(cfg, run_dir)
@@ -182,7 +182,7 @@ def test_real_smollm2_student_on_a_few_examples(base_run: Path, tmp_path: Path) 
     train.run(cfg, run_dir)
     assert (run_dir.stage_dir("train-query") / "adapter.gguf").is_file()
     rewrite.run(load_config(REPO / "configs/tiny.yaml", [
-        "run.show_progress=false", "index.threads=1", "llm.threads=1", "llm.backend=llamacpp",
+        "run.show_progress=false", "run.threads=1", "llm.backend=llamacpp",
         "rewrite.splits=[dev]", "rewrite.max_new_tokens=16", "rewrite.batch_size=4",
     ]), run_dir)
     queries = read_jsonl(run_dir.stage_dir("rewrite") / "dev.jsonl")

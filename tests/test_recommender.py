@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from retrieval_fakes import KeywordEncoder
-from serving_helpers import build_tiny_run, catalog_titles
+from serving_helpers import catalog_titles, served_order
 
 from reges.cli import main
 from reges.config import IndexConfig, PipelineConfig
@@ -17,6 +17,7 @@ from reges.errors import CatalogError, ConfigError, DataError, StageNotReadyErro
 from reges.llm.base import Messages
 from reges.recommender import (
     ASK_FOR_PREFERENCES,
+    CONSTRAINT_DEPTH,
     Candidate,
     PipelineRecommender,
     check_context,
@@ -114,11 +115,15 @@ def test_fused_retriever_replaces_the_frozen_path() -> None:
     recommender = PipelineRecommender(PipelineConfig(), ITEMS, index, encoder=None, fused=fused)
     recs = recommender.recommend_many([[Turn("user", "horror")], [Turn("user", "shark")]], top_k=2)
     assert [r.item_id for r in recs] == ["12", "12"]
-    assert fused.calls == [(2, [None, None], 2)]  # one batched call; no Query Expert -> no queries
+    # one batched call; no Query Expert -> no queries; "horror" states a genre, so constraints retrieve deeper
+    assert fused.calls == [(2, [None, None], CONSTRAINT_DEPTH)]
+    recommender.recommend_many([[Turn("user", "Anything good?")]], top_k=2)
+    assert fused.calls[-1] == (1, [None], 2)  # no constraint: only as deep as needed
     assert recommender.stages == {
         "query": "none (dialogue text)",
         "retrieve": "fused retriever",
         "linking": "catalog titles in typed turns",
+        "constraints": "stated genres and audience re-order candidates",
         "pick": "retriever top-1",
     }
     with pytest.raises(ConfigError, match="needs the index and its encoder, or a fused retriever"):
@@ -167,6 +172,7 @@ def test_query_expert_and_item_expert_compose() -> None:
         "query": "query expert",
         "retrieve": f"frozen {index.encoder or 'encoder'}",
         "linking": "catalog titles in typed turns",
+        "constraints": "stated genres and audience re-order candidates",
         "pick": "item expert (constrained)",
     }
 
@@ -214,31 +220,27 @@ def test_messages_roles_and_the_preference_rule() -> None:
 # --- From a run directory, and through the CLI -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serving")
-    return build_tiny_run(root / "run", root / "encoder")
-
-
-def test_from_run_dir_loads_the_frozen_path(tiny_run: Path, tmp_path: Path) -> None:
-    recommender = PipelineRecommender.from_run_dir(tiny_run)
+def test_from_run_dir_loads_the_frozen_path(serving_run: Path, tmp_path: Path) -> None:
+    recommender = PipelineRecommender.from_run_dir(serving_run)
     assert recommender.stages["query"] == "none (dialogue text)"
     assert recommender.stages["pick"] == "retriever top-1"
     rec = recommender.recommend([Turn("user", "I loved The Hobbit, any epic fantasy?")], top_k=5)
-    titles = catalog_titles(tiny_run)
+    titles = catalog_titles(serving_run)
     assert len(rec.candidates) == 5 and rec.item_id == rec.candidates[0].item_id
     assert all(titles[c.item_id] == c.title for c in rec.candidates)
-    assert [c.score for c in rec.candidates] == sorted((c.score for c in rec.candidates), reverse=True)
+    order = served_order(serving_run, "I loved The Hobbit, any epic fantasy?",
+                         [(c.item_id, c.score) for c in rec.candidates])
+    assert [c.item_id for c in rec.candidates] == order
 
     with pytest.raises(ConfigError, match="config.yaml not found"):
         PipelineRecommender.from_run_dir(tmp_path)
-    (tmp_path / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text((serving_run / "config.yaml").read_text())
     with pytest.raises(StageNotReadyError, match="catalog/ has no manifest.json"):
         PipelineRecommender.from_run_dir(tmp_path)
 
 
-def test_cli_recommend(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["recommend", "--run-dir", str(tiny_run), "I loved The Hobbit, any epic fantasy?"]) == 0
+def test_cli_recommend(serving_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recommend", "--run-dir", str(serving_run), "I loved The Hobbit, any epic fantasy?"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("pick:       ") and "query:      - (no Query Expert" in out
     assert out.count("  [") == 1 + 5 and "latency:    retrieve " in out  # the pick + 5 candidates
@@ -253,7 +255,7 @@ def test_cli_recommend(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFix
             [
                 "recommend",
                 "--run-dir",
-                str(tiny_run),
+                str(serving_run),
                 "--dialogue",
                 str(dialogue),
                 "--top-k",
@@ -265,17 +267,17 @@ def test_cli_recommend(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFix
         == 0
     )
     rec = json.loads(capsys.readouterr().out)
-    assert len(rec["candidates"]) == 3 and rec["item_id"] in catalog_titles(tiny_run)
+    assert len(rec["candidates"]) == 3 and rec["item_id"] in catalog_titles(serving_run)
 
-    assert main(["recommend", "--run-dir", str(tiny_run)]) == 2
+    assert main(["recommend", "--run-dir", str(serving_run)]) == 2
     assert "nothing to recommend from" in capsys.readouterr().err
     dialogue.write_text('{"role": "robot", "content": "beep"}\n')
-    assert main(["recommend", "--run-dir", str(tiny_run), "--dialogue", str(dialogue)]) == 2
+    assert main(["recommend", "--run-dir", str(serving_run), "--dialogue", str(dialogue)]) == 2
     assert "has role 'robot'" in capsys.readouterr().err
 
 
 def test_cli_chat_keeps_the_dialogue(
-    tiny_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    serving_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = [
         "hi",
@@ -288,13 +290,13 @@ def test_cli_chat_keeps_the_dialogue(
         "never read",
     ]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
-    assert main(["chat", "--run-dir", str(tiny_run), "--top-k", "3"]) == 0
+    assert main(["chat", "--run-dir", str(serving_run), "--top-k", "3"]) == 0
     replies = [line for line in capsys.readouterr().out.splitlines() if "reges> " in line]
     assert replies[0].endswith(ASK_FOR_PREFERENCES)  # "hi" says nothing about taste
     first, second = replies[1], replies[2]
     assert first.startswith("you> reges> I'd recommend") and second.startswith("you> reges> I'd recommend")
     picked = [
-        next(t for t in catalog_titles(tiny_run).values() if r.split("recommend ", 1)[1].startswith(t + "."))
+        next(t for t in catalog_titles(serving_run).values() if r.split("recommend ", 1)[1].startswith(t + "."))
         for r in (first, second)
     ]
     assert picked[0] != picked[1]  # the history was kept: the first pick is not repeated
@@ -311,3 +313,17 @@ def test_typed_titles_are_linked_and_never_recommended_back() -> None:
     rec = recommender.recommend(turns, top_k=3)
     # Jaws is the best match for (horror, shark) but the user named it: the pick is the next one.
     assert "13" not in [c.item_id for c in rec.candidates] and rec.item_id == "10"
+
+
+def test_stated_constraints_reorder_the_candidates_and_can_be_switched_off() -> None:
+    """A refused genre goes last (bag-of-words similarity reads "no horror" as a wish for horror)."""
+    genres = {"10": ["Horror", "Sci-Fi"], "11": ["Animation", "Family"], "12": ["Crime"], "13": ["Horror"]}
+    items = [dataclasses.replace(it, meta={"genre": genres[it.item_id]}) for it in ITEMS]
+    context = [Turn("user", "No horror please, and nothing with a shark")]
+    plain = _recommender(items)
+    plain.constraints = False
+    assert [c.item_id for c in plain.recommend(context, top_k=4).candidates][:2] == ["13", "10"]
+    rec = _recommender(items).recommend(context, top_k=4)
+    assert [c.item_id for c in rec.candidates][2:] == ["13", "10"] and rec.item_id in {"11", "12"}
+    kids = _recommender(items).recommend([Turn("user", "Something with a shark for my kids?")], top_k=4)
+    assert kids.item_id == "11" and [c.item_id for c in kids.candidates][-2:] == ["13", "10"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serving_helpers import build_tiny_run, catalog_titles, serve_in_thread
+from serving_helpers import catalog_titles, serve_in_thread, served_order
 
 from reges.cli import PIPELINE
 from reges.errors import DataError
@@ -27,17 +27,6 @@ CONFIG = ServerConfig(model_name="tiny", max_total_chars=2000, max_message_chars
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serving")
-    return build_tiny_run(root / "run", root / "encoder")
-
-
-@pytest.fixture(scope="module")
-def recommender(tiny_run: Path) -> PipelineRecommender:
-    return PipelineRecommender.from_run_dir(tiny_run)
-
-
-@pytest.fixture(scope="module")
 def base_url(recommender: PipelineRecommender) -> Iterator[str]:
     with serve_in_thread(create_app(recommender, CONFIG)) as url:
         yield url
@@ -47,7 +36,7 @@ def _user(content: str) -> dict[str, str]:
     return {"role": "user", "content": content}
 
 
-def test_server_imports_no_training_code(tiny_run: Path) -> None:
+def test_server_imports_no_training_code(serving_run: Path) -> None:
     """A fresh interpreter that imports the server and loads a run pulls in none of our training code, nor TRL.
 
     (Third-party trainer modules do load: `import sentence_transformers` imports its own and transformers' Trainer
@@ -59,7 +48,7 @@ def test_server_imports_no_training_code(tiny_run: Path) -> None:
 import sys
 import reges.server
 from reges.recommender import PipelineRecommender
-reges.server.create_app(PipelineRecommender.from_run_dir({str(tiny_run)!r}))
+reges.server.create_app(PipelineRecommender.from_run_dir({str(serving_run)!r}))
 print(sorted(m for m in sys.modules if m in {training!r} or m.startswith("trl.")))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -67,7 +56,7 @@ print(sorted(m for m in sys.modules if m in {training!r} or m.startswith("trl.")
     assert out.stdout.strip() == "[]"
 
 
-def test_openai_client_models_chat_and_stream(base_url: str, tiny_run: Path) -> None:
+def test_openai_client_models_chat_and_stream(base_url: str, serving_run: Path) -> None:
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == ["tiny"]
 
@@ -77,7 +66,7 @@ def test_openai_client_models_chat_and_stream(base_url: str, tiny_run: Path) -> 
     rec = completion.model_extra["recommendation"]
     assert completion.model == "tiny" and completion.choices[0].finish_reason == "stop"
     assert content == rec["reply"] and content.startswith(f"I'd recommend {rec['title']}.")
-    assert catalog_titles(tiny_run)[rec["item_id"]] == rec["title"]
+    assert catalog_titles(serving_run)[rec["item_id"]] == rec["title"]
 
     chunks = list(client.chat.completions.create(model="tiny", messages=messages, stream=True))  # type: ignore
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -102,14 +91,14 @@ def test_stream_is_server_sent_events_ending_in_done(base_url: str) -> None:
     assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
 
 
-def test_recommend_endpoint(base_url: str, tiny_run: Path) -> None:
+def test_recommend_endpoint(base_url: str, serving_run: Path) -> None:
     r = httpx.post(f"{base_url}/v1/recommend", json={"messages": [_user(LIKES)], "top_k": 3}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"item_id", "title", "query", "candidates", "latency_ms", "reply", "batch_size"}
     assert len(body["candidates"]) == 3 and body["item_id"] == body["candidates"][0]["item_id"]
-    scores = [c["score"] for c in body["candidates"]]
-    assert scores == sorted(scores, reverse=True)
+    served = [(c["item_id"], c["score"]) for c in body["candidates"]]
+    assert [i for i, _ in served] == served_order(serving_run, LIKES, served)
     assert body["query"] == "" and {"retrieve", "pick", "total"} <= set(body["latency_ms"])
     assert body["batch_size"] >= 1
 

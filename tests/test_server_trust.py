@@ -10,11 +10,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from serving_helpers import build_tiny_run, serve_in_thread
+from serving_helpers import serve_in_thread
 
 from reges.errors import ConfigError, DataError
 from reges.recommender import Candidate, PipelineRecommender, Recommendation
@@ -24,17 +23,6 @@ from reges.server import MicroBatcher, RecommendFailed, ServerConfig, check_list
 LIKES = "I loved The Hobbit, any epic fantasy?"
 SURROGATE = "\ud800"  # a lone UTF-16 surrogate: valid in a JSON string escape, not encodable as UTF-8
 TIMEOUTS = ServerConfig(model_name="tiny", header_timeout_s=0.5, body_timeout_s=0.5)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serving-trust")
-    return build_tiny_run(root / "run", root / "encoder")
-
-
-@pytest.fixture(scope="module")
-def recommender(tiny_run: Path) -> PipelineRecommender:
-    return PipelineRecommender.from_run_dir(tiny_run)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def _fake_trained_run(root: Path, encoder: str) -> RunDir:
                 path.write_text("x\n")
         (root / stage).mkdir(parents=True, exist_ok=True)
         (root / stage / MANIFEST).write_text("{}")
-    (root / "config.yaml").write_text("run: {name: fake, show_progress: true}\nllm: {threads: 1, n_ctx: 1024}\n")
+    (root / "config.yaml").write_text("run: {name: fake, show_progress: true, threads: 1}\nllm: {n_ctx: 1024}\n")
     return RunDir(root)
 
 
@@ -55,7 +55,7 @@ def test_export_copies_what_serving_reads_with_float16_embeddings(tmp_path: Path
     assert all((out / stage / MANIFEST).is_file() for stage in SERVING_FILES)
     # the build machine's thread pin and progress bars do not ship; the trained settings do
     shipped = load_config(out / "config.yaml")
-    assert shipped.llm.threads == 0 and shipped.index.threads == 0 and not shipped.run.show_progress
+    assert shipped.run.threads == 0 and not shipped.run.show_progress
     assert shipped.run.name == "fake" and shipped.llm.n_ctx == 1024
 
 

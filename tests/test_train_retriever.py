@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from retrieval_fakes import build_tiny_sentence_transformer
 
-from reges.config import EvaluateConfig, IndexConfig, PipelineConfig, RetrieveConfig, RunConfig, TrainRetrieverConfig
+from reges.config import (
+    CrossDatasetConfig,
+    EvaluateConfig,
+    IndexConfig,
+    PipelineConfig,
+    RetrieveConfig,
+    RunConfig,
+    TrainRetrieverConfig,
+)
 from reges.errors import DataError, StageNotReadyError
 from reges.io import RunDir, now_iso, read_json, read_trec, write_jsonl
 from reges.records import Dialogue, Item, RecExample, Turn
 from reges.retrieval import index as index_stage
 from reges.retrieval import retrieve as retrieve_stage
 from reges.retrieval import train as train_stage
+from reges.retrieval.comention import CoMention
 from reges.retrieval.fusion import FusedRetriever
 from reges.retrieval.index import ItemIndex
 
@@ -109,7 +119,7 @@ def test_stage_writes_files_manifest_and_retrieve_uses_them(tmp_path: Path) -> N
     assert spec["tune"]["no_query"]["fused"]["objective"] >= max(
         v["objective"] for v in spec["tune"]["no_query"]["alone"].values()
     )
-    assert spec["counts"] == {"dialogues": 6, "items": 7, "lossy": True}
+    assert spec["counts"] == {"dialogues": 6, "items": 7, "lossy": True, "cross_dataset": None}
     assert spec["finetune"]["steps"] == 2 * 3 and spec["finetune"]["pairs"] == 5
     manifest = run_dir.manifest("train-retriever")
     assert {"data/train", "data/tune", "data/lossy_dialogues", "catalog", "index"} <= set(manifest["inputs"])
@@ -195,7 +205,7 @@ def test_real_minilm_on_the_books_example(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # config paths are relative to the repository root
     run = str(tmp_path / "books")
     overrides = ["data.tune_fraction=0.3", "train_retriever.batch_size=4", "train_retriever.epochs=2",
-                 "train_retriever.save_every_steps=0", "index.threads=1", "index.device=cpu",
+                 "train_retriever.save_every_steps=0", "run.threads=1", "index.device=cpu",
                  "retrieve.splits=[train,tune,dev]", "evaluate.baselines=[popularity,dense_full]",
                  "evaluate.splits=[tune]"]
     for stage in ("data", "catalog", "index", "train-retriever", "retrieve", "evaluate"):
@@ -254,3 +264,24 @@ def test_encoder_finetune_benchmark_reports_each_dtype(tmp_path: Path) -> None:
         assert row["resolved_dtype"] == dtype and row["pairs_per_s_median"] > 0
         assert [r["steps"] for r in result["runs"][dtype]] == [2]
     assert "bfloat16 vs float32" in out.read_text()
+
+
+def test_another_datasets_dialogues_join_the_counts_by_title(tmp_path: Path) -> None:
+    """train_retriever.cross_dataset: a custom file keyed by titles ("Up (2009)") adds co-mentions here."""
+    run_dir, cfg = _run_dir(tmp_path)
+    other = tmp_path / "other.jsonl"
+    rows = [{"dialogue_id": f"o{i}", "turns": [{"role": "user", "content": "x", "item_ids": ["Up (2009)"]},
+                                              {"role": "assistant", "content": "y",
+                                               "item_ids": ["Ronin (1998)", "Unknown (2001)"]}]}
+            for i in range(3)]
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tc = dataclasses.replace(cfg.train_retriever, finetune=False,
+                             cross_dataset=CrossDatasetConfig(format="custom", files=[str(other)]))
+    train_stage.run(dataclasses.replace(cfg, train_retriever=tc), run_dir)
+    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
+    assert spec["counts"]["dialogues"] == 6 + 3
+    assert spec["counts"]["cross_dataset"] == {"dialogues": 3, "dialogues_kept": 3, "titles": 9, "matched_exact": 6,
+                                               "matched_year_less": 0, "unmatched": 3}
+    counts = CoMention.load(run_dir.stage_dir("train-retriever"))
+    assert counts.scores([["11"]], ["17"], "count")[0, 0] >= 3  # Up and Ronin, together in 3 more dialogues
+    assert "cross:" + str(other) in run_dir.manifest("train-retriever")["inputs"]

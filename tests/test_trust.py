@@ -77,7 +77,7 @@ def test_a_lone_surrogate_in_a_message_is_refused(tmp_path: Path, capsys: pytest
 
 
 # --- 3. malformed YAML in overrides ---------------------------------------------------------------------------
-@pytest.mark.parametrize("override", ["retrieve.top_k=[1", "llm.threads=[1", "llm.model=!!python/object:os.system"])
+@pytest.mark.parametrize("override", ["retrieve.top_k=[1", "run.threads=[1", "llm.model=!!python/object:os.system"])
 def test_malformed_override_values(override: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(None, [override])
@@ -176,7 +176,7 @@ def test_changed_settings_make_a_stage_and_its_downstream_stale(
     code, err = _exit_and_error(capsys, ["catalog", *base, "data.tune_fraction=0.5", "run.overwrite=true"])
     assert code == 2 and "no longer match the config" in err
     # settings that cannot change a result do not make anything stale
-    quiet = load_config("configs/tiny.yaml", ["run.show_progress=false", "index.threads=1", "llm.threads=1"])
+    quiet = load_config("configs/tiny.yaml", ["run.show_progress=false", "run.threads=1"])
     assert all(s != "stale" for _, s, _ in plan(quiet, RunDir(run)))
     # rebuilding the input makes its consumer stale even with its own settings unchanged
     assert main(["data", *base, "run.seed=3", "run.overwrite=true"]) == 0
@@ -241,3 +241,17 @@ def test_a_stage_reading_one_key_of_a_section_ignores_the_rest() -> None:
     cfg = load_config(None, ["retrieve.splits=[train,dev]", "retrieve.max_query_chars=500"])
     assert _section(cfg, "retrieve.max_query_chars") == {"max_query_chars": 500}
     assert "retrieve.max_query_chars" in STAGES["distill"].sections
+
+
+def test_keys_added_later_at_their_neutral_value_keep_existing_runs_current() -> None:
+    """mine.exclude_named=false and train_retriever.cross_dataset=null compute what runs built before them did, so
+    they are left out of the hash; turning one on counts."""
+    from reges.pipeline import ADDED_KEYS, _section
+
+    cfg = load_config(None, [])
+    assert "exclude_named" not in _section(cfg, "mine") and "cross_dataset" not in _section(cfg, "train_retriever")
+    on = load_config(None, ["mine.exclude_named=true"])
+    assert _section(on, "mine")["exclude_named"] is True
+    for section, keys in ADDED_KEYS.items():
+        for key, neutral in keys.items():
+            assert getattr(getattr(cfg, section), key) == neutral, "the neutral value must be the default"

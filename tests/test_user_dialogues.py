@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from reges.catalog import alias_map, clean_catalog, read_id2info, read_movie_names, redial_items
+from reges.catalog import alias_map, clean_catalog, read_id2info, redial_items
 from reges.config import load_config
+from reges.data.redial import read_movie_names
 from reges.linking import TitleSpotter
 from reges.records import Item, Turn, mentioned_item_ids
 

@@ -24,9 +24,7 @@ one row per contested card and per folded group), `catalog/manifest.json`.
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -37,8 +35,9 @@ from typing import Any
 from rapidfuzz import fuzz
 
 from reges.config import CatalogConfig, PipelineConfig
+from reges.data.redial import read_movie_names
 from reges.errors import CatalogError, DataError
-from reges.io import RunDir, iter_jsonl, now_iso, read_json, read_jsonl, read_text, write_json, write_jsonl
+from reges.io import RunDir, iter_jsonl, now_iso, read_json, read_jsonl, write_json, write_jsonl
 from reges.records import Dialogue, Item, RecExample, Turn, mentioned_item_ids
 from reges.titles import (
     TitleMatcher,
@@ -163,24 +162,6 @@ def read_id2info(path: str | Path) -> dict[str, dict[str, Any]]:
                 f"{path}: movie {movie_id!r} has no 'name'; every record needs one (is this iEvaLM id2info.json?)"
             )
     return {str(k): v for k, v in info.items()}
-
-
-def read_movie_names(path: str | Path) -> dict[str, str]:
-    """Read ReDial's movies_with_mentions.csv: movieId -> name (normalised: double spaces, %3F escapes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}; set catalog.names_file to ReDial's movies_with_mentions.csv")
-    names: dict[str, str] = {}
-    with io.StringIO(read_text(path), newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"movieId", "movieName"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: expected columns movieId,movieName, got {reader.fieldnames}")
-        for lineno, row in enumerate(reader, start=2):
-            movie_id, name = (row["movieId"] or "").strip(), normalize_title(row["movieName"] or "")
-            if not movie_id or not name:
-                raise DataError(f"{path}:{lineno}: empty movieId or movieName; fix or remove that line")
-            names[movie_id] = name
-    return names
 
 
 @dataclass
@@ -1082,7 +1063,7 @@ def build_catalog(
         inputs["items_file"] = Path(c.items_file)
         names: dict[str, str] = {}
         if c.names_file:
-            names = read_movie_names(c.names_file)
+            names = read_movie_names(c.names_file, "catalog.names_file")
             inputs["names_file"] = Path(c.names_file)
         origin = {"id2info": c.items_file, "names_only": c.names_file}
         tagged = [(i, origin[i.meta["source"]]) for i in redial_items(info, names, c)]

@@ -98,13 +98,35 @@ def _add_serving(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--top-k", type=int, default=5, help="candidates shown (default 5)")
     p.add_argument(
+        "--no-constraints", action="store_true",
+        help="keep the retriever's order: do not re-order candidates by the genres the user refuses or asks for, "
+        "or for children (reges.retrieval.constraints)",
+    )
+    p.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override the run's config.yaml, e.g. --override llm.threads=1 (repeatable)",
+        help="override the run's config.yaml, e.g. --override run.threads=1 (repeatable)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def apply_threads(threads: int) -> None:
+    """Set the CPU threads of the whole process from `run.threads`; 0 keeps torch's and faiss' defaults (all cores).
+
+    The one place that sets them: library code never calls `torch.set_num_threads`, and llama.cpp models take
+    torch's count when they load (`reges.llm.llamacpp`). Called once, after the config is read and before any stage
+    runs or any model loads.
+    """
+    if threads == 0:
+        return
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    logger.info("CPU threads: %d (run.threads)", threads)
 
 
 def _write_config(cfg: PipelineConfig, run_dir: Path) -> None:
@@ -114,13 +136,16 @@ def _write_config(cfg: PipelineConfig, run_dir: Path) -> None:
 
 
 def _run_stage(stage: Stage, cfg: PipelineConfig, run_dir: RunDir) -> None:
-    """Run one stage with its fingerprint handed to `finish`; on success the run's config.yaml is this config."""
-    from reges.pipeline import fingerprint
+    """Run one stage with its fingerprint handed to `finish`; on success the run's config.yaml is this config.
+
+    The stage sees only the config sections it declares (`stage_config`), so its fingerprint covers what it reads.
+    """
+    from reges.pipeline import fingerprint, stage_config
 
     t0 = time.perf_counter()
     logger.info("stage %s: starting", stage.name)
     run_dir.fingerprints[stage.name] = fingerprint(stage, cfg, run_dir)
-    importlib.import_module(stage.module).run(cfg, run_dir)
+    importlib.import_module(stage.module).run(stage_config(stage, cfg), run_dir)
     if launcher_rank() == 0:  # under torchrun the other ranks only help with the training
         _write_config(cfg, run_dir.path)
     logger.info("stage %s: done in %.1f s", stage.name, time.perf_counter() - t0)
@@ -200,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print_status(cfg, run_dir)
             return 0
+        apply_threads(cfg.run.threads)
         run_dir.create()
         if launcher_world_size() > 1 and args.command not in DISTRIBUTED_STAGES:
             raise ConfigError(
@@ -265,7 +291,10 @@ def _serving_command(args: argparse.Namespace) -> int:
         from reges.shipped import default_run_dir
 
         args.run_dir = default_run_dir()
-    recommender = PipelineRecommender.from_run_dir(args.run_dir, args.override)
+    config_path = Path(args.run_dir) / "config.yaml"
+    if config_path.is_file():  # (from_run_dir names a missing one) read first: threads are set before models load
+        apply_threads(load_config(config_path, args.override).run.threads)
+    recommender = PipelineRecommender.from_run_dir(args.run_dir, args.override, constraints=not args.no_constraints)
     if args.command == "recommend":
         rec = recommender.recommend(context, args.top_k)
         print(json.dumps(rec.to_dict(), ensure_ascii=False, indent=2) if args.json else format_recommendation(rec))

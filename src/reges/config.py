@@ -12,8 +12,10 @@ Stage modules keep only the checks of their core functions' arguments (those are
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from typing import Any, Literal
 import yaml
 
 from reges.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # The keys of `data.column_map`: our field names in a custom dialogue line (reges.data.jsonl reads them).
 COLUMN_MAP_KEYS = ("dialogue_id", "turns", "role", "content", "item_ids")
@@ -68,15 +72,23 @@ class RunConfig:
     seed: Seed for every random choice (splits, sampling, training).
     overwrite: Redo stages that are already complete.
     show_progress: Show tqdm progress bars.
+    threads: CPU threads of the whole process: torch's, faiss' and each llama.cpp model's. 0: all cores (torch's
+        and faiss' default; llama.cpp models take as many as torch); >= 1: exactly that many. The CLI applies it
+        once, before any stage runs or any model loads; library functions never change it. On a CPU shared with
+        other busy processes, 1 can be several times faster than 2 (docs/results/retrieval.md). It changes no
+        result, so no stage goes stale when it changes. Replaces `llm.threads` and `index.threads`, which are
+        still read as deprecated aliases of it (see `move_thread_aliases`).
     """
 
     name: str = "reges"
     seed: int = 0
     overwrite: bool = False
     show_progress: bool = True
+    threads: int = 0
 
     def __post_init__(self) -> None:
         _at_least(self, "run", 0, ("seed",), "numpy's generators take no negative seed")
+        _at_least(self, "run", 0, ("threads",), "0 = all cores")
 
 
 @dataclass(frozen=True)
@@ -178,8 +190,6 @@ class IndexConfig:
     batch_size: Cards encoded per batch.
     max_seq_length: Encoder token limit for cards and queries.
     device: "auto", "cpu" or "cuda".
-    threads: torch CPU threads for encoding (0: torch's default, one per core). On a CPU shared with other
-        busy processes, 1 can be several times faster than 2 (measured in docs/results/retrieval.md).
     """
 
     encoder: str = "all-MiniLM-L6-v2"
@@ -191,12 +201,10 @@ class IndexConfig:
     batch_size: int = 64
     max_seq_length: int = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0
 
     def __post_init__(self) -> None:
         _at_least(self, "index", 1, ("nlist", "nprobe", "ef_search", "batch_size", "max_seq_length"))
         _at_least(self, "index", 2, ("hnsw_m",))
-        _at_least(self, "index", 0, ("threads",), "0 = torch's default")
 
 
 @dataclass(frozen=True)
@@ -264,7 +272,6 @@ class LLMConfig:
     device: "auto", "cpu" or "cuda" (hf only).
     dtype: "auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, where it measured faster; else fp32),
         "float32" or "bfloat16".
-    threads: CPU threads (0: all cores).
     n_ctx: Context window in tokens; longer prompts are cut from the left with a warning.
     cache_dir: Where dequantized GGUF models are cached ("" = ~/.cache/reges/models).
     api_model: Model name sent to an OpenAI-compatible endpoint.
@@ -297,7 +304,6 @@ class LLMConfig:
     backend: Literal["auto", "hf", "llamacpp", "openai"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    threads: int = 0
     n_ctx: int = 2048
     cache_dir: str = ""
     api_model: str = "default"
@@ -314,7 +320,6 @@ class LLMConfig:
 
 def check_llm(llm: LLMConfig, where: str) -> None:
     """Range checks of an LLM section; `where` is the key it is set under (llm, item_llm, distill.teacher_llm)."""
-    _at_least(llm, where, 0, ("threads",), "0 = all cores")
     _at_least(llm, where, 1, ("n_ctx", "batch_size"))
     _at_least(llm, where, 0, ("max_retries",))
     _at_least(llm, where, 0, ("prompt_lookup_tokens",), "0 = off")
@@ -430,6 +435,44 @@ class RewriteConfig:
 
 
 @dataclass(frozen=True)
+class CrossDatasetConfig:
+    """Another dataset's train dialogues for the co-mention prior and popularity, matched to this catalog by title.
+
+    Why: INSPIRED has 801 train dialogues, too few for co-mentions (R@50 0.168 alone); ReDial's 10k dialogues
+    know which films go together, and films have the same titles in both. Only train-side files belong here:
+    never another dataset's test file.
+
+    Attributes:
+    format: The other dataset's file format ("redial", "inspired" or "custom").
+    files: Its train dialogue files.
+    movie_names_file: ReDial `movies_with_mentions.csv` (format redial: resolves @ids to titles).
+    lossy_file: ReDial's lossy 10,006-dialog file; its mention sets are counted too ("" to skip).
+    column_map: Custom format only (see docs/custom_data.md).
+    """
+
+    format: Literal["redial", "inspired", "custom"] = "redial"
+    files: list[str] = field(default_factory=list)
+    movie_names_file: str = ""
+    lossy_file: str = ""
+    column_map: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.files), "train_retriever.cross_dataset.files", "a non-empty list of train files",
+                 self.files, "list the other dataset's train files, or set train_retriever.cross_dataset: null")
+        if self.format == "redial":
+            _require(bool(self.movie_names_file), "train_retriever.cross_dataset.movie_names_file",
+                     "set for format redial", self.movie_names_file, "point it at movies_with_mentions.csv")
+        elif self.lossy_file or self.movie_names_file:
+            raise ConfigError(f"train_retriever.cross_dataset.lossy_file and movie_names_file are ReDial files, got "
+                              f"format={self.format!r}; remove them")
+
+    def as_data_config(self) -> DataConfig:
+        """The loader settings of `data` for these files (what reges.data's readers take)."""
+        return DataConfig(format=self.format, movie_names_file=self.movie_names_file, lossy_file=self.lossy_file,
+                          column_map=self.column_map)
+
+
+@dataclass(frozen=True)
 class TrainRetrieverConfig:
     """Attributes:
     finetune: Fine-tune the sentence encoder contrastively on (dialogue, true item card) pairs of train (false:
@@ -454,6 +497,7 @@ class TrainRetrieverConfig:
     comention: Use the co-mention prior as a fusion feature.
     comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
     use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.
+    cross_dataset: Also count another dataset's train dialogues, mapped to this catalog by title (null: none).
     query_feature: Tune a second weight set with the Query Expert's query (when `rewrite/tune.jsonl` exists).
     popularity: Use log(1 + mention count) as a fusion feature.
     mentioned: Use "already mentioned in the context" as a fusion feature.
@@ -478,6 +522,7 @@ class TrainRetrieverConfig:
     comention: bool = True
     comention_normalization: Literal["count", "log", "conditional", "cosine", "pmi"] = "conditional"
     use_lossy: bool = True
+    cross_dataset: CrossDatasetConfig | None = None
     query_feature: bool = True
     popularity: bool = True
     mentioned: bool = True
@@ -519,6 +564,10 @@ class MineConfig:
     max_context_chars: The dialogue tail shown (whole turns from the end; the oldest kept turn may be cut).
     max_query_chars: The query is cut to this many characters.
     mark_mentioned: Mark candidates the dialogue already named ("mentioned earlier" on their card).
+    exclude_named: Leave the items the dialogue already named out of the candidates, in training and in `generate`:
+        the served setting (the recommender never offers them), so the expert learns to choose among fresh films.
+        Training examples whose targets were all named are skipped; under protocol "all" such targets can no
+        longer be picked.
     """
 
     splits: list[str] = field(default_factory=lambda: ["train"])
@@ -530,6 +579,7 @@ class MineConfig:
     max_context_chars: int = 1200
     max_query_chars: int = 300
     mark_mentioned: bool = True
+    exclude_named: bool = False
 
     def __post_init__(self) -> None:
         _check_splits(self.splits, "mine.splits", "[train]")
@@ -835,8 +885,58 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Sections whose `threads` key once set torch's threads (whichever model loaded last won); now each means run.threads.
+THREAD_ALIASES: tuple[tuple[str, ...], ...] = (("llm",), ("item_llm",), ("distill", "teacher_llm"), ("index",))
+
+
+def move_thread_aliases(tree: dict[str, Any], source: str) -> dict[str, Any]:
+    """`tree` with the deprecated `<section>.threads` keys moved to `run.threads` (a copy; `tree` is not changed).
+
+    Older configs, scripts and run directories (every older config.yaml) set `llm.threads`, `item_llm.threads`,
+    `distill.teacher_llm.threads` or `index.threads`. A 0, their default, is dropped: run.threads' 0 means the same.
+    Another value becomes run.threads, with a warning naming the new key. Call it on each source on its own (the
+    YAML file, the overrides), so an override's value beats the file's as any override does.
+
+    Args:
+        tree: A config tree as read from YAML (or parsed overrides).
+        source: Where the tree came from, for the messages (a file name, "the overrides").
+
+    Raises:
+        ConfigError: Two of these keys, or one of them and run.threads, give different non-zero counts.
+    """
+    out = copy.deepcopy(tree)
+    found: dict[str, Any] = {}
+    for path in THREAD_ALIASES:
+        node: Any = out
+        for name in path:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and "threads" in node:
+            found[".".join(path) + ".threads"] = node.pop("threads")
+    counts = {key: value for key, value in found.items() if value != 0}
+    if not counts:
+        return out
+    if out.get("run") is None:
+        out["run"] = {}
+    run = out["run"]
+    if not isinstance(run, dict):
+        return out  # `run` is not a mapping: _build names that error
+    value = next(iter(counts.values()))
+    given = {**({"run.threads": run["threads"]} if run.get("threads", 0) != 0 else {}), **counts}
+    if any(v != value for v in given.values()):
+        raise ConfigError(
+            f"{source} sets {', '.join(f'{k}={v!r}' for k, v in given.items())}, but the process has one thread "
+            f"count: set only run.threads (e.g. run.threads={value!r}) and drop the others"
+        )
+    logger.warning("%s: %s %s deprecated and now set%s run.threads (the threads of the whole process); write "
+                   "run.threads=%s instead", source, " and ".join(counts), "is" if len(counts) == 1 else "are",
+                   "s" if len(counts) == 1 else "", value)
+    run["threads"] = value
+    return out
+
+
 def config_from_dict(tree: dict[str, Any]) -> PipelineConfig:
     """Build the config from a nested dict: each section checks its values, then `check_pipeline` their agreement."""
+    tree = move_thread_aliases(tree, "the config")
     cfg = _build(PipelineConfig, tree, "")
     check_pipeline(cfg)
     return cfg
@@ -859,7 +959,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{p}: YAML nested too deeply") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
-    tree = _merge(tree, parse_overrides(overrides or []))
+    overriding = move_thread_aliases(parse_overrides(overrides or []), "the overrides")
+    tree = _merge(move_thread_aliases(tree, str(path)), overriding)
     return config_from_dict(tree)
 
 

@@ -29,3 +29,8 @@ class StageCompleteError(RegesError):
 
 class ModelError(RegesError):
     """A model cannot be resolved, loaded or reached."""
+
+
+class UndeclaredSectionError(RegesError):
+    """A stage read a config section it does not declare in `reges.pipeline.PIPELINE`: a bug in reges, not in the
+    config (the section would not make the stage stale when it changes)."""

@@ -9,6 +9,7 @@ thread counts or progress bars, left out), the fingerprints its inputs were buil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 from reges import __version__
 from reges.config import PipelineConfig, config_to_dict
-from reges.errors import DataError
+from reges.errors import DataError, UndeclaredSectionError
 from reges.io import MANIFEST, RunDir, read_json
 
 
@@ -30,7 +31,8 @@ class Stage:
         help: One line for `reges --help`.
         inputs: Stages whose files it reads (when they are complete, for the optional ones such as rewrite).
         sections: Config sections it reads; "item_llm" means the Item Expert's LLM (`item_llm`, else `llm`);
-            "section.key" is one key of a section the stage reads nothing else of.
+            "section.key" is one key of a section the stage reads nothing else of. Its `run` sees only these and
+            `run` (see `stage_config`), and tests/test_architecture.py checks its module reads no other.
     """
 
     name: str
@@ -67,18 +69,80 @@ PIPELINE: tuple[Stage, ...] = (
 )
 STAGES: dict[str, Stage] = {s.name: s for s in PIPELINE}
 
+
+class _Undeclared:
+    """Stands in a stage's config view for a section the stage does not declare: reading it raises."""
+
+    def __init__(self, stage: str, section: str) -> None:
+        self._stage, self._section = stage, section
+
+    def _refusal(self, what: str) -> UndeclaredSectionError:
+        return UndeclaredSectionError(
+            f"stage {self._stage!r} reads config section {self._section!r} ({what}), which it does not declare: "
+            f"add {self._section!r} to its sections in reges.pipeline.PIPELINE"
+        )
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):  # protocol probes (copy, pickle) get the usual answer; no config key starts so
+            raise AttributeError(key)
+        raise self._refusal(f"{self._section}.{key}")
+
+    def __bool__(self) -> bool:  # `if cfg.item_llm:` reads the section too
+        raise self._refusal(f"bool({self._section})")
+
+    def __repr__(self) -> str:
+        return f"<config section {self._section!r}, undeclared by stage {self._stage!r}>"
+
+
+def stage_config(stage: Stage, cfg: PipelineConfig) -> PipelineConfig:
+    """The config `stage`'s `run` is given: `cfg` with every section the stage does not declare made unreadable.
+
+    So a stage cannot depend on a setting that is not in its fingerprint (a change to it would not make the stage
+    stale). `run` is always readable (seed, overwrite, progress bars, threads). A "section.key" declaration makes
+    the whole section readable (tests/test_architecture.py checks that only the key is read). "item_llm" sets
+    `item_llm` to the Item Expert's LLM (`item_llm`, else `llm`), so `item_expert_llm` works while `llm` stays
+    unreadable unless the stage declares it too.
+
+    Raises:
+        UndeclaredSectionError: When the stage reads an undeclared section (naming stage, section and fix).
+
+    Example:
+        >>> view = stage_config(STAGES["index"], load_config("configs/tiny.yaml"))
+        >>> view.index.encoder  # declared: its value
+        >>> view.generate.top_k  # raises UndeclaredSectionError
+    """
+    visible = {"run"} | {name.split(".", 1)[0] for name in stage.sections}
+    # Built field by field, not with dataclasses.replace: that would rerun __post_init__, whose checks would read
+    # the hidden sections. `cfg` itself was checked when it was built.
+    view = object.__new__(PipelineConfig)
+    for f in dataclasses.fields(PipelineConfig):
+        value = getattr(cfg, f.name) if f.name in visible else _Undeclared(stage.name, f.name)
+        object.__setattr__(view, f.name, value)
+    if "item_llm" in visible:
+        object.__setattr__(view, "item_llm", cfg.item_expert_llm)
+    return view
+
+
 # Settings that change how fast or how loudly a stage runs, or how it reaches a model, never what it computes.
+# (No stage declares the `run` section, so run.threads and run.show_progress never make one stale; run.seed counts.)
 VOLATILE_KEYS: dict[str, frozenset[str]] = {
-    "llm": frozenset({"threads", "timeout_s", "max_retries", "api_key", "api_key_file", "cache_dir", "batch_size"}),
-    "item_llm": frozenset({"threads", "timeout_s", "max_retries", "api_key", "api_key_file", "cache_dir",
-                           "batch_size"}),
-    "index": frozenset({"threads", "batch_size"}),
+    "llm": frozenset({"timeout_s", "max_retries", "api_key", "api_key_file", "cache_dir", "batch_size"}),
+    "item_llm": frozenset({"timeout_s", "max_retries", "api_key", "api_key_file", "cache_dir", "batch_size"}),
+    "index": frozenset({"batch_size"}),
     "retrieve": frozenset({"batch_size"}),
     "train_query": frozenset({"save_every_steps", "gradient_checkpointing"}),
     "train_item": frozenset({"save_every_steps", "gradient_checkpointing"}),
     "train_retriever": frozenset({"save_every_steps"}),
     "rewrite": frozenset({"batch_size"}),
     "generate": frozenset({"batch_size"}),
+}
+
+# Keys added to a section after runs were first built, with the value that computes what the code did before: at
+# that value a key is left out of the section's hash, so upgrading reges does not make existing runs stale (and
+# retrain their experts); any other value counts like every other key.
+ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "mine": {"exclude_named": False},
+    "train_retriever": {"cross_dataset": None},
 }
 
 Status = Literal["complete", "stale", "missing"]
@@ -95,7 +159,8 @@ def _section(cfg: PipelineConfig, name: str) -> dict[str, Any]:
         return {key: config_to_dict(getattr(cfg, section))[key]}
     tree = config_to_dict(cfg.item_expert_llm if name == "item_llm" else getattr(cfg, name))
     volatile = VOLATILE_KEYS.get(name, frozenset())
-    kept = {k: v for k, v in tree.items() if k not in volatile}
+    added = ADDED_KEYS.get(name, {})
+    kept = {k: v for k, v in tree.items() if k not in volatile and not (k in added and v == added[k])}
     if isinstance(kept.get("teacher_llm"), dict):
         kept["teacher_llm"] = {k: v for k, v in kept["teacher_llm"].items() if k not in VOLATILE_KEYS["llm"]}
     return kept

@@ -31,6 +31,7 @@ from reges.errors import CatalogError, ConfigError, DataError
 from reges.io import RunDir
 from reges.linking import TitleSpotter
 from reges.records import ROLES, Hit, Item, Turn, mentioned_item_ids
+from reges.retrieval.constraints import Constraints, apply_constraints, parse_constraints
 from reges.retrieval.encoder import Encoder
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import context_to_query
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from reges.llm import LLM
 
 logger = logging.getLogger(__name__)
+
+# Candidates retrieved per dialogue when constraints may re-order them (films of a refused genre go last, so the
+# first top_k come from this deeper list).
+CONSTRAINT_DEPTH = 50
 
 # Roles a client may send that carry no dialogue content for the recommender: accepted and skipped (OpenAI clients
 # routinely send a system prompt).
@@ -234,6 +239,7 @@ class PipelineRecommender:
         item_llm: LLM | None = None,
         item_sees_query: bool = False,
         mention_counts: dict[str, float] | None = None,
+        constraints: bool = True,
     ) -> None:
         """Compose already loaded parts (tests build it from fakes; `from_run_dir` from a run directory).
 
@@ -247,6 +253,8 @@ class PipelineRecommender:
             item_llm: The Item Expert (base LLM + train-item adapter), or None.
             item_sees_query: Show the Item Expert the query (only if it was trained with queries in its prompts).
             mention_counts: item id -> training mentions; picks among same-titled films when linking typed titles.
+            constraints: Re-order candidates by the genres the seeker refuses or asks for and whether they ask for
+                children (`reges.retrieval.constraints`; false: the retriever's order).
 
         Raises:
             CatalogError: the index holds an item the catalog lacks.
@@ -269,6 +277,7 @@ class PipelineRecommender:
         self.item_llm = item_llm
         self.item_sees_query = item_sees_query
         self.spotter = TitleSpotter(items, mention_counts)
+        self.constraints = constraints
 
     @property
     def stages(self) -> dict[str, str]:
@@ -278,16 +287,19 @@ class PipelineRecommender:
             "retrieve": "fused retriever" if self.fused is not None or self.index is None
             else f"frozen {self.index.encoder or 'encoder'}",
             "linking": "catalog titles in typed turns",
+            "constraints": "stated genres and audience re-order candidates" if self.constraints else "off",
             "pick": f"item expert ({self.cfg.generate.mode})" if self.item_llm is not None else "retriever top-1",
         }
 
     @classmethod
-    def from_run_dir(cls, path: str | Path, overrides: list[str] | None = None) -> PipelineRecommender:
+    def from_run_dir(cls, path: str | Path, overrides: list[str] | None = None,
+                     constraints: bool = True) -> PipelineRecommender:
         """Load every part the run directory has finished (see the module docstring); nothing is written there.
 
         Args:
             path: A run directory with at least `catalog/` and `index/` complete and its `config.yaml`.
-            overrides: `section.key=value` overrides on top of the run's config (e.g. `llm.threads=1`).
+            overrides: `section.key=value` overrides on top of the run's config (e.g. `generate.top_k=10`).
+            constraints: Re-order candidates by the seeker's stated genres and audience (see `__init__`).
 
         Raises:
             ConfigError: no config.yaml in the run directory, or a bad override.
@@ -318,7 +330,7 @@ class PipelineRecommender:
         if run_dir.is_complete("train-retriever"):
             from reges.retrieval.fusion import FusedRetriever
 
-            fused = FusedRetriever.load(run_dir.path, device=cfg.index.device, threads=cfg.index.threads)
+            fused = FusedRetriever.load(run_dir.path, device=cfg.index.device)
             mention_counts = dict(zip(fused.counts.item_ids, fused.counts.item_counts.tolist(), strict=True))
         # INTEGRATION POINT (Item Expert): the base LLM with the train-item adapter (generate.use_adapter=false: the
         # base model); its prompts show the query only when it was trained on prompts with one.
@@ -348,7 +360,8 @@ class PipelineRecommender:
                 item_llm = load_llm(cfg.item_expert_llm, adapter=adapter, seed=cfg.run.seed)
                 item_sees_query = bool(trained.get("query_used")) and query_llm is not None
         encoder = load_index_encoder(index, cfg.index) if index is not None else None
-        recommender = cls(cfg, items, index, encoder, query_llm, fused, item_llm, item_sees_query, mention_counts)
+        recommender = cls(cfg, items, index, encoder, query_llm, fused, item_llm, item_sees_query, mention_counts,
+                          constraints)
         logger.info("recommender from %s: %s", run_dir.path, recommender.stages)
         return recommender
 
@@ -392,10 +405,12 @@ class PipelineRecommender:
         # every film of a named title: a user who named or rejected "Titanic" means the title, not the id linked
         excluded = [self.spotter.same_title_ids(mentioned_item_ids(c)) for c in contexts]
         pick_k = self.cfg.generate.top_k if self.item_llm is not None else 1
-        depth = max(top_k, pick_k) + max(len(e) for e in excluded)
+        wanted = [parse_constraints(c) if self.constraints else Constraints() for c in contexts]
+        # deeper when constraints re-order: the films that replace the refused ones must be among the hits
+        depth = max(top_k, pick_k, CONSTRAINT_DEPTH if any(wanted) else 0) + max(len(e) for e in excluded)
         rankings = [
-            [h for h in hits if h.item_id not in ex][: max(top_k, pick_k)]
-            for hits, ex in zip(self._retrieve(contexts, queries, depth), excluded, strict=True)
+            apply_constraints([h for h in hits if h.item_id not in ex], want, self.items)[: max(top_k, pick_k)]
+            for hits, ex, want in zip(self._retrieve(contexts, queries, depth), excluded, wanted, strict=True)
         ]
         latency["retrieve"] = _ms_since(t)
         for ranking, ex in zip(rankings, excluded, strict=True):

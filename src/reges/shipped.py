@@ -77,16 +77,10 @@ def _without_plot(item: Item) -> Item:
 def serving_config(cfg: PipelineConfig) -> PipelineConfig:
     """The trained run's config with the build machine's runtime settings reset for the user's machine.
 
-    Why: a run is often built with `llm.threads=1 index.threads=1` (several jobs sharing a CPU) and progress
-    bars on; the shipped recommender should use every core of the machine it runs on and print no bars.
+    Why: a run is often built with `run.threads=1` (several jobs sharing a CPU) and progress bars on; the shipped
+    recommender should use every core of the machine it runs on and print no bars.
     """
-    return dataclasses.replace(
-        cfg,
-        run=dataclasses.replace(cfg.run, show_progress=False, overwrite=False),
-        llm=dataclasses.replace(cfg.llm, threads=0),
-        index=dataclasses.replace(cfg.index, threads=0),
-        item_llm=None if cfg.item_llm is None else dataclasses.replace(cfg.item_llm, threads=0),
-    )
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, show_progress=False, overwrite=False, threads=0))
 
 
 def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:

@@ -42,25 +42,28 @@ _TOP_KEYS = ("conversationId", "messages", "initiatorWorkerId", "respondentWorke
 _VARIANT_KEYS = {"redial-original": "messageId", "redial-ievalm": "turn_id"}
 
 
-def read_movie_names(path: str | Path) -> dict[str, str]:
+def read_movie_names(path: str | Path, key: str = "data.movie_names_file") -> dict[str, str]:
     """Read ReDial's `movies_with_mentions.csv` (movieId, movieName, nbMentions) into {movieId: title}.
 
     Titles are normalised ("Cosmos  (2015)" -> "Cosmos (2015)"). It resolves the `@id`s a dialogue's
-    `movieMentions` lacks.
+    `movieMentions` lacks, and names the catalog's films that id2info.json lacks.
+
+    Args:
+        path: The CSV file.
+        key: The setting that named the file, for the error messages (the catalog's is catalog.names_file).
 
     Raises:
         DataError: The file is missing or has no movieId/movieName columns.
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"movie names file not found: {path}; set data.movie_names_file to ReDial's "
-                        "movies_with_mentions.csv")
+        raise DataError(f"movie names file not found: {path}; set {key} to ReDial's movies_with_mentions.csv")
     names: dict[str, str] = {}
     with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"movieId", "movieName"} <= set(reader.fieldnames):
             raise DataError(f"{path}: expected a CSV header with movieId and movieName, got {reader.fieldnames}; "
-                            "point data.movie_names_file at ReDial's movies_with_mentions.csv")
+                            f"point {key} at ReDial's movies_with_mentions.csv")
         for row in reader:
             movie_id, name = (row["movieId"] or "").strip(), normalize_title(row["movieName"] or "")
             if not movie_id or not name:

@@ -35,7 +35,8 @@ import numpy as np
 
 from reges.config import PipelineConfig
 from reges.errors import ConfigError, StageNotReadyError
-from reges.io import RunDir, atomic_open, now_iso, read_json
+from reges.io import RunDir, now_iso, read_json
+from reges.pipeline import STAGES, stage_config
 from reges.retrieval.index import EMBEDDINGS_FILE, IDS_FILE, ItemIndex
 from reges.titles import title_slug
 
@@ -151,11 +152,9 @@ def build_child_index(cfg: PipelineConfig, run_dir: RunDir, child: RunDir) -> No
     out = child.begin("index", cfg.run.overwrite)
     item_ids = (source / IDS_FILE).read_text(encoding="utf-8").splitlines()
     embeddings = np.load(source / EMBEDDINGS_FILE, allow_pickle=False).astype(np.float32)  # (num_items, dim)
-    index = ItemIndex.from_embeddings(embeddings, item_ids, cfg.index, cfg.run.seed, encoder=cfg.index.encoder)
-    index.meta["max_seq_length"] = cfg.index.max_seq_length
-    index.save(out)
-    with atomic_open(out / EMBEDDINGS_FILE, "wb") as f:
-        np.save(f, embeddings)
+    index = ItemIndex.from_embeddings(embeddings, item_ids, cfg.index, cfg.run.seed, cfg.index.encoder,
+                                      cfg.index.max_seq_length)
+    index.save(out, embeddings)
     rows = len(item_ids)
     child.finish(
         "index",
@@ -205,9 +204,10 @@ def evaluate_file(cfg: PipelineConfig, run_dir: RunDir, dataset_file: Path) -> P
             logger.info("stage %s: complete, skipped", stage)
             continue
         t0 = time.perf_counter()
+        view = stage_config(STAGES[stage], tcfg)  # as `reges all` runs it: its declared sections only
         if stage == "generate":
-            importlib.import_module(module).run(tcfg, child, fusion_alpha_from=alpha_from)
+            importlib.import_module(module).run(view, child, fusion_alpha_from=alpha_from)
         else:
-            importlib.import_module(module).run(tcfg, child)
+            importlib.import_module(module).run(view, child)
         logger.info("stage %s: done in %.1f s", stage, time.perf_counter() - t0)
     return child.path

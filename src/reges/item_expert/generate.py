@@ -58,7 +58,7 @@ from reges.item_expert.prompts import PromptFormat, candidate_titles, item_promp
 from reges.llm import resolve_backend, trained_adapter
 from reges.llm.base import LLM, Messages
 from reges.llm.partial import CHECKPOINTS, PartialRows, llm_settings, sha
-from reges.records import Item, RecExample
+from reges.records import Item, RecExample, mentioned_item_ids
 from reges.retrieval.queries import read_queries
 from reges.retrieval.retrieve import read_examples
 from reges.titles import TitleMatcher, parse_title
@@ -367,8 +367,13 @@ def load_split_inputs(
     query_file: Path | None,
     max_examples: int,
     seed: int,
+    *,
+    exclude_named: bool = False,
 ) -> SplitInputs:
     """Examples (a seeded sample when max_examples > 0), their first top_k retrieved items and their queries.
+
+    With exclude_named (`mine.exclude_named`), items the dialogue already named are left out before the first top_k
+    are taken, as the recommender does when it serves.
 
     Raises:
         DataError: An example has no ranking, or a ranked item is not in the catalog, or a query is missing.
@@ -390,7 +395,13 @@ def load_split_inputs(
         hits = rankings.get(ex.example_id)
         if not hits:
             raise DataError(f"{trec} has no candidates for example {ex.example_id!r}; rerun `reges retrieve`")
-        ids = list(dict.fromkeys(h.item_id for h in hits))[:top_k]
+        named = mentioned_item_ids(ex.context) if exclude_named else set()
+        ids = [i for i in dict.fromkeys(h.item_id for h in hits) if i not in named][:top_k]
+        if not ids:
+            raise DataError(
+                f"{trec} ranks only items that example {ex.example_id!r} already named; with mine.exclude_named "
+                "retrieve deeper (raise retrieve.top_k and rerun `reges retrieve`)"
+            )
         unknown = [i for i in ids if i not in items]
         if unknown:
             raise DataError(
@@ -538,7 +549,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir, fusion_alpha_from: str = "") -> No
             )
     query_files = {split: resolve_query_file(cfg, run_dir, split) for split in splits}
     split_inputs = {
-        split: load_split_inputs(run_dir, split, items, gc.top_k, query_files[split], gc.max_examples, cfg.run.seed)
+        split: load_split_inputs(
+            run_dir, split, items, gc.top_k, query_files[split], gc.max_examples, cfg.run.seed,
+            exclude_named=cfg.mine.exclude_named,
+        )
         for split in splits
     }
     out = run_dir.begin("generate", cfg.run.overwrite)  # keeps checkpoints/: the partial results of a killed run

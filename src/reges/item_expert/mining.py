@@ -37,7 +37,7 @@ from reges.config import PipelineConfig
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_trec, write_jsonl
 from reges.item_expert.prompts import PromptFormat, candidate_titles, item_prompt
-from reges.records import Hit, Item, RecExample
+from reges.records import Hit, Item, RecExample, mentioned_item_ids
 from reges.retrieval.queries import read_queries
 from reges.retrieval.retrieve import read_examples
 
@@ -72,6 +72,8 @@ def select_candidates(
     negatives: Literal["hard", "random"],
     top_k: int,
     seed: int,
+    *,
+    exclude_named: bool = False,
 ) -> MinedCandidates | None:
     """Candidates and training target of one example.
 
@@ -82,20 +84,23 @@ def select_candidates(
         negatives: "hard" or "random".
         top_k: Candidates per example.
         seed: The run seed.
+        exclude_named: Leave out every item the dialogue already named, targets included (the served setting).
 
     Returns:
-        The candidates, or None when no target is in the catalog.
+        The candidates, or None when no (unnamed, with exclude_named) target is in the catalog.
     """
     catalog = set(catalog_ids)
-    targets = [t for t in dict.fromkeys(example.target_item_ids) if t in catalog]
+    named = mentioned_item_ids(example.context) if exclude_named else set()
+    targets = [t for t in dict.fromkeys(example.target_item_ids) if t in catalog and t not in named]
     if not targets:
         return None
     rng = example_rng(seed, example.example_id)
     if negatives == "hard":
-        candidates = list(dict.fromkeys(ranked_ids))[:top_k]
+        candidates = [i for i in dict.fromkeys(ranked_ids) if i not in named][:top_k]
     elif negatives == "random":
-        picked = rng.choice(len(catalog_ids), size=min(top_k, len(catalog_ids)), replace=False)
-        candidates = [catalog_ids[i] for i in picked]
+        pool = [i for i in catalog_ids if i not in named] if named else catalog_ids
+        picked = rng.choice(len(pool), size=min(top_k, len(pool)), replace=False)
+        candidates = [pool[i] for i in picked]
     else:
         raise ConfigError(f"mine.negatives must be 'hard' or 'random', got {negatives!r}")
     position = {c: i for i, c in enumerate(candidates)}
@@ -120,6 +125,8 @@ def mine_examples(
     top_k: int,
     fmt: PromptFormat,
     seed: int,
+    *,
+    exclude_named: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Build the training rows of one split (in memory).
 
@@ -132,9 +139,11 @@ def mine_examples(
         top_k: Candidates per example.
         fmt: The prompt format.
         seed: The run seed.
+        exclude_named: Candidates and targets leave out the items the dialogue named (`mine.exclude_named`).
 
     Returns:
-        (rows sorted by example_id, counts: examples, skipped_no_catalog_target, inserted, target_positions).
+        (rows sorted by example_id, counts: examples, skipped_no_catalog_target (with exclude_named: no unnamed
+        target in the catalog), inserted, target_positions).
 
     Raises:
         ConfigError: top_k < 1.
@@ -156,21 +165,21 @@ def mine_examples(
                     "split (run.overwrite=true)"
                 )
             ranked = [h.item_id for h in rankings[ex.example_id]]
-            unknown = [i for i in ranked[:top_k] if i not in items]
-            if unknown:
-                raise DataError(
-                    f"the retrieval run ranks item {unknown[0]!r} (example {ex.example_id!r}), which is not in the "
-                    "catalog; retrieve and catalog disagree: rerun `reges retrieve` with run.overwrite=true"
-                )
         query = None
         if queries is not None:
             if ex.example_id not in queries:
                 raise DataError(f"no query for example {ex.example_id!r} in rewrite/; rerun `reges rewrite`")
             query = queries[ex.example_id]
-        mined = select_candidates(ex, ranked, catalog_ids, negatives, top_k, seed)
+        mined = select_candidates(ex, ranked, catalog_ids, negatives, top_k, seed, exclude_named=exclude_named)
         if mined is None:
             skipped += 1
             continue
+        unknown = [i for i in mined.candidate_ids if i not in items]
+        if unknown:
+            raise DataError(
+                f"the retrieval run ranks item {unknown[0]!r} (example {ex.example_id!r}), which is not in the "
+                "catalog; retrieve and catalog disagree: rerun `reges retrieve` with run.overwrite=true"
+            )
         candidates = [items[i] for i in mined.candidate_ids]
         titles = candidate_titles(candidates)
         at = mined.candidate_ids.index(mined.target_item_id)
@@ -276,7 +285,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         examples = read_examples(path)
         rankings = read_trec(retrieve_dir / f"{split}.trec") if retrieve_dir is not None else {}
         queries = read_queries(qpath) if qpath is not None else None
-        rows, counts = mine_examples(examples, rankings, items, queries, mc.negatives, mc.top_k, fmt, cfg.run.seed)
+        rows, counts = mine_examples(
+            examples, rankings, items, queries, mc.negatives, mc.top_k, fmt, cfg.run.seed,
+            exclude_named=mc.exclude_named,
+        )
         tokens = prompt_token_counts(rows, tokenizer)
         outputs[f"{split}.jsonl"] = write_jsonl(out / f"{split}.jsonl", rows)
         per_split[split] = {**counts, "query_used": qpath is not None, "prompt_tokens": token_stats(tokens)}

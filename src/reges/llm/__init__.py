@@ -55,7 +55,8 @@ def load_llm(cfg: LLMConfig, adapter: str | None = None, seed: int = 0) -> LLM:
     Args:
         cfg: The `llm` config section. backend "auto" means openai for an http(s) URL in `cfg.model`, hf otherwise.
         adapter: A LoRA adapter: a PEFT adapter folder for hf, a GGUF LoRA file for llamacpp (none for openai).
-        seed: Sampling seed for llamacpp (hf samples with torch's global generator; seed it with torch.manual_seed).
+        seed: Sampling seed (hf and llamacpp: each model samples from its own seeded stream, so loading and
+            sampling leave the process's global generators alone; openai: not sent).
 
     Returns:
         An object implementing `LLM`.
@@ -72,7 +73,7 @@ def load_llm(cfg: LLMConfig, adapter: str | None = None, seed: int = 0) -> LLM:
     if backend == "hf":
         from reges.llm.hf import HFLLM
 
-        return HFLLM.from_config(cfg, adapter)
+        return HFLLM.from_config(cfg, adapter, seed=seed)
     elif backend == "llamacpp":
         from reges.llm.llamacpp import LlamaCppLLM
 

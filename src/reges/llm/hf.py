@@ -8,6 +8,8 @@ one batched pass over the candidates that reuses the prompt's key/value cache.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -83,6 +85,7 @@ class HFLLM:
         batch_size: Prompts per `generate`/`choose` batch.
         prompt_lookup_tokens: Greedy `generate` of a batch of one drafts up to this many tokens from the prompt
             (prompt lookup decoding, `LLMConfig.prompt_lookup_tokens`); 0: off.
+        seed: Seed of this model's sampling stream (`generate` with temperature > 0), as llama.cpp's `seed`.
 
     Example:
         >>> llm = HFLLM.from_config(LLMConfig(model="smollm2-135m-instruct"))
@@ -97,6 +100,7 @@ class HFLLM:
         n_ctx: int = 2048,
         batch_size: int = 8,
         prompt_lookup_tokens: int = 0,
+        seed: int = 0,
     ) -> None:
         if prompt_lookup_tokens < 0:
             raise ModelError(f"llm.prompt_lookup_tokens must be >= 0 (0: off), got {prompt_lookup_tokens}")
@@ -116,9 +120,11 @@ class HFLLM:
         self.eos_id: int = tokenizer.eos_token_id
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.device = next(model.parameters()).device
+        self.seed = seed
+        self._sampling_state: torch.Tensor | None = None  # the generator state where the last sampling call ended
 
     @classmethod
-    def from_config(cls, cfg: LLMConfig, adapter: str | None = None) -> HFLLM:
+    def from_config(cls, cfg: LLMConfig, adapter: str | None = None, seed: int = 0) -> HFLLM:
         """Load `cfg.model` (and a PEFT LoRA adapter folder, if given) as configured.
 
         The adapter is merged into the base weights: this object only runs inference, and a merged model skips the
@@ -132,7 +138,12 @@ class HFLLM:
             model = merge_adapter(load_adapter(model, adapter))
             model.eval()
         return cls(
-            model, tokenizer, n_ctx=cfg.n_ctx, batch_size=cfg.batch_size, prompt_lookup_tokens=cfg.prompt_lookup_tokens
+            model,
+            tokenizer,
+            n_ctx=cfg.n_ctx,
+            batch_size=cfg.batch_size,
+            prompt_lookup_tokens=cfg.prompt_lookup_tokens,
+            seed=seed,
         )
 
     # --- prompts -----------------------------------------------------------------------------------------------
@@ -176,11 +187,36 @@ class HFLLM:
             pad_token_id=self.pad_id,
         )
 
+    @contextmanager
+    def _own_sampling_stream(self) -> Iterator[None]:
+        """Run the block on this model's own sampling stream, and give the caller's generator state back after it.
+
+        transformers samples from torch's global generator of the model's device and takes no generator of its own,
+        so the global one is lent to the block: set to where this model's last sampling call ended (seeded with
+        `seed` before the first), and read back and restored when the block ends. Sampling is then repeatable for a
+        seed whatever else the process draws, and calling `generate` changes no global state.
+        """
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            generator = torch.cuda.default_generators[index]
+        else:
+            generator = torch.default_generator
+        caller_state = generator.get_state()
+        if self._sampling_state is None:
+            generator.manual_seed(self.seed)
+        else:
+            generator.set_state(self._sampling_state)
+        try:
+            yield
+        finally:
+            self._sampling_state = generator.get_state()
+            generator.set_state(caller_state)
+
     # --- LLM interface -----------------------------------------------------------------------------------------
     def generate(
         self, prompts: list[Messages], max_new_tokens: int, temperature: float = 0.0, stop: list[str] | None = None
     ) -> list[str]:
-        """See `LLM.generate`. Greedy when `temperature` is 0; seed torch to make sampling repeatable."""
+        """See `LLM.generate`. Greedy when `temperature` is 0; sampling draws from this model's stream (`seed`)."""
         if max_new_tokens < 1:
             raise ModelError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         answers: list[str] = []
@@ -193,7 +229,8 @@ class HFLLM:
             if len(batch) == 1 and temperature == 0 and self.prompt_lookup_tokens:
                 # transformers drafts from the prompt for one sequence only; a served turn is one
                 config.prompt_lookup_num_tokens = self.prompt_lookup_tokens
-            with torch.inference_mode():
+            sampling = self._own_sampling_stream() if temperature > 0 else nullcontext()
+            with torch.inference_mode(), sampling:
                 out = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,

@@ -9,7 +9,6 @@ its prefix cache reuses the key/value cache when consecutive prompts share a beg
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -80,7 +79,8 @@ class LlamaCppLLM:
     Args:
         model_path: The GGUF model file.
         n_ctx: Context window in tokens.
-        threads: CPU threads (0: all cores; llama-cpp-python's own default is half of them).
+        threads: CPU threads; 0: as many as torch uses in this process (`torch.get_num_threads()`: all cores, or
+            `run.threads`, which the CLI sets for the whole process). llama-cpp-python's own default is half.
         lora_path: A LoRA adapter in GGUF form (`reges.llm.gguf_lora.convert_lora_to_gguf`), or None.
         seed: Sampling seed (temperature > 0).
         extra_buffers: Let llama.cpp repack weights into its extra CPU buffer types (see `extra_buffer_types`).
@@ -106,7 +106,13 @@ class LlamaCppLLM:
             )
         self.model_path = model_path
         self.n_ctx = n_ctx
-        self.threads = threads or os.cpu_count() or 1
+        if threads < 0:
+            raise ModelError(f"threads must be >= 0 (0: as many as torch uses), got {threads}; set run.threads")
+        if threads == 0:
+            import torch
+
+            threads = torch.get_num_threads()
+        self.threads = threads
         self.lora_path = lora_path
         self.seed = seed
         self.extra_buffers = extra_buffers
@@ -159,7 +165,6 @@ class LlamaCppLLM:
         return cls(
             source.location,
             n_ctx=cfg.n_ctx,
-            threads=cfg.threads,
             lora_path=adapter,
             seed=seed,
             extra_buffers=cfg.llamacpp_extra_buffers,

@@ -64,6 +64,7 @@ import reges.llm.distributed as distributed
 from reges.errors import ConfigError, DataError, ModelError
 from reges.io import read_json, write_json
 from reges.llm.models import resolve_device
+from reges.llm.rng import fork_seeded
 from reges.llm.scoring import answer_token_ids, packed_answers
 
 if TYPE_CHECKING:
@@ -630,6 +631,9 @@ def train_lora(
     Under a launcher (torchrun, accelerate launch) every rank calls this with the same arguments; see the module
     docstring for how the work is shared. Rank 0 alone writes to `out_dir`; every rank returns the trained model.
 
+    The LoRA init and the dropout masks draw from torch's global generator, seeded with `cfg.seed` for the call
+    (`reges.llm.rng.fork_seeded`): the caller's generator states are the same afterwards.
+
     Args:
         model: The base causal LM (no adapter yet).
         tokenizer: Its tokenizer, with a chat template and a pad token.
@@ -652,6 +656,19 @@ def train_lora(
         >>> result.adapter_dir
         PosixPath('runs/x/query_expert/adapter')
     """
+    with fork_seeded(cfg.seed):
+        return _train_lora(model, tokenizer, examples, cfg, out_dir, show_progress)
+
+
+def _train_lora(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[dict[str, Any]],
+    cfg: LoraTrainConfig,
+    out_dir: Path,
+    show_progress: bool,
+) -> TrainResult:
+    """`train_lora` inside its seeded generators."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     _validate(cfg)
@@ -687,9 +704,6 @@ def train_lora(
     if ctx.enabled:
         distributed.check_same(fingerprint, "the tokenized training examples")
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
     model.to(device=device, dtype=dtype)
     lora_config = LoraConfig(
         r=cfg.r,

@@ -508,8 +508,8 @@ def hf_folder(cfg: LLMConfig) -> Path:
 def load_hf(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `cfg.model` with transformers, in eval mode, on `cfg.device` with `cfg.dtype`.
 
-    Also sets torch's CPU threads to `cfg.threads` (when > 0) and gives the tokenizer a pad token and left
-    padding, which batched generation needs.
+    Also gives the tokenizer a pad token and left padding, which batched generation needs. Torch's CPU threads are
+    the process's (`run.threads`, set by the CLI), never changed here.
 
     Returns:
         (model, tokenizer).
@@ -517,11 +517,8 @@ def load_hf(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     Raises:
         ModelError: The model cannot be resolved or loaded.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     folder = hf_folder(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -9,7 +9,7 @@ only the rest. The final `<split>.jsonl` is written from all rows once the split
 
 A row is reused only when both fingerprints match:
 - the file's, over the settings that decide an answer (the model, its dtype and context, the adapter's training
-  manifest, the decoding settings; not the endpoint's key, timeout, retries or threads, which change no answer). A
+  manifest, the decoding settings; not the endpoint's key, timeout or retries, which change no answer). A
   file written under other settings is discarded (logged) and the split starts over;
 - the row's `input_sha`, over the example's own input (its prompt, and its candidates in generate): an example whose
   prompt changed (other retrieved candidates, another query) is computed again.
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 # LLM settings that change no answer: a run may change them when it resumes.
-RUNTIME_FIELDS = ("api_key", "api_key_file", "timeout_s", "max_retries", "threads")
+RUNTIME_FIELDS = ("api_key", "api_key_file", "timeout_s", "max_retries")
 
 
 def llm_settings(cfg: LLMConfig, backend: str) -> dict[str, Any]:

@@ -281,12 +281,9 @@ def build_teacher(cfg: PipelineConfig, catalog: list[Item], index: ItemIndex, in
         embeddings = np.load(embeddings_path)  # (num_items, dim)
         return GroundedTeacher(catalog, dc.num_queries, dc.max_query_words, embeddings, index.item_ids)
     elif dc.teacher == "llm":
-        import torch
-
         from reges.llm import load_llm
 
-        torch.manual_seed(cfg.run.seed)  # the hf backend samples with torch's global generator
-        llm = load_llm(dc.teacher_llm, seed=cfg.run.seed)
+        llm = load_llm(dc.teacher_llm, seed=cfg.run.seed)  # its sampling stream is seeded with run.seed
         return LLMTeacher(
             llm, dc.num_queries, dc.max_query_words, dc.teacher_temperature, dc.teacher_max_new_tokens,
             dc.teacher_llm.batch_size,

@@ -205,7 +205,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         seed=cfg.run.seed,
         started=started,
         extra={
-            "llm": {"model": cfg.llm.model, "backend": cfg.llm.backend, "threads": cfg.llm.threads},
+            "llm": {"model": cfg.llm.model, "backend": cfg.llm.backend, "threads": cfg.run.threads},
             "adapter": adapter,
             "splits": per_split,
         },

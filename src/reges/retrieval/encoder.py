@@ -59,14 +59,15 @@ def resolve_encoder_path(name_or_path: str) -> Path:
     return path
 
 
-def load_encoder(name_or_path: str, device: str, max_seq_length: int, threads: int = 0) -> SentenceTransformer:
+def load_encoder(name_or_path: str, device: str, max_seq_length: int) -> SentenceTransformer:
     """Load a sentence-transformers model from the bundled copy or a local folder.
+
+    Torch's CPU threads are the process's (`run.threads`, set by the CLI), never changed here.
 
     Args:
         name_or_path: "all-MiniLM-L6-v2" (bundled) or a sentence-transformers model folder.
         device: "auto", "cpu" or "cuda".
         max_seq_length: Token limit; longer texts are truncated by the model (it keeps their start).
-        threads: torch CPU threads (`torch.set_num_threads`, process-wide); 0 leaves torch's default.
 
     Returns:
         The model, on the resolved device. Wrap it in `SentenceEncoder` to use it as an `Encoder`.
@@ -76,15 +77,8 @@ def load_encoder(name_or_path: str, device: str, max_seq_length: int, threads: i
     """
     if max_seq_length < 1:
         raise ModelError(f"max_seq_length must be >= 1, got {max_seq_length}; set index.max_seq_length")
-    if threads < 0:
-        raise ModelError(f"threads must be >= 0 (0 = torch's default), got {threads}; set index.threads")
     path = resolve_encoder_path(name_or_path)
     resolved = resolve_device(device, "index.device")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-        logger.info("torch CPU threads set to %d", threads)
     try:
         model = SentenceTransformer(str(path), device=resolved, local_files_only=True)
     except (OSError, ValueError) as e:

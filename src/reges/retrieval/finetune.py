@@ -52,6 +52,7 @@ from reges.errors import ConfigError, DataError
 from reges.io import read_json, write_json
 from reges.llm import distributed
 from reges.llm.models import resolve_dtype
+from reges.llm.rng import fork_seeded
 from reges.records import Item, RecExample
 from reges.retrieval.comention import context_item_ids
 from reges.retrieval.encoder import Encoder
@@ -364,7 +365,8 @@ def finetune_encoder(
         negatives: Hard negatives per pair (`mine_hard_negatives`), same length as `pairs`.
         items: Catalog by id (card texts).
         cfg: epochs, batch_size, lr, warmup_ratio, save_every_steps, chunk_size, dtype.
-        seed: Seeds the data order and torch (dropout).
+        seed: Seeds the data order (a local generator) and the dropout masks (torch's global generator, seeded for
+            the call and given back after it: `reges.llm.rng.fork_seeded`).
         checkpoint_dir: Where step checkpoints go (None: no checkpoints, no resume).
         show_progress: tqdm bar over steps.
 
@@ -374,6 +376,21 @@ def finetune_encoder(
     Raises:
         DataError: no pairs, or negatives not aligned with pairs; or a checkpoint of other data.
     """
+    with fork_seeded(seed):
+        return _finetune_encoder(model, pairs, negatives, items, cfg, seed, checkpoint_dir, show_progress)
+
+
+def _finetune_encoder(
+    model: SentenceTransformer,
+    pairs: Sequence[Pair],
+    negatives: Sequence[Sequence[str]],
+    items: dict[str, Item],
+    cfg: TrainRetrieverConfig,
+    seed: int,
+    checkpoint_dir: Path | None,
+    show_progress: bool,
+) -> FinetuneResult:
+    """`finetune_encoder` inside its seeded generators."""
     if not pairs:
         raise DataError("no training pairs for the encoder: train examples need a context and an in-catalog target")
     if len(negatives) != len(pairs):
@@ -381,7 +398,6 @@ def finetune_encoder(
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(cfg.dtype, device.type)
     ctx = distributed.init_distributed(device.type)
-    torch.manual_seed(seed)
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_ratio * total_steps)

@@ -124,9 +124,19 @@ class ItemIndex:
 
     @classmethod
     def from_embeddings(
-        cls, embeddings: np.ndarray, item_ids: list[str], cfg: IndexConfig, seed: int, encoder: str = ""
+        cls,
+        embeddings: np.ndarray,
+        item_ids: list[str],
+        cfg: IndexConfig,
+        seed: int,
+        encoder: str = "",
+        max_seq_length: int | None = None,
     ) -> ItemIndex:
-        """Build an index in memory from card embeddings (rows aligned with `item_ids`)."""
+        """Build an index in memory from card embeddings (rows aligned with `item_ids`).
+
+        `encoder` and `max_seq_length` name the encoder that embedded the cards (recorded in index.json, so queries
+        are embedded the same way); leave them out for raw embeddings.
+        """
         if embeddings.ndim != 2 or embeddings.shape[0] != len(item_ids):
             raise DataError(f"embeddings of shape {embeddings.shape} do not match {len(item_ids)} item ids")
         index = build_faiss_index(embeddings, cfg, seed)
@@ -139,12 +149,14 @@ class ItemIndex:
             "nlist": int(index.nlist) if isinstance(index, faiss.IndexIVF) else None,
             "ef_search": cfg.ef_search if cfg.index_type == "hnsw" else None,
             "hnsw_m": cfg.hnsw_m if cfg.index_type == "hnsw" else None,
-            "max_seq_length": None,
+            "max_seq_length": max_seq_length,
         }
         return cls(index, list(item_ids), meta)
 
-    def save(self, path: str | Path) -> None:
-        """Write index.faiss, item_ids.txt and index.json into the folder `path` (atomically each)."""
+    def save(self, path: str | Path, embeddings: np.ndarray | None = None) -> None:
+        """Write index.faiss, item_ids.txt and index.json into the folder `path` (atomically each), and the card
+        embeddings the index was built from as embeddings.npy when given (what the distill teacher and the fused
+        retriever read)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with atomic_open(path / INDEX_FILE, "wb") as f:
@@ -152,6 +164,9 @@ class ItemIndex:
         with atomic_open(path / IDS_FILE) as f:
             f.writelines(f"{item_id}\n" for item_id in self.item_ids)
         write_json(path / META_FILE, self.meta)
+        if embeddings is not None:
+            with atomic_open(path / EMBEDDINGS_FILE, "wb") as f:
+                np.save(f, embeddings)
 
     @classmethod
     def load(cls, path: str | Path) -> ItemIndex:
@@ -221,7 +236,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     out = run_dir.begin("index", cfg.run.overwrite)
     items = read_catalog(items_path)
     device = resolve_device(cfg.index.device, "index.device")
-    encoder = SentenceEncoder(load_encoder(cfg.index.encoder, device, cfg.index.max_seq_length, cfg.index.threads))
+    encoder = SentenceEncoder(load_encoder(cfg.index.encoder, device, cfg.index.max_seq_length))
 
     t0 = time.perf_counter()
     embeddings = encoder.encode([it.text for it in items], cfg.index.batch_size, cfg.run.show_progress)  # (n, dim)
@@ -231,13 +246,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
 
     t0 = time.perf_counter()
     index = ItemIndex.from_embeddings(
-        embeddings, [it.item_id for it in items], cfg.index, cfg.run.seed, encoder=cfg.index.encoder
+        embeddings, [it.item_id for it in items], cfg.index, cfg.run.seed, cfg.index.encoder, cfg.index.max_seq_length
     )
-    index.meta["max_seq_length"] = cfg.index.max_seq_length
     build_s = time.perf_counter() - t0
-    index.save(out)
-    with atomic_open(out / EMBEDDINGS_FILE, "wb") as f:
-        np.save(f, embeddings)
+    index.save(out, embeddings)
 
     rows = len(items)
     run_dir.finish(

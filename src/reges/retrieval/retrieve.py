@@ -187,7 +187,7 @@ def read_dialogues(path: str | Path) -> list[Dialogue]:
 
 
 def load_index_encoder(index: ItemIndex, cfg: IndexConfig) -> SentenceEncoder:
-    """The encoder that built `index`, loaded for queries (device, max_seq_length and threads from `cfg`).
+    """The encoder that built `index`, loaded for queries (device and max_seq_length from `cfg`).
 
     Raises:
         ConfigError: `cfg.encoder` names a different encoder than the one the index was built with.
@@ -198,7 +198,7 @@ def load_index_encoder(index: ItemIndex, cfg: IndexConfig) -> SentenceEncoder:
             "rerun `reges index` with run.overwrite=true, or set index.encoder back"
         )
     device = resolve_device(cfg.device, "index.device")
-    return SentenceEncoder(load_encoder(cfg.encoder, device, cfg.max_seq_length, cfg.threads))
+    return SentenceEncoder(load_encoder(cfg.encoder, device, cfg.max_seq_length))
 
 
 def trec_tag(name: str) -> str:
@@ -229,7 +229,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     out = run_dir.begin("retrieve", cfg.run.overwrite)
 
     if fused:
-        retriever = FusedRetriever.load(run_dir.path, device=cfg.index.device, threads=cfg.index.threads)
+        retriever = FusedRetriever.load(run_dir.path, device=cfg.index.device)
         encoder_name = retriever.encoder_name
         logger.info("retrieve: fused scores of train-retriever/ (query feature on splits %s)", sorted(rewrite_paths))
     else:

@@ -1,8 +1,9 @@
 """Stage `train-retriever`: fine-tune the encoder, count co-mentions, and tune the fusion weights on `tune`.
 
 Steps (each switchable in `train_retriever`, so each part's contribution can be measured):
-1. Co-mention counts over the train dialogues, plus `data/lossy_dialogues.jsonl` when `use_lossy` (always
-   counted: the popularity feature reads them too; `comention` decides whether the prior is a feature).
+1. Co-mention counts over the train dialogues, plus `data/lossy_dialogues.jsonl` when `use_lossy` and another
+   dataset's dialogues matched by title when `cross_dataset` is set (reges.data.cross) (always counted: the
+   popularity feature reads them too; `comention` decides whether the prior is a feature).
 2. When `finetune`: contrastive fine-tuning of the index encoder (`finetune.py`) on (dialogue, true card) pairs
    of `data/train.jsonl` (and (teacher query, card) pairs of `distill/train.jsonl` when present), then the catalog
    re-embedded with it. Without `finetune` the frozen index is copied, so `index/` always matches the encoder.
@@ -42,9 +43,10 @@ import numpy as np
 
 from reges.catalog import read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
+from reges.data.cross import cross_title_sets, match_title_sets
 from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
-from reges.io import RunDir, atomic_open, now_iso, read_json, write_json
+from reges.io import RunDir, now_iso, read_json, write_json
 from reges.llm import distributed
 from reges.llm.models import resolve_device
 from reges.records import Item, RecExample
@@ -121,7 +123,7 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
         logger.info("reusing the fine-tuned encoder in %s", done)
     else:
         device = resolve_device(cfg.index.device, "index.device")
-        model = load_encoder(cfg.index.encoder, device, tc.max_seq_length, cfg.index.threads)
+        model = load_encoder(cfg.index.encoder, device, tc.max_seq_length)
         pairs = training_pairs(cfg, run_dir, items, distill_path)
         logger.info("fine-tuning on %d pairs (%d from distill)", len(pairs), sum(p.source == "distill" for p in pairs))
         embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)  # (n, dim) frozen
@@ -220,6 +222,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         raise DataError(f"{index_dir} does not cover catalog/items.jsonl; rerun `reges index` with run.overwrite=true")
 
     dialogues = read_dialogues(paths["train_dialogues"]) + (read_dialogues(lossy_path) if use_lossy else [])
+    cross_stats = None
+    if tc.cross_dataset is not None:
+        cross, cross_stats = match_title_sets(cross_title_sets(tc.cross_dataset), items)
+        dialogues += cross
     counts = CoMention.fit(dialogues)
     outputs = counts.save(out)
 
@@ -228,22 +234,19 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     index_out = out / INDEX_DIR
     if tc.finetune:
         finetune_record = _train_encoder(cfg, run_dir, out, frozen, by_id, distill_path)
-        encoder = SentenceEncoder(load_encoder(str(out / ENCODER_DIR), device, tc.max_seq_length, cfg.index.threads))
+        encoder = SentenceEncoder(load_encoder(str(out / ENCODER_DIR), device, tc.max_seq_length))
         cards = {it.item_id: it.text for it in items}
         t0 = time.perf_counter()
         embeddings = encoder.encode([cards[i] for i in frozen.item_ids], cfg.index.batch_size, cfg.run.show_progress)
         logger.info("re-embedded %d cards in %.1f s", len(items), time.perf_counter() - t0)
         index = ItemIndex.from_embeddings(embeddings, frozen.item_ids, cfg.index, cfg.run.seed,
-                                          encoder=str(out / ENCODER_DIR))
-        index.meta["max_seq_length"] = tc.max_seq_length
-        index.save(index_out)
-        with atomic_open(index_out / EMBEDDINGS_FILE, "wb") as f:
-            np.save(f, embeddings)
+                                          str(out / ENCODER_DIR), tc.max_seq_length)
+        index.save(index_out, embeddings)
         encoder_spec = ENCODER_DIR
     else:
         shutil.copytree(index_dir, index_out, ignore=shutil.ignore_patterns("manifest.json"))
         embeddings = np.load(index_out / EMBEDDINGS_FILE, allow_pickle=False)
-        encoder = SentenceEncoder(load_encoder(cfg.index.encoder, device, tc.max_seq_length, cfg.index.threads))
+        encoder = SentenceEncoder(load_encoder(cfg.index.encoder, device, tc.max_seq_length))
         encoder_spec = cfg.index.encoder
     outputs[f"{INDEX_DIR}/item_ids.txt"] = len(frozen.item_ids)
 
@@ -264,7 +267,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         "weights": weights,
         "tune": report,
         "finetune": finetune_record,
-        "counts": {"dialogues": counts.num_dialogues, "items": len(counts.item_ids), "lossy": use_lossy},
+        "counts": {"dialogues": counts.num_dialogues, "items": len(counts.item_ids), "lossy": use_lossy,
+                   "cross_dataset": cross_stats},
     }
     write_json(out / FUSION_FILE, spec)
     outputs[FUSION_FILE] = 1
@@ -273,6 +277,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     inputs.update({"catalog": catalog_path, "index": index_dir / "index.faiss"})
     if use_lossy:
         inputs["data/lossy_dialogues"] = lossy_path
+    if tc.cross_dataset is not None:
+        for path in [*tc.cross_dataset.files, tc.cross_dataset.movie_names_file, tc.cross_dataset.lossy_file]:
+            if path:
+                inputs[f"cross:{path}"] = Path(path)
     if use_query:
         inputs["rewrite/tune"] = rewrite_path
     if distill_path is not None:
@@ -288,6 +296,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             "tune_objective": {k: report[k]["fused"]["objective"] for k in (NO_QUERY, WITH_QUERY) if k in report},
             "tune_s": round(tune_s, 2),
             "finetune": finetune_record,
+            "cross_dataset": cross_stats,
         },
     )
     # checkpoints/encoder stays: redoing this stage (e.g. to tune the with-query weights once `rewrite/` exists)

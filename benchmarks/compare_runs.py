@@ -1,0 +1,158 @@
+"""Side by side: the retrieval of several runs on one split, with the paired difference to the first run.
+
+Why paired: two variants of one pipeline rank the same examples, so most of the sampling noise is shared; the
+95 % interval of the *difference* (clustered bootstrap over dialogues, the same resampled dialogues for both
+runs) says whether a change beats the baseline, where two overlapping per-run intervals cannot.
+
+Reads `evaluate/per_example.jsonl` of each run (method `retrieve` by default: the run's own retrieval) and scores
+recall@k under protocols "all" and "novel" (`reges.eval.metrics`: a target counts at each of its examples; novel
+leaves out targets already mentioned in the dialogue).
+
+Usage:
+    .venv/bin/python benchmarks/compare_runs.py --split dev --runs "no cross=runs/inspired-nocross" \\
+        "cross=runs/inspired-cross" --out docs/results/cross_dataset_inspired.md
+Writes the markdown table to --out and the numbers to the same path with .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reges.io import machine_info, now_iso, read_jsonl, write_json
+
+logger = logging.getLogger("compare_runs")
+
+PROTOCOLS = ("all", "novel")
+CUTOFFS = (1, 10, 50)
+
+
+def read_ranks(run_dir: Path, split: str, method: str) -> dict[str, tuple[str, list[tuple[int | None, bool]]]]:
+    """example id -> (dialogue id, [(rank or None, mentioned) per target]) of one method on one split."""
+    path = run_dir / "evaluate" / "per_example.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found; run `reges evaluate` in {run_dir} first")
+    out = {}
+    for row in read_jsonl(path):
+        if row["split"] == split and row["method"] == method:
+            out[row["example_id"]] = (row["dialogue_id"], [(t["rank"], bool(t["mentioned"])) for t in row["targets"]])
+    if not out:
+        raise SystemExit(f"{path} has no rows for split {split!r} and method {method!r}")
+    return out
+
+
+def hits_by_dialogue(ranks: dict[str, tuple[str, list[tuple[int | None, bool]]]], example_ids: list[str],
+                     protocol: str, k: int) -> dict[str, list[float]]:
+    """dialogue id -> hit flags (1.0/0.0) of the protocol's targets, examples in `example_ids` order."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for ex in example_ids:
+        dialogue, targets = ranks[ex]
+        for rank, mentioned in targets:
+            if protocol == "novel" and mentioned:
+                continue
+            out[dialogue].append(float(rank is not None and rank <= k))
+    return out
+
+
+def paired_bootstrap(a: dict[str, list[float]], b: dict[str, list[float]], samples: int, seed: int
+                     ) -> tuple[float, float, float, float, float]:
+    """(mean a, mean b, mean b - a, ci low, ci high) with dialogues resampled together for both runs."""
+    dialogues = sorted(a)
+    sums_a = np.array([sum(a[d]) for d in dialogues])
+    sums_b = np.array([sum(b[d]) for d in dialogues])
+    counts = np.array([len(a[d]) for d in dialogues])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(len(dialogues), size=(samples, len(dialogues)))
+    n = counts[idx].sum(1)
+    diff = (sums_b[idx].sum(1) - sums_a[idx].sum(1)) / np.maximum(n, 1)
+    mean_a, mean_b = sums_a.sum() / counts.sum(), sums_b.sum() / counts.sum()
+    low, high = np.percentile(diff, [2.5, 97.5])
+    return float(mean_a), float(mean_b), float(mean_b - mean_a), float(low), float(high)
+
+
+def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int, seed: int) -> dict[str, Any]:
+    """Per run, protocol and cutoff: recall and the paired difference to the first run."""
+    ranks = {name: read_ranks(path, split, method) for name, path in runs}
+    base_name = runs[0][0]
+    shared = sorted(set.intersection(*(set(r) for r in ranks.values())))
+    if len(shared) < len(ranks[base_name]):
+        logger.warning("only %d of %d examples are in every run; comparing those", len(shared), len(ranks[base_name]))
+    table: dict[str, Any] = {}
+    for name, _ in runs:
+        table[name] = {}
+        for protocol in PROTOCOLS:
+            for k in CUTOFFS:
+                a = hits_by_dialogue(ranks[base_name], shared, protocol, k)
+                b = hits_by_dialogue(ranks[name], shared, protocol, k)
+                _, mean_b, diff, low, high = paired_bootstrap(a, b, samples, seed)
+                table[name][f"{protocol}/recall@{k}"] = {"mean": round(mean_b, 4), "diff": round(diff, 4),
+                                                          "diff_ci": [round(low, 4), round(high, 4)]}
+    return {"split": split, "method": method, "examples": len(shared), "baseline": base_name, "table": table}
+
+
+def to_markdown(result: dict[str, Any], runs: list[tuple[str, Path]], command: str) -> str:
+    m = machine_info()
+    machine = f"{m['cpu_model']}, {m['cores']} cores, load {m['load_average'][0]}"
+    cols = [f"{p}/recall@{k}" for p in PROTOCOLS for k in CUTOFFS]
+    lines = [
+        f"# Retrieval side by side ({result['split']}, {result['examples']} examples)",
+        "",
+        f"Generated by `{command}` on {now_iso()} ({machine}).",
+        "",
+        f"Each cell: recall, then the paired difference to **{result['baseline']}** with its 95 % interval "
+        "(clustered bootstrap over dialogues). Runs: " + ", ".join(f"{n} = `{p}`" for n, p in runs) + ".",
+        "",
+        "| run | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for name, _ in runs:
+        cells = []
+        for c in cols:
+            v = result["table"][name][c]
+            cells.append(f"{v['mean']:.3f}" if name == result["baseline"] else
+                         f"{v['mean']:.3f} ({v['diff']:+.3f} [{v['diff_ci'][0]:+.3f}, {v['diff_ci'][1]:+.3f}])")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_runs(specs: list[str]) -> list[tuple[str, Path]]:
+    runs = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--runs takes name=run_dir, got {spec!r}")
+        runs.append((name, Path(path)))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="name=run_dir; the first is the baseline")
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--method", default="retrieve", help="method of evaluate/per_example.jsonl")
+    parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runs = parse_runs(args.runs)
+    if len(runs) < 2:
+        raise SystemExit("--runs needs a baseline and at least one other run")
+    result = compare(runs, args.split, args.method, args.bootstrap, args.seed)
+    command = "python benchmarks/compare_runs.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    result["command"] = command
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(to_markdown(result, runs, command), encoding="utf-8")
+    write_json(args.out.with_suffix(".json"), result)
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reges.records import Hit, Item, Turn
-from reges.retrieval.constraints import Constraints, apply_constraints, parse_constraints
+from reges.retrieval.constraints import Constraints, apply_constraints, leading_group_size, parse_constraints
 
 
 def _parse(*user_turns: str) -> Constraints:
@@ -48,7 +48,10 @@ def test_candidates_are_reordered_never_dropped() -> None:
                                      _item("nogenre")]}
     hits = [Hit(i, 1.0 - n / 10) for n, i in enumerate(["it", "lambs", "frozen2", "nogenre", "cars"])]
     kids = _parse("Something for my kids please")
-    assert [h.item_id for h in apply_constraints(hits, kids, items)] == ["frozen2", "cars", "lambs", "nogenre", "it"]
+    ordered = apply_constraints(hits, kids, items)
+    assert [h.item_id for h in ordered] == ["frozen2", "cars", "lambs", "nogenre", "it"]
+    assert leading_group_size(ordered, kids, items) == 2  # the pick is made among Frozen 2 and Cars
+    assert leading_group_size(hits, Constraints(), items) == len(hits)
     assert apply_constraints(hits, Constraints(), items) == hits
     only_horror = [Hit("it", 1.0)]
     assert apply_constraints(only_horror, kids, items) == only_horror  # nothing else left: it stays

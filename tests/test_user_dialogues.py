@@ -2,7 +2,8 @@
 
 The catalog is a real cut of ReDial's (tests/fixtures/catalog/cleaning_*): every "Frozen", "It", "The Notebook" and
 "Titanic" entry, Goodfellas, Mean Girls. Train mention counts are set by hand, in the proportions of the real ones.
-What needs trained models (a request for children never gets a horror film) is out of reach here.
+The last tests ask the real shipped recommender (slow): a request for children, a refused genre and requests that
+name only a genre get films of the kind asked for (reges.retrieval.constraints).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from reges.catalog import alias_map, clean_catalog, read_id2info, redial_items
 from reges.config import load_config
 from reges.data.redial import read_movie_names
 from reges.linking import TitleSpotter
+from reges.recommender import PipelineRecommender
 from reges.records import Item, Turn, mentioned_item_ids
 
 # Train turns mentioning each id (the real train + lossy counts are 128, 11, 16, 1, ...).
@@ -102,3 +104,32 @@ def test_goodfellas_and_it_link_to_their_own_cards(catalog: list[Item], spotter:
     assert "Martin Scorsese" in by_id[goodfellas].text
     # a typed "It" is the most mentioned It, the 2017 horror film, never a card of Goodfellas or Mean Girls
     assert _titles(catalog, spotter.spot("Have you seen It?")) == ["It (2017)"]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> PipelineRecommender:
+    from reges.shipped import default_run_dir
+
+    return PipelineRecommender.from_run_dir(default_run_dir())
+
+
+def _genres(rec: PipelineRecommender, item_id: str) -> set[str]:
+    return {g.lower() for g in rec.items[item_id].meta.get("genre", [])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("text", "wanted", "refused"),
+    [
+        ("Something for my kids, they are 6 and 8. They loved Frozen.", {"family", "animation"}, {"horror"}),
+        ("I hate horror movies, something funny with Jim Carrey", {"comedy"}, {"horror"}),
+        ("I'd like to watch a good documentary tonight", {"documentary"}, set()),
+    ],
+)
+def test_the_shipped_recommender_gives_the_kind_of_film_asked_for(
+    shipped: PipelineRecommender, text: str, wanted: set[str], refused: set[str]
+) -> None:
+    rec = shipped.recommend([Turn("user", text)], top_k=5)
+    for c in rec.candidates:
+        assert not _genres(shipped, c.item_id) & refused, (text, c.title)
+    assert _genres(shipped, rec.item_id) & wanted, (text, rec.title)

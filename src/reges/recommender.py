@@ -31,7 +31,7 @@ from reges.errors import CatalogError, ConfigError, DataError
 from reges.io import RunDir
 from reges.linking import TitleSpotter
 from reges.records import ROLES, Hit, Item, Turn, mentioned_item_ids
-from reges.retrieval.constraints import Constraints, apply_constraints, parse_constraints
+from reges.retrieval.constraints import Constraints, apply_constraints, leading_group_size, parse_constraints
 from reges.retrieval.encoder import Encoder
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import context_to_query
@@ -421,7 +421,10 @@ class PipelineRecommender:
                 )
 
         t = time.perf_counter()
-        picks = self._pick(contexts, queries, [r[:pick_k] for r in rankings])
+        # the pick stays among the films that meet the stated constraints best (the first group of the re-ordering)
+        pick_lists = [r[: max(1, min(pick_k, leading_group_size(r, want, self.items)))]
+                      for r, want in zip(rankings, wanted, strict=True)]
+        picks = self._pick(contexts, queries, pick_lists)
         latency["pick"] = _ms_since(t)
         latency["total"] = _ms_since(t0)
 

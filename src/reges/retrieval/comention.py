@@ -163,12 +163,17 @@ class CoMention:
         dialogues = {str(r["dialogue_id"]): [str(i) for i in r["item_ids"]] for r in read_jsonl(path / DIALOGUES_FILE)}
         return cls(item_ids, counts, dialogues)
 
+    def count_columns(self, catalog_ids: Sequence[str]) -> np.ndarray:
+        """(num_catalog,) the count-matrix column of each catalog item, -1 for items never counted."""
+        return np.array([self.row.get(i, -1) for i in catalog_ids], dtype=np.int64)
+
     def scores(
         self,
         contexts: Sequence[Sequence[str]],
         catalog_ids: Sequence[str],
         normalization: Normalization,
         exclude_dialogue_ids: Sequence[str | None] | None = None,
+        columns: np.ndarray | None = None,
     ) -> np.ndarray:
         """Co-mention scores of every catalog item for each context.
 
@@ -179,6 +184,8 @@ class CoMention:
             normalization: One of `NORMALIZATIONS` (see the module docstring).
             exclude_dialogue_ids: Per query, a dialogue whose contribution is subtracted (leave one dialogue
                 out), or None. An id that is not among the counted dialogues subtracts nothing.
+            columns: `count_columns(catalog_ids)`, when the caller scores one catalog many times (mapping a million
+                ids costs more than scoring them: docs/results/scale.md).
 
         Returns:
             (len(contexts), len(catalog_ids)) float64; an all-zero row for a context with no known item.
@@ -189,7 +196,9 @@ class CoMention:
         if exclude_dialogue_ids is not None and len(exclude_dialogue_ids) != len(contexts):
             raise DataError(f"{len(exclude_dialogue_ids)} exclude_dialogue_ids for {len(contexts)} contexts")
         # Column of each catalog item in the count matrix (-1: never counted).
-        col = np.array([self.row.get(i, -1) for i in catalog_ids], dtype=np.int64)  # (num_catalog,)
+        col = self.count_columns(catalog_ids) if columns is None else columns  # (num_catalog,)
+        if len(col) != len(catalog_ids):
+            raise DataError(f"{len(col)} columns for {len(catalog_ids)} catalog ids; pass count_columns(catalog_ids)")
         known = col >= 0
         out = np.zeros((len(contexts), len(catalog_ids)), dtype=np.float64)
         num_dialogues = float(self.num_dialogues)

@@ -113,15 +113,25 @@ def parse_constraints(context: Sequence[Turn]) -> Constraints:
     return Constraints(frozenset(avoid), frozenset(prefer), children)
 
 
+def _group(hit: Hit, constraints: Constraints, items: Mapping[str, Item]) -> tuple[bool, bool]:
+    """(has an avoided genre, lacks every preferred genre): False sorts first."""
+    item = items.get(hit.item_id)
+    genres = {g.lower() for g in (item.meta.get("genre", []) if item is not None else [])}
+    return bool(genres & constraints.avoid), bool(constraints.prefer) and not genres & constraints.prefer
+
+
 def apply_constraints(hits: Sequence[Hit], constraints: Constraints, items: Mapping[str, Item]) -> list[Hit]:
     """`hits` re-ordered: films without an avoided genre first, among them those with a preferred genre first;
     the retriever's order within each group. Nothing is dropped, so recall@len(hits) does not change."""
     if not constraints:
         return list(hits)
+    return sorted(hits, key=lambda h: _group(h, constraints, items))
 
-    def key(hit: Hit) -> tuple[bool, bool]:
-        item = items.get(hit.item_id)
-        genres = {g.lower() for g in (item.meta.get("genre", []) if item is not None else [])}
-        return bool(genres & constraints.avoid), bool(constraints.prefer) and not genres & constraints.prefer
 
-    return sorted(hits, key=key)
+def leading_group_size(hits: Sequence[Hit], constraints: Constraints, items: Mapping[str, Item]) -> int:
+    """How many of `hits` (already re-ordered by `apply_constraints`) belong to its first group: the films that
+    meet the constraints best. The final pick is made among them, so no re-ranker can bring a refused film back."""
+    if not hits or not constraints:
+        return len(hits)
+    first = _group(hits[0], constraints, items)
+    return next((n for n, h in enumerate(hits) if _group(h, constraints, items) != first), len(hits))

@@ -289,7 +289,7 @@ class FusedRetriever:
         self.column = {item_id: j for j, item_id in enumerate(item_ids)}
         self.tie = tiebreak(item_ids, settings.seed)  # (num_items,)
         self.id_rank = np.argsort(np.argsort(np.array(item_ids, dtype=object)))  # (num_items,) rank of each id
-        self._count_column = np.array([counts.row.get(i, -1) for i in item_ids], dtype=np.int64)
+        self._count_column = counts.count_columns(item_ids)
         self._popularity = self._own_item_counts()  # (num_items,)
 
     @classmethod
@@ -373,7 +373,7 @@ class FusedRetriever:
         if "comention" in names:
             out["comention"] = self.counts.scores(
                 [context_item_ids(c) for c in contexts], self.item_ids, s.normalization,
-                exclude_dialogue_ids=exclude_dialogue_ids,
+                exclude_dialogue_ids=exclude_dialogue_ids, columns=self._count_column,
             )
         if "popularity" in names:
             out["popularity"] = self.popularity(exclude_dialogue_ids)

@@ -24,8 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from reges.eval.metrics import paired_bootstrap_diff
 from reges.io import machine_info, now_iso, read_jsonl, write_json
 
 logger = logging.getLogger("compare_runs")
@@ -61,22 +60,6 @@ def hits_by_dialogue(ranks: dict[str, tuple[str, list[tuple[int | None, bool]]]]
     return out
 
 
-def paired_bootstrap(a: dict[str, list[float]], b: dict[str, list[float]], samples: int, seed: int
-                     ) -> tuple[float, float, float, float, float]:
-    """(mean a, mean b, mean b - a, ci low, ci high) with dialogues resampled together for both runs."""
-    dialogues = sorted(a)
-    sums_a = np.array([sum(a[d]) for d in dialogues])
-    sums_b = np.array([sum(b[d]) for d in dialogues])
-    counts = np.array([len(a[d]) for d in dialogues])
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(len(dialogues), size=(samples, len(dialogues)))
-    n = counts[idx].sum(1)
-    diff = (sums_b[idx].sum(1) - sums_a[idx].sum(1)) / np.maximum(n, 1)
-    mean_a, mean_b = sums_a.sum() / counts.sum(), sums_b.sum() / counts.sum()
-    low, high = np.percentile(diff, [2.5, 97.5])
-    return float(mean_a), float(mean_b), float(mean_b - mean_a), float(low), float(high)
-
-
 def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int, seed: int) -> dict[str, Any]:
     """Per run, protocol and cutoff: recall and the paired difference to the first run."""
     ranks = {name: read_ranks(path, split, method) for name, path in runs}
@@ -91,7 +74,7 @@ def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int,
             for k in CUTOFFS:
                 a = hits_by_dialogue(ranks[base_name], shared, protocol, k)
                 b = hits_by_dialogue(ranks[name], shared, protocol, k)
-                _, mean_b, diff, low, high = paired_bootstrap(a, b, samples, seed)
+                _, mean_b, diff, low, high = paired_bootstrap_diff(a, b, samples, seed)
                 table[name][f"{protocol}/recall@{k}"] = {"mean": round(mean_b, 4), "diff": round(diff, 4),
                                                           "diff_ci": [round(low, 4), round(high, 4)]}
     return {"split": split, "method": method, "examples": len(shared), "baseline": base_name, "table": table}

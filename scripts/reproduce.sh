@@ -236,6 +236,13 @@ cross_dataset() {  # ~15 min: cross_dataset.md (INSPIRED with and without ReDial
     --bootstrap "$BOOTSTRAP" --out "$RESULTS/cross_dataset_$LAST.md"
 }
 
+constraints_effect() {  # ~1 min: constraints_inspired_{dev,tune}.md (stated constraints re-ordering a run's retrieval)
+  for split in dev tune; do
+    $PY benchmarks/constraints_effect.py --run-dir "$RUNS/$LAST" --split "$split" --bootstrap "$BOOTSTRAP" \
+      --out "$RESULTS/constraints_${LAST}_$split.md"
+  done
+}
+
 full_run_latency() {  # ~20 min: serving.md (INSPIRED run), reliability.md's mixed traffic, ReDial per turn
   # shellcheck disable=SC2086
   $PY benchmarks/serving.py --run-dir "$RUNS/$LAST" --clients $CLIENTS --requests "$REQUESTS_INSPIRED" \
@@ -269,6 +276,7 @@ if [ "$MODE" != readme ]; then
   part "LLM inference" "~3 min" llm_inference
   part "catalog cleaning" "~3 min" catalog_cleaning
   part "cross-dataset co-mentions" "~15 min" cross_dataset
+  part "stated constraints" "~1 min" constraints_effect
   part "full-run latency and serving" "~20 min" full_run_latency
 fi
 

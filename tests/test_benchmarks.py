@@ -377,6 +377,19 @@ def test_retrieval_ablation_smoke(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_constraints_effect_smoke(tiny_run, tmp_path):
+    out = tmp_path / "constraints.md"
+    _python(["benchmarks/constraints_effect.py", "--run-dir", str(tiny_run), "--split", "dev", "--bootstrap", "20",
+             "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["examples"] == _examples(tiny_run, "dev")
+    assert result["fired"]["changed_order"] <= result["fired"]["any"] <= result["examples"]
+    at_depth = result["table"]["all/recall@50"]
+    assert at_depth["diff"] == 0.0  # re-ordering within the retrieved list never changes recall at its depth
+    assert "| all/recall@1 |" in out.read_text()
+
+
+@pytest.mark.slow
 def test_retrieval_baselines_smoke(tiny_run, tmp_path):
     out = tmp_path / "baselines.md"
     stdout = _python(["benchmarks/retrieval_baselines.py", "--run", "configs/tiny.yaml", str(tiny_run),

@@ -39,7 +39,7 @@ Confidence intervals
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -164,6 +164,38 @@ def bootstrap_recall_ci(
     low = np.percentile(recalls, 2.5, axis=0)
     high = np.percentile(recalls, 97.5, axis=0)
     return {k: (float(low[j]), float(high[j])) for j, k in enumerate(cutoffs)}
+
+
+def paired_bootstrap_diff(
+    a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], resamples: int, seed: int
+) -> tuple[float, float, float, float, float]:
+    """Mean of a, mean of b, and b - a with its 95 % interval, both resampled with the same dialogues.
+
+    Why paired: two variants ranking the same examples share most of their sampling noise; the interval of the
+    difference says whether one beats the other where two overlapping per-variant intervals cannot.
+
+    Args:
+        a: dialogue id -> per-target hit flags (1.0 / 0.0) of the baseline.
+        b: The same dialogues and targets for the variant.
+        resamples: Bootstrap resamples (>= 1).
+        seed: Seed of the resampling.
+
+    Returns:
+        (mean a, mean b, mean b - mean a, ci low, ci high).
+    """
+    if sorted(a) != sorted(b) or any(len(a[d]) != len(b[d]) for d in a):
+        raise DataError("paired bootstrap: both variants must score the same dialogues and targets")
+    dialogues = sorted(a)
+    if not dialogues:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    sums_a = np.array([sum(a[d]) for d in dialogues])
+    sums_b = np.array([sum(b[d]) for d in dialogues])
+    counts = np.array([len(a[d]) for d in dialogues])
+    idx = np.random.default_rng(seed).integers(len(dialogues), size=(max(resamples, 1), len(dialogues)))
+    diff = (sums_b[idx].sum(1) - sums_a[idx].sum(1)) / np.maximum(counts[idx].sum(1), 1)
+    mean_a, mean_b = sums_a.sum() / max(counts.sum(), 1), sums_b.sum() / max(counts.sum(), 1)
+    low, high = np.percentile(diff, [2.5, 97.5])
+    return float(mean_a), float(mean_b), float(mean_b - mean_a), float(low), float(high)
 
 
 def summarize(

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # of `reges` ("reges" itself is the package's __init__).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("reges", "reges.records", "reges.errors", "reges.io", "reges.config", "reges.pipeline"),
-    ("reges.titles",),
+    ("reges.titles", "reges.genres"),
     ("reges.data",),
     ("reges.catalog", "reges.linking"),
     ("reges.llm",),

@@ -32,6 +32,13 @@ def test_what_a_seeker_asks_for(text: str, avoid: set[str], prefer: set[str], ch
     assert (set(c.avoid), set(c.prefer), c.children) == (avoid, prefer, children)
 
 
+def test_genre_wishes_count_only_while_no_film_is_named() -> None:
+    named = parse_constraints([Turn("user", "I loved Alien (1979), any good thrillers?", ["10"])])
+    assert not named.prefer and not named.children
+    kids = parse_constraints([Turn("user", "My kids loved Frozen, anything funny?", ["20"])])
+    assert set(kids.prefer) == {"family", "animation"} and set(kids.avoid) == {"horror"}
+
+
 def test_refusals_last_the_whole_dialogue_and_wishes_come_from_the_latest_turn() -> None:
     c = parse_constraints([Turn("user", "I hate horror."), Turn("assistant", "How about a comedy?"),
                            Turn("user", "Sure, or a good thriller")])

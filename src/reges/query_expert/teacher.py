@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from reges.errors import ConfigError, DataError
+from reges.genres import GENRE_SYNONYMS
 from reges.llm.base import LLM
 from reges.query_expert.prompts import teacher_prompt
 from reges.records import Item, RecExample, Turn
@@ -97,24 +98,9 @@ CHITCHAT = frozenset(
 # Connectives a query may use although no dialogue says them.
 TEMPLATE_WORDS = frozenset({"like", "similar", "with", "about"})
 
-# Colloquial words -> catalog genres. A genre is used only when the catalog has it (see GroundedTeacher), and it
-# counts as grounded only when one of its source words is in the dialogue (see dialogue_vocabulary).
-GENRE_SYNONYMS: dict[str, str] = {
-    "scary": "horror", "scare": "horror", "scared": "horror", "scares": "horror", "creepy": "horror",
-    "spooky": "horror", "frightening": "horror", "terrifying": "horror", "slasher": "horror", "gore": "horror",
-    "funny": "comedy", "hilarious": "comedy", "humor": "comedy", "humour": "comedy", "laugh": "comedy",
-    "laughs": "comedy", "comedic": "comedy", "comedies": "comedy", "romcom": "romance", "rom-com": "romance",
-    "romantic": "romance", "love story": "romance", "chick flick": "romance", "sci fi": "sci-fi",
-    "scifi": "sci-fi", "science fiction": "sci-fi", "animated": "animation", "cartoon": "animation",
-    "cartoons": "animation", "anime": "animation", "pixar": "animation", "kids": "family", "kid": "family",
-    "children": "family", "child": "family", "suspense": "thriller", "suspenseful": "thriller",
-    "thrilling": "thriller", "documentaries": "documentary", "biopic": "biography", "biopics": "biography",
-    "true story": "biography", "historical": "history", "sports": "sport", "musicals": "musical",
-    "westerns": "western", "cowboy": "western", "cowboys": "western", "mysteries": "mystery",
-    "detective": "mystery", "whodunit": "mystery", "magic": "fantasy", "magical": "fantasy", "action packed": "action",
-    "dramatic": "drama", "dramas": "drama", "adventures": "adventure", "war movies": "war", "gangster": "crime",
-    "heist": "crime",
-}
+# Colloquial words -> catalog genres (reges.genres). A genre is used only when the catalog has it (see
+# GroundedTeacher), and it counts as grounded only when one of its source words is in the dialogue (see
+# dialogue_vocabulary).
 
 # Era and audience words kept as constraints (surface form as the user wrote it).
 ERA_WORDS = frozenset(

@@ -6,7 +6,7 @@ and reads the server's resident memory from /proc while they run. The requests a
 examples (real dialogues, cut to the server's limits as a client would), cycled.
 
 With `--poisoned-fraction 0.1`, one more level runs at the largest client count where that share of the requests
-carries a lone UTF-16 surrogate in its last message (refused with a 4xx, issue 18); its errors count only the
+carries a lone UTF-16 surrogate in its last message (refused with a 4xx since 2026-12-06); its errors count only the
 other requests, which must all succeed. `--top-k` with several values cycles them over the requests (mixed traffic,
 which shares batches since the batcher runs each batch at its largest top_k).
 

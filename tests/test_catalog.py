@@ -610,7 +610,7 @@ def test_real_redial_catalog(tmp_path: Path, shared_data: Path) -> None:
     by_id = {i.item_id: i for i in load_catalog(rd)}
     assert by_id["87947"].title == "Why Did I Get Married? (2007)"
     assert all(i.text for i in by_id.values())
-    # the user test of issue 16
+    # the user test of 2026-12-05
     aliases = alias_map(by_id.values())
     assert aliases["107018"] == "82894" and aliases["99584"] == "175096"  # "Frozen", "Titanic" (no year)
     assert {aliases.get("123210", "123210"), aliases.get("151348", "151348")} <= set(by_id)  # the 2010 Frozen

@@ -1,4 +1,4 @@
-"""The server against hostile or careless clients (issue 18): poisoned batches, lone surrogates, mixed top_k,
+"""The server against hostile or careless clients (2026-12-06): poisoned batches, lone surrogates, mixed top_k,
 bad listen settings and half-sent requests. Real uvicorn on 127.0.0.1, raw sockets where HTTP clients are too polite.
 """
 

@@ -1,4 +1,4 @@
-"""Scripted dialogues from the user test of issue 16: what linking and the catalog must get right without any model.
+"""Scripted dialogues from the user test of 2026-12-05: what linking and the catalog must get right without any model.
 
 The catalog is a real cut of ReDial's (tests/fixtures/catalog/cleaning_*): every "Frozen", "It", "The Notebook" and
 "Titanic" entry, Goodfellas, Mean Girls. Train mention counts are set by hand, in the proportions of the real ones.

@@ -67,6 +67,11 @@ class Turn:
         return cls(role=d["role"], content=d["content"], item_ids=[str(i) for i in d.get("item_ids", [])])
 
 
+# Dialogue ids of another dataset's dialogues counted in the co-mention prior (`reges.data.cross`): the fused
+# retriever leaves them out of popularity.
+CROSS_DIALOGUE_PREFIX = "cross:"
+
+
 def mentioned_item_ids(context: list[Turn]) -> set[str]:
     """Every item the turns of `context` mention: what the Item Expert's prompt marks as "mentioned earlier", what
     the recommender never recommends again, and what evaluate's "as served" picks skip (one definition for all)."""

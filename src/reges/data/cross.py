@@ -24,12 +24,12 @@ from reges.data.examples import combine_files, load_dialogue_file
 from reges.data.lossy import lossy_dialogues
 from reges.data.redial import read_movie_names
 from reges.errors import DataError
-from reges.records import Dialogue, Item, Turn
+from reges.records import CROSS_DIALOGUE_PREFIX, Dialogue, Item, Turn
 from reges.titles import parse_title, title_id
 
 logger = logging.getLogger(__name__)
 
-ID_PREFIX = "cross:"
+ID_PREFIX = CROSS_DIALOGUE_PREFIX
 
 
 def cross_title_sets(cfg: CrossDatasetConfig) -> list[tuple[str, list[str]]]:

@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from reges.data.cross import ID_PREFIX as CROSS_ID_PREFIX
 from reges.errors import ConfigError, DataError, StageNotReadyError
 from reges.io import read_json
-from reges.records import Hit, RecExample, Turn
+from reges.records import CROSS_DIALOGUE_PREFIX, Hit, RecExample, Turn
 from reges.retrieval.comention import CoMention, Normalization, context_item_ids
 from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder
 from reges.retrieval.queries import QueryMode, context_to_query
@@ -333,7 +332,7 @@ class FusedRetriever:
         """
         n = np.where(self._count_column >= 0, self.counts.item_counts[np.maximum(self._count_column, 0)], 0.0)
         for dialogue_id, items in self.counts.dialogues.items():
-            if dialogue_id.startswith(CROSS_ID_PREFIX):
+            if dialogue_id.startswith(CROSS_DIALOGUE_PREFIX):
                 for item_id in items:
                     if item_id in self.column:
                         n[self.column[item_id]] -= 1.0

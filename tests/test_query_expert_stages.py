@@ -175,7 +175,7 @@ def test_real_smollm2_student_on_a_few_examples(base_run: Path, tmp_path: Path) 
     index_stage.run(cfg, run_dir)
     distill.run(cfg, run_dir)
     rows = read_jsonl(run_dir.stage_dir("distill") / "train.jsonl")
-    _, tokenizer = load_hf(LLMConfig(threads=1))
+    _, tokenizer = load_hf(LLMConfig())
     for row in rows:
         text = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
         assert 50 < len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= cfg.train_query.max_prompt_tokens

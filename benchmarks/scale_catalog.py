@@ -229,11 +229,10 @@ def build(kind: str, x: np.ndarray, args: argparse.Namespace, nlist: int) -> fai
         return build_faiss_index(x, IndexConfig(index_type="ivf", nlist=nlist, nprobe=1), args.seed)
     if kind == "hnsw":
         return build_faiss_index(x, IndexConfig(index_type="hnsw", hnsw_m=args.hnsw_m, ef_search=TOP_K), args.seed)
-    if kind.startswith("hnsw_efc"):  # what reges builds, with a construction breadth reges does not expose
-        index = faiss.IndexHNSWFlat(x.shape[1], args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(kind.removeprefix("hnsw_efc"))
-        index.add(x)
-        return index
+    if kind.startswith("hnsw_efc"):  # what reges builds with `index.ef_construction` set to this value
+        cfg = IndexConfig(index_type="hnsw", hnsw_m=args.hnsw_m, ef_search=TOP_K,
+                          ef_construction=int(kind.removeprefix("hnsw_efc")))
+        return build_faiss_index(x, cfg, args.seed)
     assert kind == "ivf_pq", kind
     quantizer = faiss.IndexFlatIP(x.shape[1])
     index = faiss.IndexIVFPQ(quantizer, x.shape[1], nlist, args.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
@@ -418,6 +417,29 @@ def synthetic_comention(stats: MentionStats, item_ids: list[str], rng: np.random
     return CoMention([item_ids[j] for j in used], counts, {}), dropped
 
 
+def synthetic_requests(stats: MentionStats, counts: CoMention, queries: np.ndarray, settings: FusionSettings,
+                       rng: np.random.Generator) -> tuple[list[list[Turn]], list[str], dict[str, np.ndarray]]:
+    """One request per query embedding: a context naming as many counted items as a real context does (drawn by
+    popularity), an expert query, and the lookup table that gives both texts that embedding.
+
+    Returns:
+        (contexts, query texts, text -> embedding for `LookupEncoder`).
+    """
+    counted = np.array(counts.item_ids)
+    pop = counts.item_counts / counts.item_counts.sum()
+    contexts, texts, table = [], [], {}
+    for i, embedding in enumerate(queries):
+        m = int(rng.choice(stats.context_items))
+        mentioned = rng.choice(counted, size=min(m, len(counted)), replace=False, p=pop).tolist() if m else []
+        context = [Turn("user", f"synthetic context {i}", [str(j) for j in mentioned])]
+        query = f"synthetic expert query {i}"
+        table[context_to_query(context, settings.query_mode, settings.max_query_chars)] = embedding
+        table[query] = embedding
+        contexts.append(context)
+        texts.append(query)
+    return contexts, texts, table
+
+
 def bench_fusion(x: np.ndarray, item_ids: list[str], queries: np.ndarray, stats: MentionStats,
                  args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
     """Per-query cost of `FusedRetriever.search` (all five features) over the first N rows of `x`, per N."""
@@ -429,18 +451,7 @@ def bench_fusion(x: np.ndarray, item_ids: list[str], queries: np.ndarray, stats:
         t0 = time.perf_counter()
         counts, dropped = synthetic_comention(stats, item_ids[:n], rng)
         counts_s = time.perf_counter() - t0
-        counted = np.array(counts.item_ids)
-        pop = counts.item_counts / counts.item_counts.sum()
-        contexts, texts, table = [], [], {}
-        for i in range(num):
-            m = int(rng.choice(stats.context_items))
-            mentioned = rng.choice(counted, size=min(m, len(counted)), replace=False, p=pop).tolist() if m else []
-            context = [Turn("user", f"synthetic context {i}", [str(j) for j in mentioned])]
-            query = f"synthetic expert query {i}"
-            table[context_to_query(context, settings.query_mode, settings.max_query_chars)] = queries[i]
-            table[query] = queries[i]
-            contexts.append(context)
-            texts.append(query)
+        contexts, texts, table = synthetic_requests(stats, counts, queries[:num], settings, rng)
         t0 = time.perf_counter()
         retriever = FusedRetriever(LookupEncoder(table), x[:n], item_ids[:n], counts, FUSION_WEIGHTS, settings)
         setup_s = time.perf_counter() - t0
@@ -564,9 +575,10 @@ def render(r: dict[str, Any]) -> str:
         "ties. **Size**: bytes of `faiss.write_index`; RSS growth across the build (an estimate: memory freed by "
         "the previous index is reused or returned during the build, so it can read low or even negative).",
         "- flat, ivf and hnsw are built by `reges.retrieval.index.build_faiss_index` (what `reges index` builds: "
-        "`IndexFlatIP`, `IndexIVFFlat`, `IndexHNSWFlat` with faiss' default efConstruction); ivf_pq is `IndexIVFPQ` "
+        "`IndexFlatIP`, `IndexIVFFlat`, `IndexHNSWFlat` with the default `index.ef_construction`: faiss' 40 in the "
+        "run of 2026-12-06 (scale.md), 200 since; the table header says which); ivf_pq is `IndexIVFPQ` "
         f"with the same cells and {s['pq_m']} 8-bit sub-quantisers ({s['pq_m']} bytes per vector), not in reges; "
-        "hnsw_efcE is reges' HNSW built with efConstruction E (reges does not expose it).",
+        "hnsw_efcE is reges' HNSW built with `index.ef_construction: E`.",
         "",
         "How close the synthetic rows are to the real ones (same number of rows each; nearest-neighbour cosine over "
         f"{s['describe_rows']} rows):",
@@ -725,7 +737,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--components", type=int, default=128, help="mixture components (1: one Gaussian)")
     parser.add_argument("--hnsw-m", type=int, default=IndexConfig.hnsw_m)
     parser.add_argument("--hnsw-ef-construction", type=int, nargs="*", default=[],
-                        help="also build HNSW with these efConstruction values (reges builds faiss' default, 40)")
+                        help="also build HNSW with these efConstruction values (reges' default: "
+                             "IndexConfig.ef_construction)")
     parser.add_argument("--ef-search", type=int, nargs="+", default=[50, 64, 128, 256, 512])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--pq-m", type=int, default=48, help="IVF-PQ sub-quantisers (bytes per vector)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,18 @@ class KeywordEncoder:
             for j, keyword in enumerate(self.keywords):
                 out[i, j] = words.count(keyword)
         return l2_normalize(out)
+
+
+class SeededTextEncoder:
+    """Fake `Encoder`: each text's vector is a seeded Gaussian draw keyed by the text (L2-normalised), so any number
+    of distinct texts get distinct, reproducible embeddings."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def encode(self, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim) for t in texts]
+        return l2_normalize(np.array(rows, dtype=np.float32).reshape(len(texts), self.dim))
 
 
 def build_tiny_sentence_transformer(path: Path, texts: list[str]) -> Path:

@@ -326,7 +326,8 @@ def test_compare_runs_gives_recall_and_the_paired_difference(tmp_path):
 NOT_REPRODUCED = {"gpu_check": "needs a GPU: scripts/gpu_check.sh runs it and writes docs/results/gpu_check.md",
                   "scaling_report": "scripts/scaling_study.sh runs it (needs the opt-in 1.5B model)",
                   "expert_diagnostics": "scaling.md's runs need the opt-in 1.5B model, as scaling_report",
-                  "scale_catalog": "~1 h on one thread at 1e6 items; docs/results/scale.md names its command"}
+                  "scale_catalog": "~1 h on one thread at 1e6 items; docs/results/scale.md names its command",
+                  "fused_scale": "~40 min on one thread at 1e6 items; docs/results/scale_fusion.md names its command"}
 
 
 def _python(args: list[str], timeout: float = 900) -> str:

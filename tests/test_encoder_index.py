@@ -157,6 +157,23 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
         ItemIndex.load(tmp_path / "flat")
 
 
+def test_search_settings_apply_at_load_without_a_rebuild(tmp_path: Path) -> None:
+    """retrieve.nprobe / retrieve.ef_search override what the index was built with; 0 keeps it; the build breadth
+    is the configured one."""
+    hnsw, _ = _keyword_index("hnsw", ef_construction=77, ef_search=9)
+    assert hnsw.index.hnsw.efConstruction == 77 and hnsw.meta["ef_construction"] == 77
+    hnsw.save(tmp_path / "hnsw")
+    assert ItemIndex.load(tmp_path / "hnsw").index.hnsw.efSearch == 9
+    wide = ItemIndex.load(tmp_path / "hnsw", ef_search=300)
+    assert wide.index.hnsw.efSearch == 300 and wide.meta["ef_search"] == 300
+    ivf, _ = _keyword_index("ivf", nlist=2, nprobe=1)
+    ivf.save(tmp_path / "ivf")
+    assert ItemIndex.load(tmp_path / "ivf").index.nprobe == 1
+    assert ItemIndex.load(tmp_path / "ivf", nprobe=2).index.nprobe == 2
+    assert ItemIndex.load(tmp_path / "ivf", nprobe=50).index.nprobe == 2  # at most nlist
+    assert not ivf.exact and ItemIndex.load(tmp_path / "ivf").meta["ef_construction"] is None
+
+
 def _cfg(encoder: str, index_type: str = "flat") -> PipelineConfig:
     return PipelineConfig(
         run=RunConfig(name="t", show_progress=False),

@@ -122,9 +122,32 @@ def test_scale_catalog_smoke(tmp_path):
     assert result["aim"] == {"measured": False}  # no 1e6 catalog here
     page = out.read_text()
     assert page.startswith("# Million-item catalogs") and "benchmarks/scale_catalog.py --run-dir" in page
-    assert "| flat |" in page and "| hnsw (hnsw_m=32, ef_construction=40) |" in page
+    assert "| flat |" in page and "| hnsw (hnsw_m=32, ef_construction=200) |" in page
     assert "## The fused retriever's cost per query" in page
     # --from-json renders the same page from the numbers alone
     again = tmp_path / "again.md"
     assert scale.main(["--from-json", str(out.with_suffix(".json")), "--out", str(again)]) == 0
     assert again.read_text() == page
+
+
+@pytest.mark.slow
+def test_fused_scale_smoke(tmp_path):
+    """benchmarks/fused_scale.py on a tiny run: both paths per size and pool, the candidate path's top-50 checked."""
+    run_dir = tmp_path / "tiny"
+    for stage in ("data", "catalog"):
+        _python(["-m", "reges.cli", stage, "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
+                 "run.show_progress=false"])
+    out = tmp_path / "scale_fusion.md"
+    _python(["benchmarks/fused_scale.py", "--run-dir", str(run_dir), "--sizes", "500", "2000", "--requests", "3",
+             "--pool", "20", "100", "--components", "4", "--ef-search", "64", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [s["items"] for s in result["sizes"]] == [500, 2000]
+    for size in result["sizes"]:
+        assert size["whole_catalog"]["n"] == 3 and size["index"]["index_type"] == "hnsw"
+        assert size["index"]["ef_construction"] == IndexConfig.ef_construction
+        assert list(size["pools"]) == ["20", "100"]
+        for pool in size["pools"].values():
+            assert 0.0 <= pool["top50_agreement"]["mean"] <= 1.0 and 0 <= pool["fallbacks"] <= 3
+            assert 0 <= pool["identical_top50"] <= 3 and pool["search"]["p50_ms"] > 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| 500 |", "| 2,000 |"))]
+    assert len(rows) == 4

@@ -26,7 +26,7 @@ from reges.retrieval import index as index_stage
 from reges.retrieval import retrieve as retrieve_stage
 from reges.retrieval import train as train_stage
 from reges.retrieval.comention import CoMention
-from reges.retrieval.fusion import FusedRetriever
+from reges.retrieval.fusion import FusedRetriever, top_hits
 from reges.retrieval.index import ItemIndex
 
 ITEMS = [
@@ -285,3 +285,23 @@ def test_another_datasets_dialogues_join_the_counts_by_title(tmp_path: Path) -> 
     counts = CoMention.load(run_dir.stage_dir("train-retriever"))
     assert counts.scores([["11"]], ["17"], "count")[0, 0] >= 3  # Up and Ronin, together in 3 more dialogues
     assert "cross:" + str(other) in run_dir.manifest("train-retriever")["inputs"]
+
+
+def test_an_approximate_index_makes_retrieve_score_candidates(tmp_path: Path) -> None:
+    """index.index_type=hnsw: train-retriever builds an HNSW index, and retrieve and FusedRetriever.load take the
+    candidate path (retrieve.candidate_pool), with the same hits as whole-catalog scoring."""
+    run_dir, cfg = _run_dir(tmp_path)
+    cfg = dataclasses.replace(cfg, index=dataclasses.replace(cfg.index, index_type="hnsw"),
+                              retrieve=dataclasses.replace(cfg.retrieve, candidate_pool=2))
+    train_stage.run(cfg, run_dir)
+    assert read_json(run_dir.stage_dir("train-retriever") / "index" / "index.json")["index_type"] == "hnsw"
+    retrieve_stage.run(cfg, run_dir)
+    assert set(run_dir.manifest("retrieve")["splits"]["train"]["candidates"]) == {"deepened", "fallbacks"}
+    retriever = FusedRetriever.load(run_dir.path, "cpu", candidate_pool=2)
+    assert retriever.index is not None and retriever.candidate_pool == 2
+    examples = _examples(TRAIN_DIALOGUES)
+    contexts, ids = [ex.context for ex in examples], [ex.dialogue_id for ex in examples]
+    whole = top_hits(retriever.scores(contexts, [None] * len(examples), ids), retriever.item_ids, retriever.id_rank, 4)
+    trec = read_trec(run_dir.stage_dir("retrieve") / "train.trec")
+    for ex, hits in zip(examples, whole, strict=True):
+        assert [h.item_id for h in trec[ex.example_id]] == [h.item_id for h in hits]

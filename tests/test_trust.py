@@ -255,3 +255,13 @@ def test_keys_added_later_at_their_neutral_value_keep_existing_runs_current() ->
     for section, keys in ADDED_KEYS.items():
         for key, neutral in keys.items():
             assert getattr(getattr(cfg, section), key) == neutral, "the neutral value must be the default"
+
+
+def test_an_hnsw_build_setting_does_not_make_a_flat_index_stale() -> None:
+    """index.ef_construction changes an HNSW graph only: a flat index's hash ignores it, an HNSW index's does not."""
+    from reges.pipeline import _section
+
+    flat, flat_wide = (load_config(None, [f"index.ef_construction={v}"]) for v in (200, 400))
+    assert _section(flat, "index") == _section(flat_wide, "index") and "ef_construction" not in _section(flat, "index")
+    hnsw, hnsw_wide = (load_config(None, ["index.index_type=hnsw", f"index.ef_construction={v}"]) for v in (200, 400))
+    assert _section(hnsw, "index") != _section(hnsw_wide, "index")

@@ -184,9 +184,12 @@ class IndexConfig:
     encoder: "all-MiniLM-L6-v2" (bundled) or a path to any sentence-transformers model folder.
     index_type: "flat" (exact inner product), "ivf" or "hnsw" (approximate, for large catalogs).
     nlist: IVF cells.
-    nprobe: IVF cells searched per query.
+    nprobe: IVF cells searched per query (as built; `retrieve.nprobe` changes it at search time).
     hnsw_m: HNSW graph degree.
-    ef_search: HNSW search breadth.
+    ef_construction: HNSW construction breadth. 200 keeps 0.951 of the exact top-50 at 1e6 items with ef_search
+        2048 (11 ms per query); faiss' own default, 40, builds 3.7x faster but needs ef_search 4096 (22 ms) for the
+        same recall (docs/results/scale.md). HNSW indexes built before this key existed used 40.
+    ef_search: HNSW search breadth (as built; `retrieve.ef_search` changes it at search time).
     batch_size: Cards encoded per batch.
     max_seq_length: Encoder token limit for cards and queries.
     device: "auto", "cpu" or "cuda".
@@ -197,13 +200,15 @@ class IndexConfig:
     nlist: int = 256
     nprobe: int = 16
     hnsw_m: int = 32
+    ef_construction: int = 200
     ef_search: int = 128
     batch_size: int = 64
     max_seq_length: int = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        _at_least(self, "index", 1, ("nlist", "nprobe", "ef_search", "batch_size", "max_seq_length"))
+        _at_least(self, "index", 1, ("nlist", "nprobe", "ef_construction", "ef_search", "batch_size",
+                                     "max_seq_length"))
         _at_least(self, "index", 2, ("hnsw_m",))
 
 
@@ -217,6 +222,15 @@ class RetrieveConfig:
     max_query_chars: Queries longer than this keep their end (the most recent turns).
     fusion: Use the learned retriever of `train-retriever/` (fused scores) when that stage is complete; false, or
         no complete train-retriever: plain dense retrieval with the index encoder (`query`, `max_query_chars`).
+    nprobe: IVF cells searched per query, overriding the index's own (`index.nprobe` as built); 0 keeps it.
+        Search-time only: changing it never rebuilds an index.
+    ef_search: HNSW search breadth, overriding the index's own (`index.ef_search` as built); 0 keeps it. At 1e6
+        items 2048 keeps 0.95 of the exact top-50, 128 about half (docs/results/scale.md).
+    candidate_pool: With an approximate index (`index.index_type` ivf or hnsw when train-retriever ran), the fused
+        retriever scores only this many index hits per dense feature and this many of the most popular items, plus
+        the items co-mentioned with the context, instead of the whole catalog; a query whose candidates cannot
+        prove their top-k falls back to whole-catalog scoring (docs/results/scale_fusion.md). With a flat index the
+        whole catalog is scored (exact, and as cheap up to ~1e5 items).
     """
 
     splits: list[str] = field(default_factory=lambda: ["dev"])
@@ -225,9 +239,13 @@ class RetrieveConfig:
     batch_size: int = 64
     max_query_chars: int = 2000
     fusion: bool = True
+    nprobe: int = 0
+    ef_search: int = 0
+    candidate_pool: int = 1000
 
     def __post_init__(self) -> None:
-        _at_least(self, "retrieve", 1, ("top_k", "batch_size", "max_query_chars"))
+        _at_least(self, "retrieve", 1, ("top_k", "batch_size", "max_query_chars", "candidate_pool"))
+        _at_least(self, "retrieve", 0, ("nprobe", "ef_search"), "0 = the index's own setting")
 
 
 @dataclass(frozen=True)

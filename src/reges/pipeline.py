@@ -141,8 +141,16 @@ VOLATILE_KEYS: dict[str, frozenset[str]] = {
 # that value a key is left out of the section's hash, so upgrading reges does not make existing runs stale (and
 # retrain their experts); any other value counts like every other key.
 ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "retrieve": {"nprobe": 0, "ef_search": 0, "candidate_pool": 1000},
     "mine": {"exclude_named": False},
     "train_retriever": {"cross_dataset": None},
+}
+
+# Keys that change nothing unless another key of their section has a given value, left out of the hash otherwise:
+# an HNSW build setting does not make a flat or IVF index stale (HNSW indexes built before index.ef_construction
+# existed used faiss' 40, and now count as stale under the default 200, which is what they are).
+INERT_KEYS: dict[str, dict[str, tuple[str, Any]]] = {
+    "index": {"ef_construction": ("index_type", "hnsw")},
 }
 
 Status = Literal["complete", "stale", "missing"]
@@ -160,7 +168,9 @@ def _section(cfg: PipelineConfig, name: str) -> dict[str, Any]:
     tree = config_to_dict(cfg.item_expert_llm if name == "item_llm" else getattr(cfg, name))
     volatile = VOLATILE_KEYS.get(name, frozenset())
     added = ADDED_KEYS.get(name, {})
-    kept = {k: v for k, v in tree.items() if k not in volatile and not (k in added and v == added[k])}
+    inert = {k for k, (other, value) in INERT_KEYS.get(name, {}).items() if tree.get(other) != value}
+    kept = {k: v for k, v in tree.items()
+            if k not in volatile and k not in inert and not (k in added and v == added[k])}
     if isinstance(kept.get("teacher_llm"), dict):
         kept["teacher_llm"] = {k: v for k, v in kept["teacher_llm"].items() if k not in VOLATILE_KEYS["llm"]}
     return kept

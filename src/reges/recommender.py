@@ -312,7 +312,9 @@ class PipelineRecommender:
         cfg = load_config(config_path, overrides)
         items = read_catalog(run_dir.require("catalog") / "items.jsonl")
         # The frozen index is needed only without the fused retriever (which carries its own item embeddings).
-        index = None if run_dir.is_complete("train-retriever") else ItemIndex.load(run_dir.require("index"))
+        rc = cfg.retrieve
+        index = (None if run_dir.is_complete("train-retriever")
+                 else ItemIndex.load(run_dir.require("index"), rc.nprobe, rc.ef_search))
 
         query_llm: LLM | None = None
         mention_counts: dict[str, float] = {}
@@ -330,7 +332,7 @@ class PipelineRecommender:
         if run_dir.is_complete("train-retriever"):
             from reges.retrieval.fusion import FusedRetriever
 
-            fused = FusedRetriever.load(run_dir.path, device=cfg.index.device)
+            fused = FusedRetriever.load(run_dir.path, cfg.index.device, rc.nprobe, rc.ef_search, rc.candidate_pool)
             mention_counts = dict(zip(fused.counts.item_ids, fused.counts.item_counts.tolist(), strict=True))
         # INTEGRATION POINT (Item Expert): the base LLM with the train-item adapter (generate.use_adapter=false: the
         # base model); its prompts show the query only when it was trained on prompts with one.

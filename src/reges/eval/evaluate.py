@@ -399,7 +399,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     same_title = TitleSpotter(items).same_title_ids if EXCLUDE_SAME_TITLE else None
     index = encoder = None
     if index_dir is not None:
-        index = ItemIndex.load(index_dir)
+        index = ItemIndex.load(index_dir, cfg.retrieve.nprobe, cfg.retrieve.ef_search)
         if set(index.item_ids) != catalog_ids:
             raise DataError("index/ does not cover the same items as catalog/items.jsonl; rerun `reges index`")
         encoder = load_index_encoder(index, cfg.index)

@@ -69,6 +69,12 @@ def context_item_ids(context: Sequence[Turn]) -> list[str]:
     return list(seen)
 
 
+def _check_normalization(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"train_retriever.comention_normalization must be one of {list(NORMALIZATIONS)}, "
+                          f"got {normalization!r}")
+
+
 class CoMention:
     """Co-mention counts over dialogues, scoring any catalog for any context.
 
@@ -190,9 +196,7 @@ class CoMention:
         Returns:
             (len(contexts), len(catalog_ids)) float64; an all-zero row for a context with no known item.
         """
-        if normalization not in NORMALIZATIONS:
-            raise ConfigError(f"train_retriever.comention_normalization must be one of {list(NORMALIZATIONS)}, "
-                              f"got {normalization!r}")
+        _check_normalization(normalization)
         if exclude_dialogue_ids is not None and len(exclude_dialogue_ids) != len(contexts):
             raise DataError(f"{len(exclude_dialogue_ids)} exclude_dialogue_ids for {len(contexts)} contexts")
         # Column of each catalog item in the count matrix (-1: never counted).
@@ -201,41 +205,59 @@ class CoMention:
             raise DataError(f"{len(col)} columns for {len(catalog_ids)} catalog ids; pass count_columns(catalog_ids)")
         known = col >= 0
         out = np.zeros((len(contexts), len(catalog_ids)), dtype=np.float64)
-        num_dialogues = float(self.num_dialogues)
         for q, items in enumerate(contexts):
-            rows = sorted({self.row[i] for i in items if i in self.row})
-            if not rows:
-                continue
-            sub = self.counts[rows].toarray().astype(np.float64)  # (|I|, n): C_ij, diagonal entries = n_i
-            n_all = self.item_counts.copy()  # (n,)
-            total = num_dialogues
             excluded = exclude_dialogue_ids[q] if exclude_dialogue_ids is not None else None
-            own = self.dialogues.get(excluded) if excluded is not None else None
-            if own is not None:
-                own_rows = np.array([self.row[i] for i in own], dtype=np.int64)
-                in_own = np.isin(np.array(rows), own_rows)  # context items that the excluded dialogue mentions
-                sub[np.ix_(in_own, own_rows)] -= 1.0
-                n_all[own_rows] -= 1.0
-                total -= 1.0
-            n_ctx = n_all[rows]  # (|I|,) counts of the context items
-            sub[np.arange(len(rows)), rows] = 0.0  # an item does not co-occur with itself
-            keep = n_ctx > 0  # a context item seen only in the excluded dialogue carries no evidence
-            sub, n_ctx = sub[keep], n_ctx[keep]
-            if not len(n_ctx):
-                continue
-            n_cand = np.maximum(n_all, 1.0)  # (n,) >= 1 wherever C_ij > 0
-            if normalization == "count":
-                s = sub.sum(0)
-            elif normalization == "log":
-                s = np.log1p(sub).sum(0)
-            elif normalization == "conditional":
-                s = (sub / n_ctx[:, None]).sum(0)
-            elif normalization == "cosine":
-                s = (sub / np.sqrt(n_ctx[:, None] * n_cand[None, :])).sum(0)
-            else:  # pmi
-                with np.errstate(divide="ignore"):
-                    pmi = np.log(sub * max(total, 1.0) / (n_ctx[:, None] * n_cand[None, :]))
-                s = np.where(sub > 0, np.maximum(pmi, 0.0), 0.0).sum(0)
-            out[q, known] = s[col[known]]
+            s = self.row_scores(items, normalization, excluded)
+            if s is not None:
+                out[q, known] = s[col[known]]
         return out
+
+    def row_scores(self, items: Sequence[str], normalization: Normalization,
+                   exclude_dialogue_id: str | None = None) -> np.ndarray | None:
+        """Co-mention scores of every counted item (the rows of the count matrix) for one context.
+
+        Every catalog item outside the counts scores 0, so this vector holds all of a context's non-zero scores:
+        what the fused retriever needs to score a few candidates of a huge catalog and still know the whole
+        catalog's mean and spread (`fusion.FusedRetriever.search`).
+
+        Args:
+            items: The item ids mentioned in the context (unknown ids are ignored).
+            normalization: One of `NORMALIZATIONS`.
+            exclude_dialogue_id: A counted dialogue whose contribution is subtracted, or None.
+
+        Returns:
+            (num_counted_items,) float64 aligned with `item_ids`, or None when no context item carries evidence.
+        """
+        _check_normalization(normalization)
+        rows = sorted({self.row[i] for i in items if i in self.row})
+        if not rows:
+            return None
+        sub = self.counts[rows].toarray().astype(np.float64)  # (|I|, n): C_ij, diagonal entries = n_i
+        n_all = self.item_counts.copy()  # (n,)
+        total = float(self.num_dialogues)
+        own = self.dialogues.get(exclude_dialogue_id) if exclude_dialogue_id is not None else None
+        if own is not None:
+            own_rows = np.array([self.row[i] for i in own], dtype=np.int64)
+            in_own = np.isin(np.array(rows), own_rows)  # context items that the excluded dialogue mentions
+            sub[np.ix_(in_own, own_rows)] -= 1.0
+            n_all[own_rows] -= 1.0
+            total -= 1.0
+        n_ctx = n_all[rows]  # (|I|,) counts of the context items
+        sub[np.arange(len(rows)), rows] = 0.0  # an item does not co-occur with itself
+        keep = n_ctx > 0  # a context item seen only in the excluded dialogue carries no evidence
+        sub, n_ctx = sub[keep], n_ctx[keep]
+        if not len(n_ctx):
+            return None
+        n_cand = np.maximum(n_all, 1.0)  # (n,) >= 1 wherever C_ij > 0
+        if normalization == "count":
+            return sub.sum(0)
+        if normalization == "log":
+            return np.log1p(sub).sum(0)
+        if normalization == "conditional":
+            return (sub / n_ctx[:, None]).sum(0)
+        if normalization == "cosine":
+            return (sub / np.sqrt(n_ctx[:, None] * n_cand[None, :])).sum(0)
+        with np.errstate(divide="ignore"):  # pmi
+            pmi = np.log(sub * max(total, 1.0) / (n_ctx[:, None] * n_cand[None, :]))
+        return np.where(sub > 0, np.maximum(pmi, 0.0), 0.0).sum(0)
 

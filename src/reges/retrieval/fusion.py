@@ -16,8 +16,18 @@ Query Expert query, "no_query" for those that do not.
 
 Ties: a seeded tie-break in [0, 0.5) (the one `popularity_ranking` uses), times 1e-6, is added to every score,
 so equal fused scores come out in a reproducible random order that survives the (-score, item_id) re-sort of
-TREC files. Scoring covers the whole catalog exactly (a matrix product per batch); that is what the z-scores
-need, and it costs ~1 ms per query for 7k items.
+TREC files.
+
+Cost. With a flat index, `search` scores the whole catalog (a matrix product per batch): ~1 ms per query for
+7k items, but ~140 ms at a million (docs/results/scale_notes.md). With an approximate index (ivf or hnsw built by
+train-retriever), `search` scores candidates only: the index's top `candidate_pool` for each dense feature, the
+`candidate_pool` most popular items, every item with a co-mention for the context, and the context's own items.
+The z-scores still use whole-catalog statistics, exactly: a dense feature's mean and variance over the catalog are
+q.mu and q'Mq - (q.mu)^2 (mu, M: the card embeddings' mean and second moment, computed once), popularity's come
+from catalog-wide sums corrected at the excluded dialogue's items, and co-mention and mentioned are zero outside
+the candidates. Any other item then scores at most what the `candidate_pool`-th index hit's cosine and the
+`candidate_pool`-th most popular item allow; a query whose k-th candidate does not beat that bound is scored over
+the whole catalog instead, so the candidate path returns the whole-catalog top-k up to the index's recall.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from reges.io import read_json
 from reges.records import CROSS_DIALOGUE_PREFIX, Hit, RecExample, Turn
 from reges.retrieval.comention import CoMention, Normalization, context_item_ids
 from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder
+from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import QueryMode, context_to_query
 from reges.retrieval.recall import PROTOCOLS
 
@@ -48,6 +59,10 @@ TUNE_CUTOFFS: tuple[int, ...] = (10, 50)
 DEFAULT_GRID: tuple[float, ...] = (
     -0.5, -0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0
 )
+
+DENSE: tuple[str, ...] = ("dense_dialogue", "dense_query")
+DEFAULT_CANDIDATE_POOL = 1000  # index hits per dense feature on the candidate path (`retrieve.candidate_pool`)
+MAX_DEEPENING = 8  # a request reads at most this many times the pool before it is scored over the whole catalog
 
 FUSION_FILE = "fusion.json"
 ENCODER_DIR = "encoder"
@@ -254,6 +269,9 @@ class FusedRetriever:
         weights: {"no_query": {feature: w}, optionally "with_query": {feature: w}}.
         settings: Query text and normalisation settings.
         encoder_name: The encoder's name or folder (for manifests).
+        index: An approximate index over `item_embeddings` (rows = `item_ids`): `search` then scores candidates
+            only (see the module docstring). None, or an exact (flat) one: the whole catalog.
+        candidate_pool: Index hits per dense feature on the candidate path.
     """
 
     def __init__(
@@ -265,6 +283,8 @@ class FusedRetriever:
         weights: dict[str, dict[str, float]],
         settings: FusionSettings,
         encoder_name: str = "",
+        index: ItemIndex | None = None,
+        candidate_pool: int = DEFAULT_CANDIDATE_POOL,
     ) -> None:
         if not item_ids:
             raise DataError("the fused retriever needs a non-empty catalog")
@@ -290,14 +310,31 @@ class FusedRetriever:
         self.id_rank = np.argsort(np.argsort(np.array(item_ids, dtype=object)))  # (num_items,) rank of each id
         self._count_column = counts.count_columns(item_ids)
         self._popularity = self._own_item_counts()  # (num_items,)
+        self.index = None if index is None or index.exact else index
+        self.candidate_pool = candidate_pool
+        self.fallbacks = 0  # requests the candidate path handed to whole-catalog scoring (see `search`)
+        self.deepened = 0  # times a request read deeper than the pool to prove its top-k
+        if self.index is not None:
+            if candidate_pool < 1:
+                raise ConfigError(f"retrieve.candidate_pool must be >= 1, got {candidate_pool}")
+            if self.index.item_ids != item_ids:
+                raise DataError("the fused retriever's index rows are not its item ids; rebuild train-retriever")
+            self._counted = np.flatnonzero(self._count_column >= 0)  # (num_counted,) catalog columns with counts
+            self._pop_log = np.log1p(np.maximum(self._popularity, 0.0))  # (num_items,) the popularity feature
+            self._pop_order = np.lexsort((self.id_rank, -self._pop_log))  # most popular first
+            self._pop_sums = (float(self._pop_log.sum()), float((self._pop_log * self._pop_log).sum()))
+            self._moments = _embedding_moments(item_embeddings) if item_embeddings is not None else None
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto") -> FusedRetriever:
+    def load(cls, run_dir: str | Path, device: str = "auto", nprobe: int = 0, ef_search: int = 0,
+             candidate_pool: int = DEFAULT_CANDIDATE_POOL) -> FusedRetriever:
         """Load `run_dir/train-retriever/` (fusion.json, index/, encoder/ when fine-tuned, co-mention counts).
 
         Args:
             run_dir: The run directory.
             device: Encoder device ("auto", "cpu", "cuda").
+            nprobe, ef_search: Search-time settings of an approximate index (0: as built); `retrieve.*`.
+            candidate_pool: Index hits per dense feature when the index is approximate; `retrieve.candidate_pool`.
 
         Raises:
             StageNotReadyError: train-retriever is not complete.
@@ -320,7 +357,11 @@ class FusedRetriever:
             embeddings = np.load(index_dir / EMBEDDINGS_FILE, allow_pickle=False).astype(np.float32, copy=False)
             encoder = SentenceEncoder(load_encoder(name, device, int(spec["max_seq_length"])))
         weights = {k: v for k, v in spec["weights"].items() if v is not None}
-        return cls(encoder, embeddings, item_ids, counts, weights, settings, name)
+        index = None  # a shipped bundle carries the embeddings only: it scores the whole catalog
+        meta = index_dir / "index.json"
+        if needs_dense and meta.is_file() and read_json(meta).get("index_type", "flat") != "flat":
+            index = ItemIndex.load(index_dir, nprobe, ef_search)
+        return cls(encoder, embeddings, item_ids, counts, weights, settings, name, index, candidate_pool)
 
     def _own_item_counts(self) -> np.ndarray:
         """(num_items,) dialogues mentioning each item, other datasets' dialogues (`reges.data.cross`) left out.
@@ -362,13 +403,10 @@ class FusedRetriever:
         n_q, n_items = len(contexts), len(self.item_ids)
         out: dict[str, np.ndarray] = {}
         s = self.settings
-        if "dense_dialogue" in names:
-            assert self.encoder is not None and self.item_embeddings is not None
-            texts = [context_to_query(list(c), s.query_mode, s.max_query_chars) for c in contexts]
-            out["dense_dialogue"] = self.dense(texts)
-        if "dense_query" in names:
-            assert self.encoder is not None and self.item_embeddings is not None
-            out["dense_query"] = self.dense([q or "" for q in queries])
+        dense_names = [name for name in DENSE if name in names]
+        if dense_names:  # one product for both: the card matrix is read once (a million cards: 1.5 GB)
+            both = self.dense([t for name in dense_names for t in self._dense_texts(name, contexts, queries)])
+            out.update({name: both[i * n_q:(i + 1) * n_q] for i, name in enumerate(dense_names)})
         if "comention" in names:
             out["comention"] = self.counts.scores(
                 [context_item_ids(c) for c in contexts], self.item_ids, s.normalization,
@@ -384,6 +422,13 @@ class FusedRetriever:
             out["mentioned"] = m
         return out
 
+    def _dense_texts(self, name: str, contexts: Sequence[Sequence[Turn]], queries: Sequence[str | None]) -> list[str]:
+        """The texts a dense feature embeds: the dialogue (`context_to_query`) or the Query Expert's query."""
+        if name == "dense_dialogue":
+            s = self.settings
+            return [context_to_query(list(c), s.query_mode, s.max_query_chars) for c in contexts]
+        return [q or "" for q in queries]
+
     def dense(self, texts: list[str]) -> np.ndarray:
         """Cosine of each text with every card; empty texts give an all-zero row (no signal)."""
         assert self.encoder is not None and self.item_embeddings is not None
@@ -394,27 +439,38 @@ class FusedRetriever:
             out[rows] = emb @ self.item_embeddings.T
         return out
 
-    def scores(
+    def _uses(
         self,
         contexts: Sequence[Sequence[Turn]],
         queries: Sequence[str | None],
-        exclude_dialogue_ids: Sequence[str | None] | None = None,
-    ) -> np.ndarray:
-        """Fused scores (num_queries, num_items): "with_query" weights where a query is given, else "no_query"."""
+        exclude_dialogue_ids: Sequence[str | None] | None,
+    ) -> tuple[list[str | None], list[str], list[str]]:
+        """Checked inputs: (exclude ids, the weight set of each query, the features any of them uses)."""
         if len(queries) != len(contexts):
             raise DataError(f"{len(queries)} queries for {len(contexts)} contexts; pass None where there is none")
         if exclude_dialogue_ids is None:
             exclude_dialogue_ids = [None] * len(contexts)
         if len(exclude_dialogue_ids) != len(contexts):
             raise DataError(f"{len(exclude_dialogue_ids)} exclude_dialogue_ids for {len(contexts)} contexts")
-        if not contexts:
-            return np.zeros((0, len(self.item_ids)), dtype=np.float64)
         with_query = WITH_QUERY in self.weights
         uses = [WITH_QUERY if with_query and q and q.strip() else NO_QUERY for q in queries]
         names = sorted({f for u in set(uses) for f, w in self.weights[u].items() if w})
+        return list(exclude_dialogue_ids), uses, names
+
+    def scores(
+        self,
+        contexts: Sequence[Sequence[Turn]],
+        queries: Sequence[str | None],
+        exclude_dialogue_ids: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """Fused scores over the whole catalog (num_queries, num_items): "with_query" weights where a query is given,
+        else "no_query"."""
+        exclude, uses, names = self._uses(contexts, queries, exclude_dialogue_ids)
+        if not contexts:
+            return np.zeros((0, len(self.item_ids)), dtype=np.float64)
         if not names:  # every weight 0: the tie-break alone orders the catalog
             return np.repeat(TIE_SCALE * self.tie[None, :], len(contexts), axis=0)
-        z = {name: zscore_rows(x) for name, x in self.features(contexts, queries, exclude_dialogue_ids, names).items()}
+        z = {name: zscore_rows(x) for name, x in self.features(contexts, queries, exclude, names).items()}
         out = np.zeros((len(contexts), len(self.item_ids)), dtype=np.float64)
         for use in set(uses):
             rows = np.array([i for i, u in enumerate(uses) if u == use], dtype=np.int64)
@@ -442,4 +498,175 @@ class FusedRetriever:
         """
         if top_k < 1:
             raise ConfigError(f"retrieve.top_k must be >= 1, got {top_k}; set retrieve.top_k in the YAML")
-        return top_hits(self.scores(contexts, queries, exclude_dialogue_ids), self.item_ids, self.id_rank, top_k)
+        if self.index is None:
+            return top_hits(self.scores(contexts, queries, exclude_dialogue_ids), self.item_ids, self.id_rank, top_k)
+        return self._search_candidates(contexts, queries, top_k, exclude_dialogue_ids)
+
+    def _search_candidates(
+        self,
+        contexts: Sequence[Sequence[Turn]],
+        queries: Sequence[str | None],
+        top_k: int,
+        exclude_dialogue_ids: Sequence[str | None] | None,
+    ) -> list[list[Hit]]:
+        """`search` over candidates from the approximate index (module docstring: "Cost")."""
+        assert self.index is not None and self.encoder is not None and self.item_embeddings is not None
+        exclude, uses, names = self._uses(contexts, queries, exclude_dialogue_ids)
+        n_q, n_items = len(contexts), len(self.item_ids)
+        if not names or not n_q:
+            return top_hits(self.scores(contexts, queries, exclude), self.item_ids, self.id_rank, top_k)
+        dense_names = [name for name in DENSE if name in names]
+        texts = [t for name in dense_names for t in self._dense_texts(name, contexts, queries)]
+        emb = np.zeros((len(texts), self.item_embeddings.shape[1]), dtype=np.float32)
+        filled = [i for i, t in enumerate(texts) if t.strip()]
+        if filled:
+            emb[filled] = self.encoder.encode([texts[i] for i in filled], self.settings.batch_size, False)
+        pool = min(self.candidate_pool, n_items)
+        found, rows = self.index.index.search(emb, pool) if len(emb) else (None, None)  # (len(texts), pool) each
+        out: list[list[Hit]] = []
+        for q in range(n_q):
+            context_items = context_item_ids(contexts[q])
+            context_cols = np.array([self.column[i] for i in context_items if i in self.column], dtype=np.int64)
+            comention = None
+            if "comention" in names:
+                s = self.counts.row_scores(context_items, self.settings.normalization, exclude[q])
+                comention = np.zeros(len(self._counted)) if s is None else s[self._count_column[self._counted]]
+            vectors = emb[[i * n_q + q for i in range(len(dense_names))]]  # (num_dense, dim)
+            hits = (found[[i * n_q + q for i in range(len(dense_names))]],
+                    rows[[i * n_q + q for i in range(len(dense_names))]]) if found is not None else None
+            depth = pool
+            while True:
+                request = _Request(context_cols, comention, dict(zip(dense_names, vectors, strict=True)), hits,
+                                   exclude[q], self.weights[uses[q]])
+                cand, score, proven = self._score_candidates(request, names, depth)
+                keep = min(top_k, len(cand))
+                order = np.lexsort((self.id_rank[cand], -score))[:keep]
+                if len(cand) == n_items or (keep == top_k and score[order[-1]] > proven):
+                    out.append([Hit(self.item_ids[cand[j]], float(score[j])) for j in order])
+                    break
+                if depth >= MAX_DEEPENING * pool or depth >= n_items:
+                    self.fallbacks += 1  # the candidates cannot prove their top-k: score this query over the catalog
+                    row = self.scores([contexts[q]], [queries[q]], [exclude[q]])
+                    out.append(top_hits(row, self.item_ids, self.id_rank, top_k)[0])
+                    break
+                depth = min(2 * depth, n_items)  # Fagin's threshold algorithm: read the sorted lists deeper
+                self.deepened += 1
+                hits = self.index.index.search(vectors, depth) if found is not None else None
+        return out
+
+    def _score_candidates(self, request: _Request, names: list[str], depth: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                          float]:
+        """Fused scores of one request's candidates at `depth` (index hits and popular items read), and the best
+        score any other item can reach.
+
+        Returns:
+            (sorted catalog columns of the candidates, their fused scores, the bound on every other item's score).
+        """
+        n_items = len(self.item_ids)
+        parts = [self._pop_order[:depth], request.context_cols]
+        if request.comention is not None:
+            parts.append(self._counted[request.comention != 0])  # every item with a co-mention
+        if request.hits is not None:
+            parts += [r[r >= 0] for r in request.hits[1]]
+        cand = np.unique(np.concatenate(parts))  # (num_candidates,) sorted catalog columns
+        score = TIE_SCALE * self.tie[cand]  # (num_candidates,)
+        bound = TIE_SCALE * 0.5  # the best any other item can score: the tie-break's maximum, plus per feature
+        for name in names:
+            w = request.weights.get(name, 0.0)
+            if not w:
+                continue
+            if name in DENSE:
+                x, mean, std = self._dense_candidates(request.vectors[name], cand)
+                assert request.hits is not None
+                i = list(request.vectors).index(name)
+                read = request.hits[0][i][request.hits[1][i] >= 0]
+                rest = (float(read.min()) if len(read) else 1.0) if w > 0 else -1.0  # the others' cosines
+            elif name == "popularity":
+                x, mean, std = self._popularity_candidates(cand, request.exclude)
+                # the others are less popular than the last one read (fewer still without the excluded dialogue)
+                rest = float(self._pop_log[self._pop_order[depth]]) if w > 0 and depth < n_items else 0.0
+            else:
+                x = np.zeros(len(cand), dtype=np.float64)
+                if name == "mentioned":
+                    x[np.searchsorted(cand, request.context_cols)] = 1.0
+                elif request.comention is not None:
+                    nonzero = request.comention != 0
+                    x[np.searchsorted(cand, self._counted[nonzero])] = request.comention[nonzero]
+                mean, std = _mean_std(x, n_items)  # every other item is 0: sums over the candidates suffice
+                rest = 0.0
+            if std > 1e-12:
+                score += w * (x - mean) / std
+                bound += w * (rest - mean) / std
+        return cand, score, bound
+
+    def _dense_candidates(self, query: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """A dense feature on the candidates, and its mean and std over the whole catalog (closed form)."""
+        assert self.item_embeddings is not None and self._moments is not None
+        if not query.any():  # no text: zero everywhere, z-scores 0
+            return np.zeros(len(cand)), 0.0, 0.0
+        mu, second = self._moments
+        v = query.astype(np.float64)
+        mean = float(v @ mu)
+        var = float(v @ second @ v) - mean * mean
+        x = (self.item_embeddings[cand] @ query).astype(np.float64)  # (num_candidates,)
+        return x, mean, float(np.sqrt(max(var, 0.0)))
+
+    def _popularity_candidates(self, cand: np.ndarray, exclude_dialogue_id: str | None) -> tuple[np.ndarray, float,
+                                                                                                   float]:
+        """Popularity on the candidates, and its mean and std over the whole catalog, without the excluded
+        dialogue's own mentions (as `popularity`): the catalog-wide sums, corrected at that dialogue's items."""
+        x = self._pop_log[cand].copy()
+        total, squares = self._pop_sums
+        own = self.counts.dialogues.get(exclude_dialogue_id) if exclude_dialogue_id is not None else None
+        own_cols = np.array([self.column[i] for i in own or [] if i in self.column], dtype=np.int64)
+        if len(own_cols):
+            before = self._pop_log[own_cols]
+            after = np.log1p(np.maximum(self._popularity[own_cols] - 1.0, 0.0))
+            total += float(after.sum() - before.sum())
+            squares += float((after * after).sum() - (before * before).sum())
+            at = np.searchsorted(cand, own_cols)
+            inside = (at < len(cand)) & (cand[np.minimum(at, len(cand) - 1)] == own_cols)
+            x[at[inside]] = after[inside]
+        n_items = len(self.item_ids)
+        mean = total / n_items
+        return x, mean, float(np.sqrt(max(squares / n_items - mean * mean, 0.0)))
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What the candidate path knows of one request before it picks candidates.
+
+    Attributes:
+        context_cols: Catalog columns of the context's items.
+        comention: Co-mention score of each counted item (`FusedRetriever._counted` order), or None when unused.
+        vectors: Dense feature -> the embedded text (dim,) (all zeros: no text).
+        hits: (scores, rows), each (num_dense, depth), the index's hits per dense feature, or None.
+        exclude: The dialogue left out of the counts, or None.
+        weights: The fusion weights for this request.
+    """
+
+    context_cols: np.ndarray
+    comention: np.ndarray | None
+    vectors: dict[str, np.ndarray]
+    hits: tuple[np.ndarray, np.ndarray] | None
+    exclude: str | None
+    weights: dict[str, float]
+
+
+def _mean_std(x: np.ndarray, n: int) -> tuple[float, float]:
+    """Mean and std over `n` values of which `x` holds all the non-zero ones."""
+    mean = float(x.sum()) / n
+    return mean, float(np.sqrt(max(float((x * x).sum()) / n - mean * mean, 0.0)))
+
+
+def _embedding_moments(embeddings: np.ndarray, chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (dim,), second moment E[e e'] (dim, dim)) of the rows, float64, in chunks (a million rows at once would
+    take 3 GB as float64)."""
+    n, dim = embeddings.shape
+    total = np.zeros(dim, dtype=np.float64)
+    second = np.zeros((dim, dim), dtype=np.float64)
+    for start in range(0, n, chunk):
+        block = embeddings[start:start + chunk].astype(np.float64)
+        total += block.sum(axis=0)
+        second += block.T @ block
+    return total / n, second / n

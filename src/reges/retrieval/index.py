@@ -50,7 +50,7 @@ def build_faiss_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> fa
 
     Args:
         embeddings: (num_items, dim) float32, L2-normalised.
-        cfg: Index type and its parameters (nlist/nprobe for ivf, hnsw_m/ef_search for hnsw).
+        cfg: Index type and its parameters (nlist/nprobe for ivf, hnsw_m/ef_construction/ef_search for hnsw).
         seed: Seed for IVF k-means, so the same catalog gives the same cells.
 
     Raises:
@@ -75,6 +75,7 @@ def build_faiss_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> fa
         index.nprobe = min(cfg.nprobe, nlist)
     elif cfg.index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.ef_construction
         index.hnsw.efSearch = cfg.ef_search
     else:
         raise ConfigError(f"index.index_type must be 'flat', 'ivf' or 'hnsw', got {cfg.index_type!r}")
@@ -83,9 +84,9 @@ def build_faiss_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> fa
 
 
 def _set_search_params(index: faiss.Index, nprobe: int | None, ef_search: int | None) -> None:
-    if nprobe is not None and isinstance(index, faiss.IndexIVF):
-        index.nprobe = nprobe
-    if ef_search is not None and isinstance(index, faiss.IndexHNSW):
+    if nprobe and isinstance(index, faiss.IndexIVF):
+        index.nprobe = min(nprobe, index.nlist)
+    if ef_search and isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = ef_search
 
 
@@ -149,6 +150,7 @@ class ItemIndex:
             "nlist": int(index.nlist) if isinstance(index, faiss.IndexIVF) else None,
             "ef_search": cfg.ef_search if cfg.index_type == "hnsw" else None,
             "hnsw_m": cfg.hnsw_m if cfg.index_type == "hnsw" else None,
+            "ef_construction": cfg.ef_construction if cfg.index_type == "hnsw" else None,
             "max_seq_length": max_seq_length,
         }
         return cls(index, list(item_ids), meta)
@@ -168,9 +170,21 @@ class ItemIndex:
             with atomic_open(path / EMBEDDINGS_FILE, "wb") as f:
                 np.save(f, embeddings)
 
+    @property
+    def exact(self) -> bool:
+        """True for a flat index: its search returns the true top-k."""
+        return isinstance(self.index, faiss.IndexFlat)
+
     @classmethod
-    def load(cls, path: str | Path) -> ItemIndex:
+    def load(cls, path: str | Path, nprobe: int = 0, ef_search: int = 0) -> ItemIndex:
         """Load an index folder written by `save` (or by the index stage).
+
+        Args:
+            path: The index folder.
+            nprobe: IVF cells searched per query instead of the stored `nprobe` (0: keep it); `retrieve.nprobe`.
+            ef_search: HNSW search breadth instead of the stored `ef_search` (0: keep it); `retrieve.ef_search`.
+                Search-time settings, so that trying another recall/latency trade-off needs no rebuild (which
+                re-embeds every card: hours at 1e6 cards).
 
         Raises:
             DataError: a file is missing, or the index and the id list disagree.
@@ -182,6 +196,11 @@ class ItemIndex:
         index = faiss.deserialize_index(np.fromfile(path / INDEX_FILE, dtype=np.uint8))
         item_ids = [line.rstrip("\n") for line in (path / IDS_FILE).read_text(encoding="utf-8").splitlines()]
         meta = read_json(path / META_FILE)
+        given = {"nprobe": nprobe, "ef_search": ef_search}
+        for key, value in given.items():
+            if value and meta.get(key) is not None and value != meta[key]:
+                logger.info("index %s: %s=%d at search time (built with %d)", path, key, value, meta[key])
+                meta = {**meta, key: value}
         _set_search_params(index, meta.get("nprobe"), meta.get("ef_search"))
         return cls(index, item_ids, meta)
 

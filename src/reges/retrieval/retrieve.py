@@ -229,11 +229,11 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     out = run_dir.begin("retrieve", cfg.run.overwrite)
 
     if fused:
-        retriever = FusedRetriever.load(run_dir.path, device=cfg.index.device)
+        retriever = FusedRetriever.load(run_dir.path, cfg.index.device, rc.nprobe, rc.ef_search, rc.candidate_pool)
         encoder_name = retriever.encoder_name
         logger.info("retrieve: fused scores of train-retriever/ (query feature on splits %s)", sorted(rewrite_paths))
     else:
-        index = ItemIndex.load(index_dir)
+        index = ItemIndex.load(index_dir, rc.nprobe, rc.ef_search)
         encoder = load_index_encoder(index, cfg.index)
         fallback = popularity_ranking(
             item_popularity(read_dialogues(train_dialogues_path)), index.item_ids, cfg.run.seed
@@ -265,6 +265,9 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         }
         if fused:
             per_split[split]["with_query"] = with_query
+            if retriever.index is not None:  # the candidate path: how often it had to read deeper or fall back
+                per_split[split]["candidates"] = {"deepened": retriever.deepened, "fallbacks": retriever.fallbacks}
+                retriever.deepened = retriever.fallbacks = 0
         logger.info("retrieve %s: %d queries, %.1f queries/s", split, len(examples), per_split[split]["queries_per_s"])
 
     inputs = {f"data/{split}": path for split, path in split_paths.items()}

@@ -38,6 +38,7 @@ case $MODE in
     REQUESTS=32
     REQUESTS_INSPIRED=100 BOOTSTRAP=1000 QUERIES=200 SYNTHETIC=100000 LLM_RUNS=3 PROMPT_TOKENS=256 GEN_TOKENS=32
     TRAIN_ROUNDS=2 TRAIN_STEPS=5 TRAIN_WARMUP=1 FT_STEPS=8 FT_ROUNDS=2 DISTILL_EXAMPLES=300 CANDIDATES="10 50"
+    RERANK=(--max-pairs 2000 --max-length 256 --negatives 3)
     TITLES=../shared/data/movies/txy77__iEvaLM-CRS/data/redial/id2info.json
     ;;
   smoke)
@@ -51,6 +52,7 @@ case $MODE in
     REQUESTS=4
     REQUESTS_INSPIRED=4 BOOTSTRAP=20 QUERIES=3 SYNTHETIC=500 LLM_RUNS=1 PROMPT_TOKENS=32 GEN_TOKENS=2
     TRAIN_ROUNDS=1 TRAIN_STEPS=1 TRAIN_WARMUP=0 FT_STEPS=1 FT_ROUNDS=1 DISTILL_EXAMPLES=3 CANDIDATES=2
+    RERANK=(--max-pairs 8 --max-length 64 --negatives 1 --top-k 3 --batch-size 4)
     # llm_inference samples 50 titles from an id2info.json; the smoke run makes one rather than read ../shared/data.
     TITLES=$OUT/titles.json
     mkdir -p "$OUT"
@@ -243,6 +245,11 @@ constraints_effect() {  # ~1 min: constraints_inspired_{dev,tune}.md (stated con
   done
 }
 
+learned_reranker() {  # ~1 h: reranker_inspired.md (a MiniLM cross-encoder on the hard negatives, next to the expert)
+  $PY benchmarks/reranker.py --run-dir "$RUNS/$LAST" "${RERANK[@]}" --bootstrap "$BOOTSTRAP" \
+    --out "$RESULTS/reranker_$LAST.md"
+}
+
 full_run_latency() {  # ~20 min: serving.md (INSPIRED run), reliability.md's mixed traffic, ReDial per turn
   # shellcheck disable=SC2086
   $PY benchmarks/serving.py --run-dir "$RUNS/$LAST" --clients $CLIENTS --requests "$REQUESTS_INSPIRED" \
@@ -277,6 +284,7 @@ if [ "$MODE" != readme ]; then
   part "catalog cleaning" "~3 min" catalog_cleaning
   part "cross-dataset co-mentions" "~15 min" cross_dataset
   part "stated constraints" "~1 min" constraints_effect
+  part "learned reranker" "~1 h" learned_reranker
   part "full-run latency and serving" "~20 min" full_run_latency
 fi
 

@@ -3,6 +3,7 @@
 # already named (mine.exclude_named=true), as the recommender does when it serves. Untuned 135M and 1.5B experts in
 # rank mode on the same retrieval, a seeded sample of N tune and N dev examples, fusion alpha tuned on tune.
 #   bash scripts/scaling_study_fresh.sh inspired runs/inspired [runs-root]   # needs `bash scripts/install.sh --qwen`
+#   K=10 VARIANTS=1.5b bash scripts/scaling_study_fresh.sh ...   # 10 candidates instead of 20, the 1.5B expert only
 # BASE is a complete 135M run of configs/<ds>.yaml through `retrieve` (`reges all` builds one); its upstream stages
 # are copied, never rebuilt. The overrides below are the whole difference to configs/<ds>.yaml. Every stage resumes.
 set -euo pipefail
@@ -11,14 +12,16 @@ DS=${1:?usage: scaling_study_fresh.sh inspired|redial BASE-RUN [runs-root]}
 BASE=${2:?BASE-RUN: a complete run of configs/<ds>.yaml through retrieve}
 ROOT=${3:-runs}
 N=${N:-120}
+K=${K:-20}
+VARIANTS=${VARIANTS:-135m 1.5b}
 REGES=${REGES:-.venv/bin/reges}
 CONFIG=configs/$DS.yaml
 COMMON=(mine.exclude_named=true generate.mode=rank generate.use_adapter=false generate.max_examples=$N
-        llm.threads=1 index.threads=1)
-QWEN=(item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4 item_llm.threads=1)
+        generate.top_k=$K run.threads=1)
+QWEN=(item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4)
 UPSTREAM=(data catalog index distill train-query rewrite train-retriever retrieve)
-for variant in 135m 1.5b; do
-  RUN=$ROOT/$DS-fresh-$variant
+for variant in $VARIANTS; do
+  RUN=$ROOT/$DS-fresh-$variant; [ "$K" = 20 ] || RUN=$RUN-k$K
   mkdir -p "$RUN"
   for stage in "${UPSTREAM[@]}"; do
     if [ ! -e "$RUN/$stage" ]; then cp -r "$BASE/$stage" "$RUN/$stage"; fi

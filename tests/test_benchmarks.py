@@ -379,6 +379,22 @@ def test_retrieval_ablation_smoke(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_reranker_smoke(tiny_run, tmp_path):
+    """benchmarks/reranker.py on the tiny run: a few training pairs, every tune/dev example scored and fused."""
+    out = tmp_path / "reranker.md"
+    _python(["benchmarks/reranker.py", "--run-dir", str(tiny_run), "--max-pairs", "8", "--max-length", "64",
+             "--negatives", "1", "--top-k", "3", "--batch-size", "4", "--bootstrap", "20", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["training"]["pairs"] == 8 and result["training"]["steps"] == 2
+    assert result["alpha"] in result["alpha_grid"] and len(result["tune_table"]) == len(result["alpha_grid"])
+    assert list(result["dev"])[:2] == ["retriever top-1", "reranker alone"]
+    for row in result["dev"].values():
+        assert 0.0 <= row["all"]["success_rate"]["mean"] <= 1.0
+        assert row["all"]["n_examples"] <= result["dev_examples"]
+    assert "| reranker alone |" in out.read_text()
+
+
+@pytest.mark.slow
 def test_constraints_effect_smoke(tiny_run, tmp_path):
     out = tmp_path / "constraints.md"
     _python(["benchmarks/constraints_effect.py", "--run-dir", str(tiny_run), "--split", "dev", "--bootstrap", "20",

@@ -85,13 +85,20 @@ def test_synthetic_comention_counts_are_symmetric_with_item_counts_on_the_diagon
     assert 0 < diag.sum() <= 400 * 5
 
 
-@pytest.mark.slow
-def test_scale_catalog_smoke(tmp_path):
-    """The script on a tiny run: every index type, a sweep each, the fused retriever at two sizes."""
-    run_dir = tmp_path / "tiny"
+@pytest.fixture(scope="module")
+def tiny_catalog_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """configs/tiny.yaml's data and catalog stages: what both scale scripts read (they embed the cards)."""
+    run_dir = tmp_path_factory.mktemp("scale") / "tiny"
     for stage in ("data", "catalog"):
         _python(["-m", "reges.cli", stage, "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
                  "run.show_progress=false"])
+    return run_dir
+
+
+@pytest.mark.slow
+def test_scale_catalog_smoke(tiny_catalog_run, tmp_path):
+    """The script on a tiny run: every index type, a sweep each, the fused retriever at two sizes."""
+    run_dir = tiny_catalog_run
     out = tmp_path / "scale.md"
     _python(["benchmarks/scale_catalog.py", "--run-dir", str(run_dir), "--sizes", "2000", "--fusion-sizes", "500",
              "2000", "--queries", "8", "--fusion-queries", "3", "--encoder-cards", "8", "--components", "4",
@@ -131,12 +138,9 @@ def test_scale_catalog_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_fused_scale_smoke(tmp_path):
+def test_fused_scale_smoke(tiny_catalog_run, tmp_path):
     """benchmarks/fused_scale.py on a tiny run: both paths per size and pool, the candidate path's top-50 checked."""
-    run_dir = tmp_path / "tiny"
-    for stage in ("data", "catalog"):
-        _python(["-m", "reges.cli", stage, "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
-                 "run.show_progress=false"])
+    run_dir = tiny_catalog_run
     out = tmp_path / "scale_fusion.md"
     _python(["benchmarks/fused_scale.py", "--run-dir", str(run_dir), "--sizes", "500", "2000", "--requests", "3",
              "--pool", "20", "100", "--components", "4", "--ef-search", "64", "--out", str(out)])

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -70,6 +72,10 @@ def test_expert_diagnostics_counts_what_the_choice_follows(tmp_path: Path) -> No
     examples = [{"example_id": f"e{i}", "dialogue_id": "d", "context": [turn], "target_item_ids": ["c"],
                  "target_mentioned": [False], "target_titles": ["The Shining (1980)"]} for i in range(2)]
     (run / "data" / "dev.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
+    # train dialogues: b is mentioned in two, a in one, c in none
+    dialogues = [{"dialogue_id": f"t{i}", "turns": [{"role": "user", "content": "x", "item_ids": ids}]}
+                 for i, ids in enumerate((["a", "b"], ["b"]))]
+    (run / "data" / "train_dialogues.jsonl").write_text("".join(json.dumps(d) + "\n" for d in dialogues))
     rows = [  # e0: the expert follows the retriever to the named Alien; e1: it picks the short title, position 2
         {"example_id": "e0", "candidate_ids": ["a", "b", "c"], "llm_scores": [-1.0, -2.0, -3.0]},
         {"example_id": "e1", "candidate_ids": ["c", "b", "a"], "llm_scores": [-3.0, -1.0, -2.0]},
@@ -78,5 +84,10 @@ def test_expert_diagnostics_counts_what_the_choice_follows(tmp_path: Path) -> No
     got = diag.diagnose(run, "dev")
     assert (got["examples"], got["agree_with_top1"], got["mean_position"]) == (2, 0.5, 1.5)
     assert (got["picks_shortest_title"], got["picks_named_item"]) == (0.5, 0.5)
+    # e1 picks b, the most popular; e0's scores fall with popularity on a, b, c = 1, 2, 0 mentions only partly
+    assert got["picks_most_popular"] == 0.5
+    assert got["spearman_loglik_vs_popularity"] == pytest.approx((0.5 + 1.0) / 2)
+    # the target c: the expert ranks it 3rd in e0 and 3rd in e1; the retriever 3rd and 1st
+    assert (got["targets_in_candidates"], got["target_rank_expert"], got["target_rank_retriever"]) == (2, 3.0, 2.0)
     assert diag.main(["--split", "dev", "--out", str(tmp_path / "d.md"), "--run", f"x={run}"]) == 0
     assert "| x | 2 | 3 | 0.500 | 1.5 |" in (tmp_path / "d.md").read_text()

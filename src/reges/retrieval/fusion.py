@@ -531,17 +531,17 @@ class FusedRetriever:
             if "comention" in names:
                 s = self.counts.row_scores(context_items, self.settings.normalization, exclude[q])
                 comention = np.zeros(len(self._counted)) if s is None else s[self._count_column[self._counted]]
-            vectors = emb[[i * n_q + q for i in range(len(dense_names))]]  # (num_dense, dim)
-            hits = (found[[i * n_q + q for i in range(len(dense_names))]],
-                    rows[[i * n_q + q for i in range(len(dense_names))]]) if found is not None else None
+            mine = [i * n_q + q for i in range(len(dense_names))]  # this request's rows of `emb`
+            vectors = emb[mine]  # (num_dense, dim)
+            hits = (found[mine], rows[mine]) if found is not None else None
             depth = pool
             while True:
                 request = _Request(context_cols, comention, dict(zip(dense_names, vectors, strict=True)), hits,
                                    exclude[q], self.weights[uses[q]])
-                cand, score, proven = self._score_candidates(request, names, depth)
+                cand, score, bound = self._score_candidates(request, names, depth)
                 keep = min(top_k, len(cand))
                 order = np.lexsort((self.id_rank[cand], -score))[:keep]
-                if len(cand) == n_items or (keep == top_k and score[order[-1]] > proven):
+                if len(cand) == n_items or (keep == top_k and score[order[-1]] > bound):
                     out.append([Hit(self.item_ids[cand[j]], float(score[j])) for j in order])
                     break
                 if depth >= MAX_DEEPENING * pool or depth >= n_items:

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef-search", type=int, default=1024, help="at least the largest --pool")
     parser.add_argument("--nlist", type=int, default=0, help="IVF cells (0: the power of two nearest sqrt(N))")
     parser.add_argument("--nprobe", type=int, default=IndexConfig.nprobe)
-    parser.add_argument("--pool", type=int, nargs="+", default=[1000], help="candidate_pool values")
+    parser.add_argument("--pool", type=int, nargs="+", default=[100, 300, 1000], help="candidate_pool values")
     parser.add_argument("--components", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

@@ -141,7 +141,7 @@ VOLATILE_KEYS: dict[str, frozenset[str]] = {
 # that value a key is left out of the section's hash, so upgrading reges does not make existing runs stale (and
 # retrain their experts); any other value counts like every other key.
 ADDED_KEYS: dict[str, dict[str, Any]] = {
-    "retrieve": {"nprobe": 0, "ef_search": 0, "candidate_pool": 1000},
+    "retrieve": {"nprobe": 0, "ef_search": 0, "candidate_pool": 300},
     "mine": {"exclude_named": False},
     "train_retriever": {"cross_dataset": None},
 }

@@ -61,7 +61,7 @@ DEFAULT_GRID: tuple[float, ...] = (
 )
 
 DENSE: tuple[str, ...] = ("dense_dialogue", "dense_query")
-DEFAULT_CANDIDATE_POOL = 1000  # index hits per dense feature on the candidate path (`retrieve.candidate_pool`)
+DEFAULT_CANDIDATE_POOL = 300  # index hits per dense feature on the candidate path (`retrieve.candidate_pool`)
 MAX_DEEPENING = 8  # a request reads at most this many times the pool before it is scored over the whole catalog
 
 FUSION_FILE = "fusion.json"

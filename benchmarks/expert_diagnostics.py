@@ -16,6 +16,11 @@ each run directory. Per run:
   expert's order and in the retriever's: does the expert order the list better than the retriever, even where its
   first choice misses?
 
+With `--pair A,B` (labels of two --run), for the examples both runs scored on the same candidate list: the mean
+per-example Spearman correlation of their log-likelihoods and how often their first choices agree. Against a run
+whose prompt lost the dialogue (scripts/scaling_study_fresh.sh DIALOGUE=none), a correlation near 1 says the
+expert's order comes from the titles, not from what the seeker said.
+
 Usage:
     .venv/bin/python benchmarks/expert_diagnostics.py --split dev --out docs/results/expert_diagnostics_inspired.md \
         --run "135M untuned=runs/inspired-item135m-untuned" --run "1.5B untuned=runs/inspired-item1.5b-untuned"
@@ -85,18 +90,45 @@ def diagnose(run_dir: Path, split: str) -> dict[str, Any]:
     }
 
 
+def agreement(run_a: Path, run_b: Path, split: str) -> dict[str, Any]:
+    """How alike two runs' expert scores are on the examples they both scored with the same candidates."""
+    rows_a = {r["example_id"]: r for r in read_jsonl(run_a / "generate" / f"{split}.jsonl")}
+    rho, same = [], []
+    for row in read_jsonl(run_b / "generate" / f"{split}.jsonl"):
+        other = rows_a.get(row["example_id"])
+        if other is None or other["candidate_ids"] != row["candidate_ids"]:
+            continue
+        a, b = other["llm_scores"], row["llm_scores"]
+        if len(set(a)) > 1 and len(set(b)) > 1:
+            rho.append(spearmanr(a, b).statistic)
+        same.append(int(np.argmax(a)) == int(np.argmax(b)))
+    return {"examples": len(same), "spearman": float(np.mean(rho)) if rho else None,
+            "same_first_choice": float(np.mean(same)) if same else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR")
+    parser.add_argument("--pair", action="append", default=[], metavar="LABEL_A,LABEL_B",
+                        help="compare two runs' scores example by example (labels of --run)")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     rows = []
+    runs: dict[str, Path] = {}
     for spec in args.run:
         label, run_dir = spec.split("=", 1)
+        runs[label] = Path(run_dir)
         rows.append({"label": label, **diagnose(Path(run_dir), args.split)})
+    pairs = []
+    for spec in args.pair:
+        a, b = spec.split(",", 1)
+        if a not in runs or b not in runs:
+            parser.error(f"--pair {spec!r}: both labels must name a --run ({sorted(runs)})")
+        pairs.append({"a": a, "b": b, **agreement(runs[a], runs[b], args.split)})
     command = "python benchmarks/expert_diagnostics.py " + " ".join(
-        [f"--split {args.split}", f"--out {args.out}", *(f'--run "{s}"' for s in args.run)]
+        [f"--split {args.split}", f"--out {args.out}", *(f'--run "{s}"' for s in args.run),
+         *(f'--pair "{s}"' for s in args.pair)]
     )
     lines = [
         "# What the Item Expert's own choice follows",
@@ -117,10 +149,17 @@ def main(argv: list[str] | None = None) -> int:
             + (f"{r['target_rank_expert']:.1f} / {r['target_rank_retriever']:.1f} |"
                if r["targets_in_candidates"] else "- |")
         )
+    if pairs:
+        lines += ["", "| run A | run B | examples with the same candidates | Spearman of their log-likelihoods | same "
+                  "first choice |", "|---|---|---:|---:|---:|"]
+        for p in pairs:
+            rho = "-" if p["spearman"] is None else f"{p['spearman']:.2f}"
+            same = "-" if p["same_first_choice"] is None else f"{p['same_first_choice']:.3f}"
+            lines.append(f"| {p['a']} | {p['b']} | {p['examples']} | {rho} | {same} |")
     with atomic_open(args.out) as f:
         f.write("\n".join(lines) + "\n")
     with atomic_open(args.out.with_suffix(".json")) as f:
-        json.dump({"command": command, "rows": rows}, f, indent=2)
+        json.dump({"command": command, "rows": rows, "pairs": pairs}, f, indent=2)
     return 0
 
 

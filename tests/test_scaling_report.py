@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,12 @@ def test_expert_diagnostics_counts_what_the_choice_follows(tmp_path: Path) -> No
     assert (got["targets_in_candidates"], got["target_rank_expert"], got["target_rank_retriever"]) == (2, 3.0, 2.0)
     assert diag.main(["--split", "dev", "--out", str(tmp_path / "d.md"), "--run", f"x={run}"]) == 0
     assert "| x | 2 | 3 | 0.500 | 1.5 |" in (tmp_path / "d.md").read_text()
+    # --pair: a copy whose e0 scores are reversed and whose e1 saw other candidates (left out)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    flipped = [{**rows[0], "llm_scores": [-3.0, -2.0, -1.0]}, {**rows[1], "candidate_ids": ["a", "b", "c"]}]
+    (other / "generate" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flipped))
+    assert diag.agreement(run, other, "dev") == {"examples": 1, "spearman": -1.0, "same_first_choice": 0.0}
+    assert diag.main(["--split", "dev", "--out", str(tmp_path / "p.md"), "--run", f"x={run}", "--run", f"y={other}",
+                      "--pair", "x,y"]) == 0
+    assert "| x | y | 1 | -1.00 | 0.000 |" in (tmp_path / "p.md").read_text()

@@ -3,6 +3,8 @@
 # films the dialogue already named (mine.exclude_named=true), so training spends the model on fresh films. Then the
 # same seeded 120 tune / 120 dev examples as scripts/scaling_study_fresh.sh, rank mode, alpha tuned on tune.
 #   bash scripts/scaling_study_fresh_trained.sh inspired runs/inspired-fresh-1.5b [sft|listwise] [N-TRAIN]
+#   INSERT_MISSING=false bash scripts/scaling_study_fresh_trained.sh ...   # train only where the retriever ranked
+#       the target (mine.insert_missing=false): no inserted odd-one-out targets
 # BASE is a run of scripts/scaling_study_fresh.sh (its upstream stages are copied, never rebuilt); the overrides
 # below are the whole difference to configs/<ds>.yaml. Every stage resumes (train-item checkpoints every 2 steps).
 set -euo pipefail
@@ -11,13 +13,14 @@ DS=${1:?usage: scaling_study_fresh_trained.sh inspired|redial BASE-RUN [sft|list
 BASE=${2:?BASE-RUN: a run of scripts/scaling_study_fresh.sh}
 OBJECTIVE=${3:-sft}
 N_TRAIN=${4:-200}
+INSERT_MISSING=${INSERT_MISSING:-true}
 REGES=${REGES:-.venv/bin/reges}
 CONFIG=configs/$DS.yaml
-RUN=${BASE%-1.5b}-1.5b-$OBJECTIVE$N_TRAIN
+RUN=${BASE%-1.5b}-1.5b-$OBJECTIVE$N_TRAIN; [ "$INSERT_MISSING" = true ] || RUN=$RUN-retrieved
 OVERRIDES=(mine.exclude_named=true generate.mode=rank generate.max_examples=120 run.threads=1
            item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4
            train_item.objective=$OBJECTIVE train_item.max_examples=$N_TRAIN train_item.batch_size=1
-           train_item.grad_accum=8 train_item.save_every_steps=2)
+           train_item.grad_accum=8 train_item.save_every_steps=2 mine.insert_missing=$INSERT_MISSING)
 mkdir -p "$RUN"
 for stage in data catalog index distill train-query rewrite train-retriever retrieve; do
   if [ ! -e "$RUN/$stage" ]; then cp -r "$BASE/$stage" "$RUN/$stage"; fi

@@ -112,6 +112,7 @@ def test_mine_stage_writes_rows_and_manifest(tmp_path: Path, tiny_llm_dir: Path)
     manifest = rd.manifest("mine")
     train = manifest["splits"]["train"]
     assert train["examples"] == 3 and train["skipped_no_catalog_target"] == 1 and train["inserted"] == 1
+    assert train["skipped_not_retrieved"] == 0
     assert train["query_used"] is False
     assert 50 < train["prompt_tokens"]["p50"] <= train["prompt_tokens"]["p95"] <= train["prompt_tokens"]["max"]
     assert manifest["outputs"] == {"train.jsonl": {"rows": 3}, "dev.jsonl": {"rows": 3}}
@@ -138,6 +139,17 @@ def test_mine_stage_uses_rewrite_queries_and_random_negatives(tmp_path: Path, ti
     with pytest.raises(DataError, match="'tune'"):
         mining.run(_cfg(tiny_llm_dir, splits=["tune"]), make_run_dir(tmp_path / "run2"))
 
+
+
+def test_insert_missing_false_trains_only_on_retrieved_targets(tmp_path: Path, tiny_llm_dir: Path) -> None:
+    """mine.insert_missing=false: the example whose target the retriever missed is skipped, not given an inserted
+    target; the others are mined as before."""
+    rd = make_run_dir(tmp_path / "run")
+    mining.run(_cfg(tiny_llm_dir, insert_missing=False), rd)
+    rows = read_jsonl(rd.path / "mine" / "train.jsonl")
+    train = rd.manifest("mine")["splits"]["train"]
+    assert train["skipped_not_retrieved"] == 1 and train["inserted"] == 0 and train["examples"] == 2
+    assert not any(r["inserted"] for r in rows) and len(rows) == 2
 
 
 def test_exclude_named_leaves_named_items_and_targets_out() -> None:

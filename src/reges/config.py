@@ -587,6 +587,11 @@ class MineConfig:
         the served setting (the recommender never offers them), so the expert learns to choose among fresh films.
         Training examples whose targets were all named are skipped; under protocol "all" such targets can no
         longer be picked.
+    insert_missing: When the retriever did not rank a target within `top_k`, put it in place of a random candidate
+        (the paper's recipe: every example trains). False: skip such examples, so the expert trains only on lists
+        like those it will see, where the target is one of the retrieved items. Inserted targets are the odd one out
+        (on INSPIRED 68 % of the mined examples, and less popular than the hard negatives they join): a 1.5B expert
+        trained on them learnt to pick the least popular candidate (docs/results/scaling.md).
     """
 
     splits: list[str] = field(default_factory=lambda: ["train"])
@@ -599,6 +604,7 @@ class MineConfig:
     max_query_chars: int = 300
     mark_mentioned: bool = True
     exclude_named: bool = False
+    insert_missing: bool = True
 
     def __post_init__(self) -> None:
         _check_splits(self.splits, "mine.splits", "[train]")

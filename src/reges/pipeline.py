@@ -142,7 +142,7 @@ VOLATILE_KEYS: dict[str, frozenset[str]] = {
 # retrain their experts); any other value counts like every other key.
 ADDED_KEYS: dict[str, dict[str, Any]] = {
     "retrieve": {"nprobe": 0, "ef_search": 0, "candidate_pool": 300},
-    "mine": {"exclude_named": False},
+    "mine": {"exclude_named": False, "insert_missing": True},
     "train_retriever": {"cross_dataset": None},
 }
 

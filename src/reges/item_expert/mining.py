@@ -127,6 +127,7 @@ def mine_examples(
     seed: int,
     *,
     exclude_named: bool = False,
+    insert_missing: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Build the training rows of one split (in memory).
 
@@ -140,10 +141,12 @@ def mine_examples(
         fmt: The prompt format.
         seed: The run seed.
         exclude_named: Candidates and targets leave out the items the dialogue named (`mine.exclude_named`).
+        insert_missing: False skips examples whose target the retrieval did not rank within top_k
+            (`mine.insert_missing`).
 
     Returns:
         (rows sorted by example_id, counts: examples, skipped_no_catalog_target (with exclude_named: no unnamed
-        target in the catalog), inserted, target_positions).
+        target in the catalog), skipped_not_retrieved, inserted, target_positions).
 
     Raises:
         ConfigError: top_k < 1.
@@ -154,7 +157,7 @@ def mine_examples(
         raise ConfigError(f"mine.top_k must be >= 1, got {top_k}; set mine.top_k in the YAML")
     catalog_ids = sorted(items)
     rows: list[dict[str, Any]] = []
-    skipped = inserted = 0
+    skipped = not_retrieved = inserted = 0
     positions: Counter[int] = Counter()
     for ex in sorted(examples, key=lambda e: e.example_id):
         ranked: list[str] = []
@@ -173,6 +176,9 @@ def mine_examples(
         mined = select_candidates(ex, ranked, catalog_ids, negatives, top_k, seed, exclude_named=exclude_named)
         if mined is None:
             skipped += 1
+            continue
+        if mined.inserted and not insert_missing:
+            not_retrieved += 1
             continue
         unknown = [i for i in mined.candidate_ids if i not in items]
         if unknown:
@@ -198,6 +204,7 @@ def mine_examples(
     counts = {
         "examples": len(rows),
         "skipped_no_catalog_target": skipped,
+        "skipped_not_retrieved": not_retrieved,
         "inserted": inserted,
         "share_inserted": round(inserted / len(rows), 4) if rows else 0.0,
         "target_positions": {str(k): positions[k] for k in sorted(positions)},
@@ -287,7 +294,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         queries = read_queries(qpath) if qpath is not None else None
         rows, counts = mine_examples(
             examples, rankings, items, queries, mc.negatives, mc.top_k, fmt, cfg.run.seed,
-            exclude_named=mc.exclude_named,
+            exclude_named=mc.exclude_named, insert_missing=mc.insert_missing,
         )
         tokens = prompt_token_counts(rows, tokenizer)
         outputs[f"{split}.jsonl"] = write_jsonl(out / f"{split}.jsonl", rows)

@@ -4,8 +4,10 @@ the retriever's hard negatives, fused with the retriever's score exactly as the 
 Training pairs come from the run's `train` split and its retrieval (`retrieve/train.trec`, each example retrieved
 without its own dialogue in the counts): per example the mined candidates of `reges mine` (`select_candidates`,
 hard negatives, the served setting by default: films the dialogue named are neither candidates nor targets), the
-target labelled 1 and `--negatives` of the others (seeded) labelled 0. The input is the dialogue rendered like the
-retrieve stage (`context_to_query`, the end kept) paired with the item's card; binary cross-entropy on one logit.
+target labelled 1 and `--negatives` of the others (seeded) labelled 0. `--retrieved-only` keeps the examples whose
+target the retriever ranked (no inserted targets: those teach "unlike the retriever's top" as a positive). The
+input is the dialogue rendered like the retrieve stage (`context_to_query`, the end kept) paired with the item's
+card; binary cross-entropy on one logit.
 
 Evaluation on `tune` and `dev`: every example's top `--top-k` retrieved candidates (named films left out), scored
 by the reranker; the pick is the first of `(1 - alpha) z(retriever) + alpha z(reranker)` (`generate.fuse_scores`),
@@ -58,7 +60,7 @@ def training_pairs(run_dir: RunDir, items: dict[str, Item], args: argparse.Names
     for ex in examples:
         mined = select_candidates(ex, [h.item_id for h in rankings.get(ex.example_id, [])], catalog_ids, "hard",
                                   args.top_k, args.seed, exclude_named=args.exclude_named)
-        if mined is None:
+        if mined is None or (mined.inserted and args.retrieved_only):
             continue
         text = context_to_query(ex.context, "full", MAX_QUERY_CHARS)
         negatives = [c for c in mined.candidate_ids if c not in ex.target_item_ids]
@@ -175,7 +177,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         f"```\n{r['command']}\n```",
         "",
-        f"Training: {t['pairs']:,} pairs (the mined target + {s['negatives']} hard negatives per `train` example, "
+        f"Training: {t['pairs']:,} pairs (the mined target + {s['negatives']} hard negatives per `train` example"
+        + (" whose target the retriever ranked" if s.get("retrieved_only") else "") + ", "
         f"k = {s['top_k']}, named films {'left out' if s['exclude_named'] else 'kept'}), {s['epochs']} epoch(s), "
         f"batch {s['batch_size']}, lr {s['lr']}, max {s['max_length']} tokens: {t['seconds'] / 60:.1f} min, "
         f"{t['pairs_per_s']} pairs/s; loss {t['loss_first_50']} (first 50 steps) -> {t['loss_last_50']} (last 50).",
@@ -213,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--keep-named", dest="exclude_named", action="store_false",
                         help="keep the films the dialogue named among candidates and targets (default: served)")
+    parser.add_argument("--retrieved-only", action="store_true",
+                        help="train only on examples whose target the retriever ranked within --top-k (as "
+                             "mine.insert_missing=false): an inserted target is a positive the retriever ranks low")
     parser.add_argument("--eval-max", type=int, default=0, help="a seeded sample of tune/dev examples (0: all)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)

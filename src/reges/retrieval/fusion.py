@@ -26,8 +26,9 @@ The z-scores still use whole-catalog statistics, exactly: a dense feature's mean
 q.mu and q'Mq - (q.mu)^2 (mu, M: the card embeddings' mean and second moment, computed once), popularity's come
 from catalog-wide sums corrected at the excluded dialogue's items, and co-mention and mentioned are zero outside
 the candidates. Any other item then scores at most what the `candidate_pool`-th index hit's cosine and the
-`candidate_pool`-th most popular item allow; a query whose k-th candidate does not beat that bound is scored over
-the whole catalog instead, so the candidate path returns the whole-catalog top-k up to the index's recall.
+`candidate_pool`-th most popular item allow; a query whose k-th candidate does not beat that bound reads twice as
+deep (Fagin's threshold algorithm), up to `MAX_DEEPENING` times the pool, then is scored over the whole catalog. So
+the candidate path returns the whole-catalog top-k up to the index's recall (docs/results/scale_fusion.md).
 """
 
 from __future__ import annotations

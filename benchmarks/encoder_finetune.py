@@ -48,7 +48,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     cfg = load_config(run_dir.path / "config.yaml", [])
     items = {it.item_id: it for it in read_catalog(run_dir.require("catalog") / "items.jsonl")}
     tc = cfg.train_retriever
-    pairs = training_pairs(cfg, run_dir, items, distill_pairs_file(cfg, run_dir))  # the stage's own pairs
+    pairs, _ = training_pairs(cfg, run_dir, items, distill_pairs_file(cfg, run_dir))  # the stage's own pairs
     n_pairs = min(len(pairs), args.steps * tc.batch_size)
     pairs = sample_rows(pairs, n_pairs, cfg.run.seed, "--steps")
     frozen = ItemIndex.load(run_dir.require("index"))

@@ -38,8 +38,16 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from reges.catalog import read_catalog
 from reges.eval.metrics import PickOutcome, summarize_picks
 from reges.io import RunDir, machine_info, now_iso, read_trec
-from reges.item_expert.generate import ALPHA_GRID, Pick, SplitInputs, fuse_scores, load_split_inputs, tune_alpha
+from reges.item_expert.generate import (
+    ALPHA_GRID,
+    Pick,
+    SplitInputs,
+    fuse_pick,
+    load_split_inputs,
+    tune_alpha,
+)
 from reges.item_expert.mining import select_candidates
+from reges.item_expert.prompts import candidate_titles
 from reges.records import Item
 from reges.retrieval.encoder import BUNDLED_MINILM, resolve_encoder_path
 from reges.retrieval.queries import context_to_query
@@ -152,15 +160,14 @@ def rerank(model: Any, tokenizer: Any, inputs: SplitInputs,
 
 
 def outcomes(inputs: SplitInputs, picks: list[Pick], alpha: float) -> list[PickOutcome]:
-    """Each example's pick of the fused list at `alpha`, as `summarize_picks` scores it."""
+    """Each example's pick of the fused list at `alpha` (`fuse_pick`, as `reges generate` fuses), as
+    `summarize_picks` scores it."""
     out = []
     for ex, pick in zip(inputs.examples, picks, strict=True):
         cands = inputs.candidates[ex.example_id]
-        scores = [0.0] * len(cands)
-        for i, s in pick.ranking:
-            scores[i] = s
-        chosen = cands[int(np.argmax(fuse_scores(inputs.retriever_scores[ex.example_id], scores, alpha)))]
-        out.append(PickOutcome(ex.example_id, ex.dialogue_id, chosen.item_id, True, True,
+        fused = fuse_pick(pick, candidate_titles(cands), inputs.retriever_scores[ex.example_id], alpha)
+        assert fused.index is not None  # a ranking always picks a candidate
+        out.append(PickOutcome(ex.example_id, ex.dialogue_id, cands[fused.index].item_id, True, True,
                                tuple(ex.target_item_ids), tuple(ex.target_mentioned),
                                tuple(c.item_id for c in cands)))
     return out

@@ -5,6 +5,8 @@
 #   bash scripts/scaling_study_fresh_trained.sh inspired runs/inspired-fresh-1.5b [sft|listwise] [N-TRAIN]
 #   INSERT_MISSING=false bash scripts/scaling_study_fresh_trained.sh ...   # train only where the retriever ranked
 #       the target (mine.insert_missing=false): no inserted odd-one-out targets
+#   GEN_EXAMPLES=0 bash scripts/scaling_study_fresh_trained.sh inspired BASE sft all   # every mined example, whole
+#       tune and dev splits (generate.max_examples=0)
 # BASE is a run of scripts/scaling_study_fresh.sh (its upstream stages are copied, never rebuilt); the overrides
 # below are the whole difference to configs/<ds>.yaml. Every stage resumes (train-item checkpoints every 2 steps).
 set -euo pipefail
@@ -12,14 +14,17 @@ cd "$(dirname "$0")/.."
 DS=${1:?usage: scaling_study_fresh_trained.sh inspired|redial BASE-RUN [sft|listwise] [N-TRAIN]}
 BASE=${2:?BASE-RUN: a run of scripts/scaling_study_fresh.sh}
 OBJECTIVE=${3:-sft}
-N_TRAIN=${4:-200}
+N_TRAIN=${4:-200}   # "all": every mined example (train_item.max_examples=0)
+GEN_EXAMPLES=${GEN_EXAMPLES:-120}
 INSERT_MISSING=${INSERT_MISSING:-true}
 REGES=${REGES:-.venv/bin/reges}
 CONFIG=configs/$DS.yaml
 RUN=${BASE%-1.5b}-1.5b-$OBJECTIVE$N_TRAIN; [ "$INSERT_MISSING" = true ] || RUN=$RUN-retrieved
-OVERRIDES=(mine.exclude_named=true generate.mode=rank generate.max_examples=120 run.threads=1
+MAX_TRAIN=$N_TRAIN; [ "$N_TRAIN" != all ] || MAX_TRAIN=0
+[ "$GEN_EXAMPLES" = 120 ] || RUN=$RUN-gen$GEN_EXAMPLES
+OVERRIDES=(mine.exclude_named=true generate.mode=rank generate.max_examples=$GEN_EXAMPLES run.threads=1
            item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4
-           train_item.objective=$OBJECTIVE train_item.max_examples=$N_TRAIN train_item.batch_size=1
+           train_item.objective=$OBJECTIVE train_item.max_examples=$MAX_TRAIN train_item.batch_size=1
            train_item.grad_accum=8 train_item.save_every_steps=2 mine.insert_missing=$INSERT_MISSING)
 mkdir -p "$RUN"
 for stage in data catalog index distill train-query rewrite train-retriever retrieve; do

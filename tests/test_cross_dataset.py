@@ -1,17 +1,20 @@
-"""Another dataset's dialogues as co-mention evidence: title matching, and the counts train-retriever adds."""
+"""Another dataset's dialogues as co-mention evidence and encoder pairs: title matching, the counts train-retriever
+adds, and the (their dialogue, our card) examples."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reges.config import CrossDatasetConfig
-from reges.data.cross import ID_PREFIX, cross_title_sets, match_title_sets
+from reges.config import CrossDatasetConfig, TrainRetrieverConfig
+from reges.data.cross import ID_PREFIX, cross_examples, cross_title_sets, match_title_sets
 from reges.errors import ConfigError, DataError
 from reges.records import Dialogue, Item, Turn
 from reges.retrieval.comention import CoMention
+from reges.retrieval.finetune import build_pairs
 from reges.retrieval.fusion import FusedRetriever, FusionSettings
 from reges.titles import title_id
 
@@ -85,3 +88,51 @@ def test_popularity_counts_only_this_datasets_dialogues() -> None:
     assert retriever.popularity([None])[0].tolist() == pytest.approx([np.log1p(2), 0.0, 0.0])
     assert retriever.popularity(["d0"])[0].tolist() == pytest.approx([np.log1p(1), 0.0, 0.0])  # leave-one-out
     assert counts.scores([["akira-1988"]], ids, "count")[0].tolist() == [0.0, 5.0, 0.0]
+
+
+def _custom_file(tmp_path: Path) -> Path:
+    """Two dialogues of another dataset keyed by "Title (Year)" (custom format: an id stands for its title)."""
+    rows = [
+        {"dialogue_id": "r1", "turns": [
+            {"role": "user", "content": "I loved Akira, any other anime?", "item_ids": ["Akira (1988)"]},
+            {"role": "assistant", "content": "Try Ghost in the Shell (1995).",
+             "item_ids": ["Ghost in the Shell (1995)"]},
+            {"role": "user", "content": "Seen it. Something with superheroes?", "item_ids": []},
+            {"role": "assistant", "content": "The Avengers (2012) or Akira again!",
+             "item_ids": ["Avengers (2012)", "Akira (1988)"]}]},
+        {"dialogue_id": "r2", "turns": [
+            {"role": "user", "content": "A film about twins?", "item_ids": []},
+            {"role": "assistant", "content": "Twin (2001).", "item_ids": ["Twin (2001)"]}]},
+    ]
+    path = tmp_path / "other.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_cross_examples_keep_their_text_and_target_our_items(tmp_path: Path) -> None:
+    cfg = CrossDatasetConfig(format="custom", files=[str(_custom_file(tmp_path))])
+    examples, stats = cross_examples(cfg, CATALOG)
+    # r1's first recommendation (Ghost in the Shell) is not in the catalog, r2's (Twin) is ambiguous: both dropped
+    assert [ex.example_id for ex in examples] == [f"{ID_PREFIX}r1_3"]
+    ex = examples[0]
+    assert ex.dialogue_id == f"{ID_PREFIX}r1"
+    assert ex.target_item_ids == ["avengers-2012", "akira-1988"]
+    assert ex.target_mentioned == [False, True]
+    assert [t.content for t in ex.context] == ["I loved Akira, any other anime?", "Try Ghost in the Shell (1995).",
+                                               "Seen it. Something with superheroes?"]
+    assert [t.item_ids for t in ex.context] == [["akira-1988"], [], []]  # unmatched mentions stay in the text only
+    assert stats == {"examples": 3, "examples_kept": 1, "targets": 4, "targets_matched": 2,
+                     "titles": 4, "matched_exact": 2, "matched_year_less": 0, "unmatched": 2}
+    # as encoder pairs: one per matched target, marked as another dataset's, context items never negatives
+    pairs = build_pairs(examples, {it.item_id: it for it in CATALOG}, "full", 1000, source="cross")
+    assert [(p.positive_id, p.source) for p in pairs] == [("avengers-2012", "cross"), ("akira-1988", "cross")]
+    assert all("Seen it." in p.anchor and "akira-1988" in p.excluded_ids for p in pairs)
+
+
+def test_cross_pairs_need_cross_dataset_and_finetuning(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cross_pairs=true.*cross_dataset is null"):
+        TrainRetrieverConfig(cross_pairs=True)
+    other = CrossDatasetConfig(format="custom", files=[str(_custom_file(tmp_path))])
+    with pytest.raises(ConfigError, match="finetune is false"):
+        TrainRetrieverConfig(cross_pairs=True, cross_dataset=other, finetune=False)
+    assert TrainRetrieverConfig(cross_pairs=True, cross_dataset=other).cross_pairs

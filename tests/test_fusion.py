@@ -86,6 +86,23 @@ def test_features_leave_one_dialogue_out_and_mentioned() -> None:
     assert f["mentioned"][0].tolist() == [1, 0, 0, 0, 0, 0]
 
 
+def test_content_ranks_films_like_the_named_ones_without_an_encoder() -> None:
+    """content: each card's cosine with the mean card of the named items; no item named, no signal."""
+    emb = ENCODER.encode(list(CARDS.values()), 8, False)
+    retriever = FusedRetriever(None, emb, ITEM_IDS, CoMention.fit(TRAIN), {"no_query": {"content": 1.0}},
+                               FusionSettings(batch_size=4))
+    # "I liked Alien" (horror, space): the other horror film and the other space film come next
+    hits = retriever.search([[Turn("user", "I liked Alien", ["10"])]], [None], top_k=3)[0]
+    assert hits[0].item_id == "10" and {h.item_id for h in hits[1:]} == {"13", "15"}
+    both = retriever.features([[Turn("user", "x", ["11", "14"])], [Turn("user", "nothing named")]], [None, None],
+                              [None, None], ["content"])["content"]
+    mean = emb[[1, 4]].mean(axis=0)
+    np.testing.assert_allclose(both[0], emb @ (mean / np.linalg.norm(mean)), rtol=1e-6)
+    assert not both[1].any()
+    with pytest.raises(ConfigError, match="content fusion feature needs the item embeddings"):
+        FusedRetriever(None, None, ITEM_IDS, CoMention.fit(TRAIN), {"no_query": {"content": 1.0}}, FusionSettings())
+
+
 def test_query_weights_apply_only_where_a_query_is_given() -> None:
     retriever = _retriever({"no_query": {"dense_dialogue": 1.0}, "with_query": {"dense_query": 1.0}})
     ctx = [Turn("user", "a romance comedy please")]

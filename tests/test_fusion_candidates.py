@@ -81,6 +81,18 @@ def test_candidate_path_equals_whole_catalog_scoring(pool: int) -> None:
         assert fast.deepened > 20 and fast.fallbacks > 0
 
 
+def test_content_similarity_stays_exact() -> None:
+    """content (the mean named card, read from the index like the dense features), with a positive and a negative
+    weight: identical hits and scores."""
+    weights = {NO_QUERY: {**WEIGHTS[NO_QUERY], "content": 0.4}, WITH_QUERY: {**WEIGHTS[WITH_QUERY], "content": -0.2}}
+    fast = _retriever(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 300, weights)
+    contexts, queries, exclude = _queries(40)
+    got = fast.search(contexts, queries, 20, exclude)
+    want = top_hits(fast.scores(contexts, queries, exclude), ITEM_IDS, fast.id_rank, 20)
+    assert [[h.item_id for h in g] for g in got] == [[h.item_id for h in w] for w in want]
+    assert [h.score for g in got for h in g] == pytest.approx([h.score for w in want for h in w], rel=1e-6)
+
+
 def test_negative_dense_weight_stays_exact() -> None:
     """A dense feature with a negative weight is bounded by the lowest cosine (-1), not by the index's hits."""
     weights = {NO_QUERY: {"dense_dialogue": -0.3, "comention": 1.0, "popularity": 0.5}}

@@ -287,6 +287,42 @@ def test_another_datasets_dialogues_join_the_counts_by_title(tmp_path: Path) -> 
     assert "cross:" + str(other) in run_dir.manifest("train-retriever")["inputs"]
 
 
+def test_cross_pairs_train_the_encoder_on_another_datasets_dialogues(tmp_path: Path) -> None:
+    """train_retriever.cross_pairs: the other dataset's recommending turns become encoder pairs (counted by source
+    in the record); a finished encoder trained without them is not reused."""
+    run_dir, cfg = _run_dir(tmp_path)
+    other = tmp_path / "other.jsonl"
+    rows = [{"dialogue_id": f"o{i}", "turns": [{"role": "user", "content": "balloons please", "item_ids": []},
+                                              {"role": "assistant", "content": "Up!", "item_ids": ["Up (2009)"]}]}
+            for i in range(3)]
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cross = CrossDatasetConfig(format="custom", files=[str(other)])
+    train_stage.run(dataclasses.replace(cfg, train_retriever=dataclasses.replace(cfg.train_retriever,
+                                                                                 cross_dataset=cross)), run_dir)
+    record = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")["finetune"]
+    assert record["pairs_by_source"]["cross"] == 0 and record["cross_examples"] is None
+    tc = dataclasses.replace(cfg.train_retriever, cross_dataset=cross, cross_pairs=True)
+    train_stage.run(dataclasses.replace(cfg, train_retriever=tc, run=dataclasses.replace(cfg.run, overwrite=True)),
+                    run_dir)
+    record = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")["finetune"]
+    assert record["pairs_by_source"] == {"dialogue": 5, "distill": 0, "cross": 3}  # retrained, not reused
+    assert record["cross_examples"]["examples_kept"] == 3 and record["cross_examples"]["targets_matched"] == 3
+    assert record["steps"] == 2 * 4  # 8 pairs in batches of 2, two epochs
+
+
+def test_content_feature_is_tuned_and_retrieve_loads_it(tmp_path: Path) -> None:
+    """train_retriever.content: the content feature gets a tuned weight, and retrieve scores with it."""
+    run_dir, cfg = _run_dir(tmp_path)
+    tc = dataclasses.replace(cfg.train_retriever, finetune=False, content=True)
+    cfg = dataclasses.replace(cfg, train_retriever=tc)
+    train_stage.run(cfg, run_dir)
+    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
+    assert spec["features"] == ["dense_dialogue", "content", "comention", "popularity", "mentioned"]
+    assert "content" in spec["weights"]["no_query"] and "content" in spec["tune"]["no_query"]["alone"]
+    retrieve_stage.run(cfg, run_dir)
+    assert read_trec(run_dir.stage_dir("retrieve") / "dev.trec")
+
+
 def test_an_approximate_index_makes_retrieve_score_candidates(tmp_path: Path) -> None:
     """index.index_type=hnsw: train-retriever builds an HNSW index, and retrieve and FusedRetriever.load take the
     candidate path (retrieve.candidate_pool), with the same hits as whole-catalog scoring."""

@@ -514,9 +514,14 @@ class TrainRetrieverConfig:
         CPUs with native bf16 (AVX512-BF16/AMX), else float32. On this 2-core CPU bf16 fine-tuned 1.39x the pairs
         per second with the same losses (docs/results/encoder_finetune.md).
     comention: Use the co-mention prior as a fusion feature.
+    content: Use content similarity as a fusion feature: each card's cosine with the mean card of the items the
+        dialogue names (same director, stars, genres, plot), for films too rare to have co-mentions.
     comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
     use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.
     cross_dataset: Also count another dataset's train dialogues, mapped to this catalog by title (null: none).
+    cross_pairs: Also fine-tune the encoder on the cross_dataset's ordered train dialogues: (their context, the card
+        of the film they recommend, matched by title) pairs (`reges.data.cross.cross_examples`). Needs
+        cross_dataset and finetune.
     query_feature: Tune a second weight set with the Query Expert's query (when `rewrite/tune.jsonl` exists).
     popularity: Use log(1 + mention count) as a fusion feature.
     mentioned: Use "already mentioned in the context" as a fusion feature.
@@ -539,9 +544,11 @@ class TrainRetrieverConfig:
     max_seq_length: int = 256
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     comention: bool = True
+    content: bool = False
     comention_normalization: Literal["count", "log", "conditional", "cosine", "pmi"] = "conditional"
     use_lossy: bool = True
     cross_dataset: CrossDatasetConfig | None = None
+    cross_pairs: bool = False
     query_feature: bool = True
     popularity: bool = True
     mentioned: bool = True
@@ -562,6 +569,11 @@ class TrainRetrieverConfig:
         _require(0.0 <= self.warmup_ratio < 1.0, f"{where}.warmup_ratio", "in [0, 1)", self.warmup_ratio)
         if not self.weight_grid:
             raise ConfigError(f"{where}.weight_grid is empty; list the candidate fusion weights, e.g. [0.0, 0.5, 1.0]")
+        if self.cross_pairs and (self.cross_dataset is None or not self.finetune):
+            raise ConfigError(f"{where}.cross_pairs=true trains the encoder on {where}.cross_dataset's dialogues, but "
+                              f"cross_dataset is {'null' if self.cross_dataset is None else 'set'} and finetune is "
+                              f"{str(self.finetune).lower()}; set both (cross_dataset: the other dataset's files, "
+                              f"finetune: true), or set {where}.cross_pairs=false")
 
 
 # --- Item Generation Expert: mine -> train-item -> generate ---------------------------------------------------------

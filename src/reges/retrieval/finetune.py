@@ -74,7 +74,7 @@ class Pair:
         anchor: The dialogue context (or pseudo-query) text.
         positive_id: The true item.
         excluded_ids: Items that must not serve as negatives for this anchor (false negatives).
-        source: "dialogue" or "distill".
+        source: "dialogue", "distill" or "cross" (another dataset's dialogue).
     """
 
     anchor: str
@@ -118,6 +118,7 @@ def build_pairs(
     query_mode: str,
     max_query_chars: int,
     distill_queries: dict[str, str] | None = None,
+    source: str = "dialogue",
 ) -> list[Pair]:
     """Training pairs: one per (example, in-catalog target) with a non-empty context, plus distill pairs.
 
@@ -127,6 +128,7 @@ def build_pairs(
         query_mode: "full" or "last2" (`context_to_query`).
         max_query_chars: Anchor length cap (the end of the dialogue is kept).
         distill_queries: example_id -> teacher pseudo-query; each adds one pair per target of that example.
+        source: The dialogue pairs' `Pair.source` ("cross" for another dataset's examples).
 
     Returns:
         Pairs in example order (dialogue pairs, then distill pairs).
@@ -141,7 +143,7 @@ def build_pairs(
         excluded = false_negative_ids(ex, title_keys)
         anchor = context_to_query(ex.context, query_mode, max_query_chars)  # type: ignore[arg-type]
         if anchor.strip():
-            dialogue_pairs.extend(Pair(anchor, t, excluded, "dialogue") for t in targets)
+            dialogue_pairs.extend(Pair(anchor, t, excluded, source) for t in targets)
         query = (distill_queries or {}).get(ex.example_id, "")
         if query.strip():
             distill_pairs.extend(Pair(query, t, excluded, "distill") for t in targets)

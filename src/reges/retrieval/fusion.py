@@ -3,6 +3,9 @@
 Features, for each (query, catalog item):
     dense_dialogue  cosine of the dialogue context text (`context_to_query`) and the item card, tuned encoder
     dense_query     cosine of the Query Expert's query and the card (when the example has one)
+    content         cosine of the card with the mean card of the items the context names (none named: 0): films
+                    like those the user talked about, by their cards' director, stars, genres and plot, for films
+                    too rare to have co-mentions (`train_retriever.content`)
     comention       the co-mention prior (`comention.CoMention.scores`)
     popularity      log(1 + number of counted dialogues of this dataset mentioning the item; not cross_dataset ones)
     mentioned       1 when the item is already mentioned in the context (under protocol "all" a recommender
@@ -25,7 +28,8 @@ train-retriever), `search` scores candidates only: the index's top `candidate_po
 The z-scores still use whole-catalog statistics, exactly: a dense feature's mean and variance over the catalog are
 q.mu and q'Mq - (q.mu)^2 (mu, M: the card embeddings' mean and second moment, computed once), popularity's come
 from catalog-wide sums corrected at the excluded dialogue's items, and co-mention and mentioned are zero outside
-the candidates. Any other item then scores at most what the `candidate_pool`-th index hit's cosine and the
+the candidates; content is a dense feature whose vector is the mean card, so it is read from the index like the
+others. Any other item then scores at most what the `candidate_pool`-th index hit's cosine and the
 `candidate_pool`-th most popular item allow; a query whose k-th candidate does not beat that bound reads twice as
 deep (Fagin's threshold algorithm), up to `MAX_DEEPENING` times the pool, then is scored over the whole catalog. So
 the candidate path returns the whole-catalog top-k up to the index's recall (docs/results/scale_fusion.md).
@@ -33,6 +37,7 @@ the candidate path returns the whole-catalog top-k up to the index's recall (doc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,7 +57,7 @@ from reges.retrieval.recall import PROTOCOLS
 
 logger = logging.getLogger(__name__)
 
-FEATURES: tuple[str, ...] = ("dense_dialogue", "dense_query", "comention", "popularity", "mentioned")
+FEATURES: tuple[str, ...] = ("dense_dialogue", "dense_query", "content", "comention", "popularity", "mentioned")
 NO_QUERY = "no_query"
 WITH_QUERY = "with_query"
 TIE_SCALE = 1e-6
@@ -61,7 +66,8 @@ DEFAULT_GRID: tuple[float, ...] = (
     -0.5, -0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0
 )
 
-DENSE: tuple[str, ...] = ("dense_dialogue", "dense_query")
+DENSE: tuple[str, ...] = ("dense_dialogue", "dense_query")  # the features whose vector is an encoded text
+VECTOR: tuple[str, ...] = (*DENSE, "content")  # the features scored as (a vector) . (each card)
 DEFAULT_CANDIDATE_POOL = 300  # index hits per dense feature on the candidate path (`retrieve.candidate_pool`)
 MAX_DEEPENING = 8  # a request reads at most this many times the pool before it is scored over the whole catalog
 
@@ -297,8 +303,10 @@ class FusedRetriever:
         unknown = used - set(FEATURES)
         if unknown:
             raise ConfigError(f"unknown fusion features {sorted(unknown)}; known: {list(FEATURES)}")
-        if used & {"dense_dialogue", "dense_query"} and (encoder is None or item_embeddings is None):
+        if used & set(DENSE) and (encoder is None or item_embeddings is None):
             raise ConfigError("dense fusion features need an encoder and item embeddings")
+        if "content" in used and item_embeddings is None:
+            raise ConfigError("the content fusion feature needs the item embeddings")
         self.encoder = encoder
         self.item_embeddings = item_embeddings  # (num_items, dim) L2-normalised, or None
         self.item_ids = item_ids
@@ -348,19 +356,20 @@ class FusedRetriever:
         counts = CoMention.load(stage)
         index_dir = stage / INDEX_DIR
         item_ids = (index_dir / "item_ids.txt").read_text(encoding="utf-8").split("\n")[:-1]
-        needs_dense = any(
-            w.get(f) for w in spec["weights"].values() if w for f in ("dense_dialogue", "dense_query")
-        )
+        used = {f for w in spec["weights"].values() if w for f, v in w.items() if v}
+        needs_dense = bool(used & set(DENSE))
+        needs_embeddings = bool(used & set(VECTOR))
         encoder = embeddings = None
         name = str(stage / ENCODER_DIR) if spec["encoder"] == ENCODER_DIR else spec["encoder"]
-        if needs_dense:
+        if needs_embeddings:
             # float32 for scoring; a shipped bundle stores them as float16 (reges.shipped)
             embeddings = np.load(index_dir / EMBEDDINGS_FILE, allow_pickle=False).astype(np.float32, copy=False)
+        if needs_dense:
             encoder = SentenceEncoder(load_encoder(name, device, int(spec["max_seq_length"])))
         weights = {k: v for k, v in spec["weights"].items() if v is not None}
         index = None  # a shipped bundle carries the embeddings only: it scores the whole catalog
         meta = index_dir / "index.json"
-        if needs_dense and meta.is_file() and read_json(meta).get("index_type", "flat") != "flat":
+        if needs_embeddings and meta.is_file() and read_json(meta).get("index_type", "flat") != "flat":
             index = ItemIndex.load(index_dir, nprobe, ef_search)
         return cls(encoder, embeddings, item_ids, counts, weights, settings, name, index, candidate_pool)
 
@@ -404,10 +413,11 @@ class FusedRetriever:
         n_q, n_items = len(contexts), len(self.item_ids)
         out: dict[str, np.ndarray] = {}
         s = self.settings
-        dense_names = [name for name in DENSE if name in names]
-        if dense_names:  # one product for both: the card matrix is read once (a million cards: 1.5 GB)
-            both = self.dense([t for name in dense_names for t in self._dense_texts(name, contexts, queries)])
-            out.update({name: both[i * n_q:(i + 1) * n_q] for i, name in enumerate(dense_names)})
+        vector_names = [name for name in VECTOR if name in names]
+        if vector_names:  # one product for all: the card matrix is read once (a million cards: 1.5 GB)
+            assert self.item_embeddings is not None
+            all_ = (self._vectors(vector_names, contexts, queries) @ self.item_embeddings.T).astype(np.float64)
+            out.update({name: all_[i * n_q:(i + 1) * n_q] for i, name in enumerate(vector_names)})
         if "comention" in names:
             out["comention"] = self.counts.scores(
                 [context_item_ids(c) for c in contexts], self.item_ids, s.normalization,
@@ -423,12 +433,35 @@ class FusedRetriever:
             out["mentioned"] = m
         return out
 
-    def _dense_texts(self, name: str, contexts: Sequence[Sequence[Turn]], queries: Sequence[str | None]) -> list[str]:
-        """The texts a dense feature embeds: the dialogue (`context_to_query`) or the Query Expert's query."""
-        if name == "dense_dialogue":
-            s = self.settings
-            return [context_to_query(list(c), s.query_mode, s.max_query_chars) for c in contexts]
-        return [q or "" for q in queries]
+    def _vectors(self, names: Sequence[str], contexts: Sequence[Sequence[Turn]],
+                 queries: Sequence[str | None]) -> np.ndarray:
+        """(len(names) * num_queries, dim) float32: each vector feature's vector per query, feature-major.
+
+        dense_dialogue embeds the dialogue text (`context_to_query`), dense_query the Query Expert's query, content
+        is the L2-normalised mean card of the context's items. No text, or no named item: a zero row (no signal).
+        """
+        assert self.item_embeddings is not None
+        n_q = len(contexts)
+        out = np.zeros((len(names) * n_q, self.item_embeddings.shape[1]), dtype=np.float32)
+        texts: dict[int, str] = {}
+        for i, name in enumerate(names):
+            for q in range(n_q):
+                if name == "dense_dialogue":
+                    s = self.settings
+                    texts[i * n_q + q] = context_to_query(list(contexts[q]), s.query_mode, s.max_query_chars)
+                elif name == "dense_query":
+                    texts[i * n_q + q] = queries[q] or ""
+                else:
+                    cols = [self.column[j] for j in context_item_ids(contexts[q]) if j in self.column]
+                    if cols:
+                        mean = self.item_embeddings[cols].mean(axis=0)
+                        norm = float(np.linalg.norm(mean))
+                        out[i * n_q + q] = mean / norm if norm > 0 else 0.0
+        rows = [r for r, t in texts.items() if t.strip()]
+        if rows:
+            assert self.encoder is not None
+            out[rows] = self.encoder.encode([texts[r] for r in rows], self.settings.batch_size, False)
+        return out
 
     def dense(self, texts: list[str]) -> np.ndarray:
         """Cosine of each text with every card; empty texts give an all-zero row (no signal)."""
@@ -511,17 +544,13 @@ class FusedRetriever:
         exclude_dialogue_ids: Sequence[str | None] | None,
     ) -> list[list[Hit]]:
         """`search` over candidates from the approximate index (module docstring: "Cost")."""
-        assert self.index is not None and self.encoder is not None and self.item_embeddings is not None
+        assert self.index is not None and self.item_embeddings is not None
         exclude, uses, names = self._uses(contexts, queries, exclude_dialogue_ids)
         n_q, n_items = len(contexts), len(self.item_ids)
         if not names or not n_q:
             return top_hits(self.scores(contexts, queries, exclude), self.item_ids, self.id_rank, top_k)
-        dense_names = [name for name in DENSE if name in names]
-        texts = [t for name in dense_names for t in self._dense_texts(name, contexts, queries)]
-        emb = np.zeros((len(texts), self.item_embeddings.shape[1]), dtype=np.float32)
-        filled = [i for i, t in enumerate(texts) if t.strip()]
-        if filled:
-            emb[filled] = self.encoder.encode([texts[i] for i in filled], self.settings.batch_size, False)
+        dense_names = [name for name in VECTOR if name in names]
+        emb = self._vectors(dense_names, contexts, queries)  # (len(dense_names) * n_q, dim)
         pool = min(self.candidate_pool, n_items)
         found, rows = self.index.index.search(emb, pool) if len(emb) else (None, None)  # (len(texts), pool) each
         out: list[list[Hit]] = []
@@ -536,9 +565,9 @@ class FusedRetriever:
             vectors = emb[mine]  # (num_dense, dim)
             hits = (found[mine], rows[mine]) if found is not None else None
             depth = pool
+            request = _Request(context_cols, comention, dict(zip(dense_names, vectors, strict=True)), hits,
+                               exclude[q], self.weights[uses[q]])
             while True:
-                request = _Request(context_cols, comention, dict(zip(dense_names, vectors, strict=True)), hits,
-                                   exclude[q], self.weights[uses[q]])
                 cand, score, bound = self._score_candidates(request, names, depth)
                 keep = min(top_k, len(cand))
                 order = np.lexsort((self.id_rank[cand], -score))[:keep]
@@ -552,7 +581,8 @@ class FusedRetriever:
                     break
                 depth = min(2 * depth, n_items)  # Fagin's threshold algorithm: read the sorted lists deeper
                 self.deepened += 1
-                hits = self.index.index.search(vectors, depth) if found is not None else None
+                if found is not None:
+                    request = dataclasses.replace(request, hits=self.index.index.search(vectors, depth))
         return out
 
     def _score_candidates(self, request: _Request, names: list[str], depth: int) -> tuple[np.ndarray, np.ndarray,
@@ -576,7 +606,7 @@ class FusedRetriever:
             w = request.weights.get(name, 0.0)
             if not w:
                 continue
-            if name in DENSE:
+            if name in VECTOR:
                 x, mean, std = self._dense_candidates(request.vectors[name], cand)
                 assert request.hits is not None
                 i = list(request.vectors).index(name)

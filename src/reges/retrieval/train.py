@@ -5,8 +5,9 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
    dataset's dialogues matched by title when `cross_dataset` is set (reges.data.cross) (always counted: the
    popularity feature reads them too; `comention` decides whether the prior is a feature).
 2. When `finetune`: contrastive fine-tuning of the index encoder (`finetune.py`) on (dialogue, true card) pairs
-   of `data/train.jsonl` (and (teacher query, card) pairs of `distill/train.jsonl` when present), then the catalog
-   re-embedded with it. Without `finetune` the frozen index is copied, so `index/` always matches the encoder.
+   of `data/train.jsonl` (and (teacher query, card) pairs of `distill/train.jsonl` when present, and the other
+   dataset's (dialogue, card) pairs when `cross_pairs`), then the catalog re-embedded with it. Without `finetune`
+   the frozen index is copied, so `index/` always matches the encoder.
 3. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
    with it when `rewrite/tune.jsonl` exists and `query_feature` is on.
 
@@ -43,7 +44,7 @@ import numpy as np
 
 from reges.catalog import read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
-from reges.data.cross import cross_title_sets, match_title_sets
+from reges.data.cross import cross_examples, cross_title_sets, match_title_sets
 from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_json, write_json
@@ -86,6 +87,9 @@ def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, tra
     spec = {k: getattr(tc, k) for k in keys}
     spec.update(encoder=encoder, seed=seed, train=file_sha256(train_path),
                 distill=file_sha256(distill_path) if distill_path else None)
+    if tc.cross_pairs and tc.cross_dataset is not None:  # absent otherwise: encoders trained before it stay reusable
+        spec["cross_pairs"] = {**dataclasses.asdict(tc.cross_dataset),
+                               "sha256": [file_sha256(Path(p)) for p in tc.cross_dataset.files]}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -98,13 +102,18 @@ def distill_pairs_file(cfg: PipelineConfig, run_dir: RunDir) -> Path | None:
 
 
 def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item],
-                   distill_path: Path | None) -> list[Pair]:
-    """The encoder's fine-tuning pairs: `data/train.jsonl` (and `distill_path`), a seeded `max_pairs` sample."""
+                   distill_path: Path | None) -> tuple[list[Pair], dict[str, int] | None]:
+    """The encoder's fine-tuning pairs: `data/train.jsonl` (and `distill_path`, and the other dataset's examples
+    when `cross_pairs`), a seeded `max_pairs` sample; with the cross-dataset match counts (None without)."""
     tc = cfg.train_retriever
     distill = read_queries(distill_path) if distill_path else None
     pairs = build_pairs(read_examples(run_dir.stage_dir("data") / "train.jsonl"), items, tc.query,
                         tc.max_query_chars, distill)
-    return sample_rows(pairs, tc.max_pairs, cfg.run.seed, "train_retriever.max_pairs")
+    cross_stats = None
+    if tc.cross_pairs and tc.cross_dataset is not None:
+        examples, cross_stats = cross_examples(tc.cross_dataset, items.values())
+        pairs += build_pairs(examples, items, tc.query, tc.max_query_chars, source="cross")
+    return sample_rows(pairs, tc.max_pairs, cfg.run.seed, "train_retriever.max_pairs"), cross_stats
 
 
 def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: ItemIndex, items: dict[str, Item],
@@ -124,8 +133,9 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
     else:
         device = resolve_device(cfg.index.device, "index.device")
         model = load_encoder(cfg.index.encoder, device, tc.max_seq_length)
-        pairs = training_pairs(cfg, run_dir, items, distill_path)
-        logger.info("fine-tuning on %d pairs (%d from distill)", len(pairs), sum(p.source == "distill" for p in pairs))
+        pairs, cross_stats = training_pairs(cfg, run_dir, items, distill_path)
+        logger.info("fine-tuning on %d pairs (%d from distill, %d from cross_dataset)", len(pairs),
+                    sum(p.source == "distill" for p in pairs), sum(p.source == "cross" for p in pairs))
         embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)  # (n, dim) frozen
         t0 = time.perf_counter()
         # rank 0 mines, the other ranks take its negatives: every rank must train on the same data
@@ -142,7 +152,8 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
             shutil.rmtree(tmp)
         model.save(str(tmp))
         record = {"fingerprint": fingerprint, "mine_s": round(mine_s, 2), "distill_pairs": distill_path is not None,
-                  "pairs_by_source": {s: sum(p.source == s for p in pairs) for s in ("dialogue", "distill")},
+                  "pairs_by_source": {s: sum(p.source == s for p in pairs) for s in ("dialogue", "distill", "cross")},
+                  "cross_examples": cross_stats,
                   **dataclasses.asdict(result)}
         write_json(tmp / FINETUNE_RECORD, record)
         if done.exists():
@@ -252,8 +263,9 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
 
     settings = FusionSettings(tc.query, tc.max_query_chars, tc.comention_normalization, cfg.index.batch_size,
                               cfg.run.seed)
-    enabled = ["dense_dialogue"] + [name for name, on in (("comention", tc.comention), ("popularity", tc.popularity),
-                                                          ("mentioned", tc.mentioned)) if on]
+    enabled = ["dense_dialogue"] + [name for name, on in (("content", tc.content), ("comention", tc.comention),
+                                                          ("popularity", tc.popularity), ("mentioned", tc.mentioned))
+                                    if on]
     retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings, encoder_spec)
     tune_examples = read_examples(paths["tune"])
     t0 = time.perf_counter()

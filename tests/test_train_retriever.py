@@ -20,7 +20,7 @@ from reges.config import (
     TrainRetrieverConfig,
 )
 from reges.errors import DataError, StageNotReadyError
-from reges.io import RunDir, now_iso, read_json, read_trec, write_jsonl
+from reges.io import RunDir, now_iso, read_json, read_trec, write_json, write_jsonl
 from reges.records import Dialogue, Item, RecExample, Turn
 from reges.retrieval import index as index_stage
 from reges.retrieval import retrieve as retrieve_stage
@@ -310,15 +310,23 @@ def test_cross_pairs_train_the_encoder_on_another_datasets_dialogues(tmp_path: P
     assert record["steps"] == 2 * 4  # 8 pairs in batches of 2, two epochs
 
 
-def test_content_feature_is_tuned_and_retrieve_loads_it(tmp_path: Path) -> None:
-    """train_retriever.content: the content feature gets a tuned weight, and retrieve scores with it."""
+def test_content_and_people_features_are_tuned_and_retrieve_loads_them(tmp_path: Path) -> None:
+    """train_retriever.content / .people: each feature gets a tuned weight (people.json is written), and retrieve
+    scores with them."""
     run_dir, cfg = _run_dir(tmp_path)
-    tc = dataclasses.replace(cfg.train_retriever, finetune=False, content=True)
+    tc = dataclasses.replace(cfg.train_retriever, finetune=False, content=True, people=True)
     cfg = dataclasses.replace(cfg, train_retriever=tc)
     train_stage.run(cfg, run_dir)
-    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
-    assert spec["features"] == ["dense_dialogue", "content", "comention", "popularity", "mentioned"]
-    assert "content" in spec["weights"]["no_query"] and "content" in spec["tune"]["no_query"]["alone"]
+    out = run_dir.stage_dir("train-retriever")
+    spec = read_json(out / "fusion.json")
+    assert spec["features"] == ["dense_dialogue", "content", "comention", "people", "popularity", "mentioned"]
+    for name in ("content", "people"):
+        assert name in spec["weights"]["no_query"] and name in spec["tune"]["no_query"]["alone"]
+    assert (out / "people.json").is_file() and "people.json" in run_dir.manifest("train-retriever")["outputs"]
+    weights = {**spec["weights"], "no_query": {**spec["weights"]["no_query"], "people": 0.5}}  # force its use
+    write_json(out / "fusion.json", {**spec, "weights": weights})
+    assert FusedRetriever.load(run_dir.path, "cpu").people is not None
+    write_json(out / "fusion.json", spec)
     retrieve_stage.run(cfg, run_dir)
     assert read_trec(run_dir.stage_dir("retrieve") / "dev.trec")
 

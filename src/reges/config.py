@@ -516,6 +516,8 @@ class TrainRetrieverConfig:
     comention: Use the co-mention prior as a fusion feature.
     content: Use content similarity as a fusion feature: each card's cosine with the mean card of the items the
         dialogue names (same director, stars, genres, plot), for films too rare to have co-mentions.
+    people: Use the directors and stars the dialogue names as a fusion feature (`reges.retrieval.people`): their
+        films, idf-weighted, for "something with Jim Carrey".
     comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
     use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.
     cross_dataset: Also count another dataset's train dialogues, mapped to this catalog by title (null: none).
@@ -545,6 +547,7 @@ class TrainRetrieverConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     comention: bool = True
     content: bool = False
+    people: bool = False
     comention_normalization: Literal["count", "log", "conditional", "cosine", "pmi"] = "conditional"
     use_lossy: bool = True
     cross_dataset: CrossDatasetConfig | None = None

@@ -143,7 +143,8 @@ VOLATILE_KEYS: dict[str, frozenset[str]] = {
 ADDED_KEYS: dict[str, dict[str, Any]] = {
     "retrieve": {"nprobe": 0, "ef_search": 0, "candidate_pool": 300},
     "mine": {"exclude_named": False, "insert_missing": True},
-    "train_retriever": {"cross_dataset": None, "cross_pairs": False, "content": False},
+    "train_retriever": {"cross_dataset": None, "cross_pairs": False, "content": False,
+                        "people": False},
 }
 
 # Keys that change nothing unless another key of their section has a given value, left out of the hash otherwise:

@@ -41,11 +41,14 @@ DEFAULT_NAME = "redial"
 SERVING_FILES: dict[str, tuple[str, ...]] = {
     "catalog": ("items.jsonl",),
     "train-retriever": ("fusion.json", "comention.npz", "comention_ids.txt", "comention_dialogues.jsonl",
-                        "index/item_ids.txt", "index/embeddings.npy"),
+                        "index/item_ids.txt", "index/embeddings.npy", "people.json"),
     "train-query": ("adapter",),
     "train-item": ("adapter",),
     "generate": (),  # its manifest only: the fusion alpha rank mode tuned (the picks are not needed)
 }
+
+# written only when their feature is on (people.json: train_retriever.people)
+OPTIONAL_FILES: frozenset[str] = frozenset({"people.json"})
 
 REQUIRED_STAGES: tuple[str, ...] = ("catalog", "train-retriever")
 
@@ -114,6 +117,8 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
         src, dst = run_dir.stage_dir(stage), tmp / stage
         dst.mkdir(parents=True)
         for name in (*names, "manifest.json"):
+            if name in OPTIONAL_FILES and not (src / name).exists():
+                continue
             if (src / name).is_dir():
                 shutil.copytree(src / name, dst / name, ignore=shutil.ignore_patterns("*.gguf", "checkpoints"))
             elif stage == "catalog" and name == "items.jsonl":

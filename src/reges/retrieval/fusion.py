@@ -6,6 +6,8 @@ Features, for each (query, catalog item):
     content         cosine of the card with the mean card of the items the context names (none named: 0): films
                     like those the user talked about, by their cards' director, stars, genres and plot, for films
                     too rare to have co-mentions (`train_retriever.content`)
+    people          the directors and stars the context names that the card lists, idf-weighted (`people.py`;
+                    `train_retriever.people`)
     comention       the co-mention prior (`comention.CoMention.scores`)
     popularity      log(1 + number of counted dialogues of this dataset mentioning the item; not cross_dataset ones)
     mentioned       1 when the item is already mentioned in the context (under protocol "all" a recommender
@@ -24,15 +26,16 @@ TREC files.
 Cost. With a flat index, `search` scores the whole catalog (a matrix product per batch): ~1 ms per query for
 7k items, but ~140 ms at a million (docs/results/scale_notes.md). With an approximate index (ivf or hnsw built by
 train-retriever), `search` scores candidates only: the index's top `candidate_pool` for each dense feature, the
-`candidate_pool` most popular items, every item with a co-mention for the context, and the context's own items.
-The z-scores still use whole-catalog statistics, exactly: a dense feature's mean and variance over the catalog are
-q.mu and q'Mq - (q.mu)^2 (mu, M: the card embeddings' mean and second moment, computed once), popularity's come
-from catalog-wide sums corrected at the excluded dialogue's items, and co-mention and mentioned are zero outside
-the candidates; content is a dense feature whose vector is the mean card, so it is read from the index like the
-others. Any other item then scores at most what the `candidate_pool`-th index hit's cosine and the
-`candidate_pool`-th most popular item allow; a query whose k-th candidate does not beat that bound reads twice as
-deep (Fagin's threshold algorithm), up to `MAX_DEEPENING` times the pool, then is scored over the whole catalog. So
-the candidate path returns the whole-catalog top-k up to the index's recall (docs/results/scale_fusion.md).
+`candidate_pool` most popular items, every item with a co-mention for the context, every film of a person it
+names, and the context's own items. The z-scores still use whole-catalog statistics, exactly: a dense feature's
+mean and variance over the catalog are q.mu and q'Mq - (q.mu)^2 (mu, M: the card embeddings' mean and second
+moment, computed once), popularity's come from catalog-wide sums corrected at the excluded dialogue's items, and
+co-mention, people and mentioned are zero outside the candidates; content is a dense feature whose vector is the
+mean card, so it is read from the index like the others. Any other item then scores at most what the
+`candidate_pool`-th index hit's cosine and the `candidate_pool`-th most popular item allow; a query whose k-th
+candidate does not beat that bound reads twice as deep (Fagin's threshold algorithm), up to `MAX_DEEPENING` times
+the pool, then is scored over the whole catalog. So the candidate path returns the whole-catalog top-k up to the
+index's recall (docs/results/scale_fusion.md).
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ from reges.records import CROSS_DIALOGUE_PREFIX, Hit, RecExample, Turn
 from reges.retrieval.comention import CoMention, Normalization, context_item_ids
 from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder
 from reges.retrieval.index import ItemIndex
+from reges.retrieval.people import PeopleIndex
 from reges.retrieval.queries import QueryMode, context_to_query
 from reges.retrieval.recall import PROTOCOLS
 
 logger = logging.getLogger(__name__)
 
-FEATURES: tuple[str, ...] = ("dense_dialogue", "dense_query", "content", "comention", "popularity", "mentioned")
+FEATURES: tuple[str, ...] = ("dense_dialogue", "dense_query", "content", "comention", "people", "popularity",
+                             "mentioned")
 NO_QUERY = "no_query"
 WITH_QUERY = "with_query"
 TIE_SCALE = 1e-6
@@ -279,6 +284,7 @@ class FusedRetriever:
         index: An approximate index over `item_embeddings` (rows = `item_ids`): `search` then scores candidates
             only (see the module docstring). None, or an exact (flat) one: the whole catalog.
         candidate_pool: Index hits per dense feature on the candidate path.
+        people: The catalog's directors and stars (needed when a weight uses the people feature).
     """
 
     def __init__(
@@ -292,6 +298,7 @@ class FusedRetriever:
         encoder_name: str = "",
         index: ItemIndex | None = None,
         candidate_pool: int = DEFAULT_CANDIDATE_POOL,
+        people: PeopleIndex | None = None,
     ) -> None:
         if not item_ids:
             raise DataError("the fused retriever needs a non-empty catalog")
@@ -307,6 +314,9 @@ class FusedRetriever:
             raise ConfigError("dense fusion features need an encoder and item embeddings")
         if "content" in used and item_embeddings is None:
             raise ConfigError("the content fusion feature needs the item embeddings")
+        if "people" in used and (people is None or people.item_ids != item_ids):
+            raise ConfigError("the people fusion feature needs a PeopleIndex over the same item ids")
+        self.people = people
         self.encoder = encoder
         self.item_embeddings = item_embeddings  # (num_items, dim) L2-normalised, or None
         self.item_ids = item_ids
@@ -371,7 +381,8 @@ class FusedRetriever:
         meta = index_dir / "index.json"
         if needs_embeddings and meta.is_file() and read_json(meta).get("index_type", "flat") != "flat":
             index = ItemIndex.load(index_dir, nprobe, ef_search)
-        return cls(encoder, embeddings, item_ids, counts, weights, settings, name, index, candidate_pool)
+        people = PeopleIndex.load(stage, item_ids) if "people" in used else None
+        return cls(encoder, embeddings, item_ids, counts, weights, settings, name, index, candidate_pool, people)
 
     def _own_item_counts(self) -> np.ndarray:
         """(num_items,) dialogues mentioning each item, other datasets' dialogues (`reges.data.cross`) left out.
@@ -381,7 +392,9 @@ class FusedRetriever:
         hits above INSPIRED's 2019 ones); measured on INSPIRED's tune split, counting them in popularity lost more
         than the co-mentions gained.
         """
-        n = np.where(self._count_column >= 0, self.counts.item_counts[np.maximum(self._count_column, 0)], 0.0)
+        n = np.zeros(len(self.item_ids), dtype=np.float64)
+        counted = self._count_column >= 0  # (an empty count table, e.g. no train dialogue names an item, has none)
+        n[counted] = self.counts.item_counts[self._count_column[counted]]
         for dialogue_id, items in self.counts.dialogues.items():
             if dialogue_id.startswith(CROSS_DIALOGUE_PREFIX):
                 for item_id in items:
@@ -423,6 +436,9 @@ class FusedRetriever:
                 [context_item_ids(c) for c in contexts], self.item_ids, s.normalization,
                 exclude_dialogue_ids=exclude_dialogue_ids, columns=self._count_column,
             )
+        if "people" in names:
+            assert self.people is not None
+            out["people"] = self.people.scores(contexts)
         if "popularity" in names:
             out["popularity"] = self.popularity(exclude_dialogue_ids)
         if "mentioned" in names:
@@ -561,12 +577,13 @@ class FusedRetriever:
             if "comention" in names:
                 s = self.counts.row_scores(context_items, self.settings.normalization, exclude[q])
                 comention = np.zeros(len(self._counted)) if s is None else s[self._count_column[self._counted]]
+            people = self.people.row(contexts[q]) if "people" in names and self.people is not None else None
             mine = [i * n_q + q for i in range(len(dense_names))]  # this request's rows of `emb`
             vectors = emb[mine]  # (num_dense, dim)
             hits = (found[mine], rows[mine]) if found is not None else None
             depth = pool
             request = _Request(context_cols, comention, dict(zip(dense_names, vectors, strict=True)), hits,
-                               exclude[q], self.weights[uses[q]])
+                               exclude[q], self.weights[uses[q]], people)
             while True:
                 cand, score, bound = self._score_candidates(request, names, depth)
                 keep = min(top_k, len(cand))
@@ -597,6 +614,8 @@ class FusedRetriever:
         parts = [self._pop_order[:depth], request.context_cols]
         if request.comention is not None:
             parts.append(self._counted[request.comention != 0])  # every item with a co-mention
+        if request.people is not None:
+            parts.append(request.people[0])  # every film of a named person
         if request.hits is not None:
             parts += [r[r >= 0] for r in request.hits[1]]
         cand = np.unique(np.concatenate(parts))  # (num_candidates,) sorted catalog columns
@@ -620,6 +639,9 @@ class FusedRetriever:
                 x = np.zeros(len(cand), dtype=np.float64)
                 if name == "mentioned":
                     x[np.searchsorted(cand, request.context_cols)] = 1.0
+                elif name == "people":
+                    if request.people is not None:
+                        x[np.searchsorted(cand, request.people[0])] = request.people[1]
                 elif request.comention is not None:
                     nonzero = request.comention != 0
                     x[np.searchsorted(cand, self._counted[nonzero])] = request.comention[nonzero]
@@ -674,6 +696,7 @@ class _Request:
         hits: (scores, rows), each (num_dense, depth), the index's hits per dense feature, or None.
         exclude: The dialogue left out of the counts, or None.
         weights: The fusion weights for this request.
+        people: (catalog columns, scores) of the people feature (`PeopleIndex.row`), or None when unused.
     """
 
     context_cols: np.ndarray
@@ -682,6 +705,7 @@ class _Request:
     hits: tuple[np.ndarray, np.ndarray] | None
     exclude: str | None
     weights: dict[str, float]
+    people: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _mean_std(x: np.ndarray, n: int) -> tuple[float, float]:

@@ -20,6 +20,7 @@ Files written under `run_dir/train-retriever/`:
     index/                       ItemIndex over the cards (index.faiss, item_ids.txt, index.json, embeddings.npy);
                                  index.json's `encoder` is the encoder folder (or the frozen encoder's name)
     comention.npz, comention_ids.txt, comention_dialogues.jsonl   the counts (see comention.py)
+    people.json                  the catalog's directors and stars with their films (only when `people`)
     fusion.json                  settings, weights {"no_query": {...}, "with_query": {...} | null}, tune metrics
                                  of every feature alone and of each fusion, the fine-tuning record
     manifest.json                written last
@@ -68,6 +69,7 @@ from reges.retrieval.fusion import (
     zscore_rows,
 )
 from reges.retrieval.index import ItemIndex
+from reges.retrieval.people import PEOPLE_FILE, PeopleIndex
 from reges.retrieval.queries import read_queries
 from reges.retrieval.retrieve import read_dialogues, read_examples
 
@@ -264,9 +266,13 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     settings = FusionSettings(tc.query, tc.max_query_chars, tc.comention_normalization, cfg.index.batch_size,
                               cfg.run.seed)
     enabled = ["dense_dialogue"] + [name for name, on in (("content", tc.content), ("comention", tc.comention),
-                                                          ("popularity", tc.popularity), ("mentioned", tc.mentioned))
-                                    if on]
-    retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings, encoder_spec)
+                                                          ("people", tc.people), ("popularity", tc.popularity),
+                                                          ("mentioned", tc.mentioned)) if on]
+    people = PeopleIndex.from_items(items, frozen.item_ids) if tc.people else None
+    if people is not None:
+        outputs[PEOPLE_FILE] = people.save(out)
+    retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings, encoder_spec,
+                               people=people)
     tune_examples = read_examples(paths["tune"])
     t0 = time.perf_counter()
     weights, report = _tune(retriever, tune_examples, read_queries(rewrite_path) if use_query else None, tc, enabled)

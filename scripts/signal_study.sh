@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The retrieval signals of docs/results/signals.md on one dataset, each a run next to one base, compared paired.
+#   bash scripts/signal_study.sh redial                          # builds the base runs/redial-signals first
+#   bash scripts/signal_study.sh inspired runs/inspired-nocross  # an existing run of configs/inspired.yaml
+# The base: the committed configs/<ds>.yaml through retrieve and evaluate (when BASE has no train-retriever yet:
+# data, catalog, index, distill, train-retriever, retrieve on tune and dev, evaluate; no Query Expert, so the fused
+# retriever uses its no-query weights; the student query moved dev R@50 by +-0.002 on both datasets).
+# The variants (scripts/retrieval_variant.sh: train-retriever, retrieve, evaluate redone with the overrides shown):
+#   content      train_retriever.content=true (the mean named card as a fusion feature; the encoder is reused)
+#   people       train_retriever.people=true (the films of the directors and stars the dialogue names)
+#   cross        INSPIRED only: ReDial's dialogues in the co-mention prior (train_retriever.cross_dataset)
+#   crosspairs   INSPIRED only: cross + ReDial's ordered dialogues as encoder pairs (the encoder is retrained)
+# Then benchmarks/compare_runs.py writes docs/results/signals_<ds>.md. VARIANTS picks a subset.
+set -euo pipefail
+cd "${REGES_ROOT:-$(dirname "$0")/..}"
+DS=${1:?usage: signal_study.sh inspired|redial [BASE-RUN]}
+BASE=${2:-runs/$DS-signals}
+REGES=${REGES:-.venv/bin/reges}
+PY=${PY:-.venv/bin/python}
+export CONFIG=configs/$DS.yaml
+if [ "$DS" = inspired ]; then VARIANTS=${VARIANTS:-content people cross crosspairs}
+else VARIANTS=${VARIANTS:-content people}; fi
+for stage in data catalog index distill train-retriever retrieve evaluate; do
+  if [ ! -f "$BASE/$stage/manifest.json" ]; then
+    "$REGES" "$stage" --config "$CONFIG" --run-dir "$BASE" run.threads=1 "retrieve.splits=[tune, dev]"
+  fi
+done
+S=../shared/data/redial
+CROSS=(train_retriever.cross_dataset.format=redial
+       "train_retriever.cross_dataset.files=[$S/Lancelot39__KGSF/data/valid_data.jsonl, $S/txy77__iEvaLM-CRS/data/redial/valid_data.jsonl]"
+       train_retriever.cross_dataset.movie_names_file=$S/Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv
+       train_retriever.cross_dataset.lossy_file=$S/MarkystarkDotCO__Redial-QA-System/src/download_data/precessed.json.zip)
+RUNS=("base=$BASE")
+for variant in $VARIANTS; do
+  case $variant in
+    content) OVERRIDES=(train_retriever.content=true) ;;
+    people) OVERRIDES=(train_retriever.people=true) ;;
+    cross) OVERRIDES=("${CROSS[@]}") ;;
+    crosspairs) OVERRIDES=("${CROSS[@]}" train_retriever.cross_pairs=true) ;;
+    *) echo "unknown variant $variant" >&2; exit 2 ;;
+  esac
+  bash scripts/retrieval_variant.sh "$BASE" "$BASE-$variant" "${OVERRIDES[@]}"
+  RUNS+=("$variant=$BASE-$variant")
+done
+"$PY" benchmarks/compare_runs.py --split dev --runs "${RUNS[@]}" --out "docs/results/signals_$DS.md"

@@ -50,3 +50,26 @@ def build_tiny_sentence_transformer(path: Path, texts: list[str]) -> Path:
     torch.manual_seed(0)
     SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=16)]).save(str(path))
     return path
+
+
+def build_tiny_bert_sentence_transformer(path: Path, texts: list[str]) -> Path:
+    """A random 2-layer, 32-dim BERT with mean pooling over a WordLevel vocabulary of `texts`, saved as a model
+    folder: the same module names as MiniLM (query, key, value, dense), so LoRA adapts it as it does the real one."""
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[CLS]",
+                                                                                   "[SEP]", "[MASK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+    base = path.parent / f"{path.name}-bert"
+    bert.save_pretrained(str(base))
+    fast.save_pretrained(str(base))
+    transformer = Transformer(str(base), max_seq_length=64)
+    SentenceTransformer(modules=[transformer, Pooling(32, "mean")]).save(str(path))
+    return path

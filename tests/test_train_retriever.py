@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from retrieval_fakes import build_tiny_sentence_transformer
+from retrieval_fakes import build_tiny_bert_sentence_transformer, build_tiny_sentence_transformer
 
 from reges.config import (
     CrossDatasetConfig,
@@ -71,9 +72,10 @@ def _write_stage(run_dir: RunDir, stage: str, files: dict[str, list]) -> None:
     run_dir.finish(stage, config={}, inputs={}, outputs=counts, seed=0, started=now_iso())
 
 
-def _run_dir(tmp_path: Path) -> tuple[RunDir, PipelineConfig]:
+def _run_dir(tmp_path: Path, bert: bool = False) -> tuple[RunDir, PipelineConfig]:
     texts = [it.text for it in ITEMS] + [t.content for d in TRAIN_DIALOGUES for t in d.turns] + ["User: Assistant:"]
-    st_dir = build_tiny_sentence_transformer(tmp_path / "st", texts)
+    build = build_tiny_bert_sentence_transformer if bert else build_tiny_sentence_transformer
+    st_dir = build(tmp_path / "st", texts)
     run_dir = RunDir(tmp_path / "run")
     _write_stage(run_dir, "data", {
         "train.jsonl": _examples(TRAIN_DIALOGUES),
@@ -329,6 +331,31 @@ def test_content_and_people_features_are_tuned_and_retrieve_loads_them(tmp_path:
     write_json(out / "fusion.json", spec)
     retrieve_stage.run(cfg, run_dir)
     assert read_trec(run_dir.stage_dir("retrieve") / "dev.trec")
+
+
+def test_a_lora_tuned_encoder_ships_as_its_adapter(tmp_path: Path) -> None:
+    """train_retriever.lora_rank: only adapters train; encoder_adapter/ is saved next to the merged encoder, and
+    without encoder/ (a shipped bundle) the base model plus the adapter give the same scores."""
+    run_dir, cfg = _run_dir(tmp_path, bert=True)
+    tc = dataclasses.replace(cfg.train_retriever, lora_rank=4)
+    train_stage.run(dataclasses.replace(cfg, train_retriever=tc), run_dir)
+    out = run_dir.stage_dir("train-retriever")
+    spec = read_json(out / "fusion.json")
+    assert spec["encoder_adapter"] == "encoder_adapter" and spec["base_encoder"] == cfg.index.encoder
+    assert (out / "encoder_adapter" / "adapter_config.json").is_file()
+    assert not (out / "encoder" / "encoder_adapter").exists()
+    adapter_bytes = sum(f.stat().st_size for f in (out / "encoder_adapter").iterdir())
+    encoder_bytes = sum(f.stat().st_size for f in (out / "encoder").rglob("*") if f.is_file())
+    assert adapter_bytes < encoder_bytes / 2
+    contexts = [[Turn("user", "a heist like Heat", ["12"])], [Turn("user", "kids movie")]]
+    merged = FusedRetriever.load(run_dir.path, "cpu").scores(contexts, [None, None])
+    other, other_cfg = _run_dir(tmp_path / "frozen", bert=True)  # the same random BERT, not trained
+    frozen = dataclasses.replace(other_cfg.train_retriever, finetune=False)
+    train_stage.run(dataclasses.replace(other_cfg, train_retriever=frozen), other)
+    assert not np.allclose(FusedRetriever.load(other.path, "cpu").scores(contexts, [None, None]), merged)
+    shutil.rmtree(out / "encoder")
+    rebuilt = FusedRetriever.load(run_dir.path, "cpu").scores(contexts, [None, None])
+    np.testing.assert_allclose(rebuilt, merged, rtol=1e-4, atol=1e-4)
 
 
 def test_an_approximate_index_makes_retrieve_score_candidates(tmp_path: Path) -> None:

@@ -5,14 +5,16 @@ right away. It is a minimal run directory (`src/reges/shipped/<name>/`) holding 
 
     config.yaml                         the trained run's config (models by bundled name)
     catalog/items.jsonl                 the catalog without plot texts (+ manifest)
-    train-retriever/                    fusion.json, co-mention counts, index/ (item ids + float16 embeddings)
+    train-retriever/                    fusion.json, co-mention counts, index/ (item ids + float16 embeddings),
+                                        people.json (when the people feature is on), encoder_adapter/ (the
+                                        tuned encoder's LoRA adapter, when the run trained one: lora_rank > 0)
     train-query/adapter/                the Query Expert's LoRA adapter (+ manifest)
     train-item/adapter/                 the Item Expert's LoRA adapter (+ manifest), when the run ships one
     SOURCES.md                          where the data came from and its licence
 
-Why the retriever in a shipped bundle uses the bundled (frozen) MiniLM: a fine-tuned encoder is a whole 90 MB model,
-LoRA adapters are a few MB. `export_run` refuses a fine-tuned retriever and says how to train the frozen variant,
-whose dev numbers are reported next to the fine-tuned one's (docs/results/end_to_end.md).
+Why a tuned retriever ships as an adapter: a fully fine-tuned encoder is a whole 90 MB model, a LoRA adapter of the
+bundled MiniLM about 1 MB (`train_retriever.lora_rank`); serving rebuilds the tuned encoder from the two
+(`FusedRetriever.load`). `export_run` refuses a fully fine-tuned retriever and says how to train one that ships.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ DEFAULT_NAME = "redial"
 SERVING_FILES: dict[str, tuple[str, ...]] = {
     "catalog": ("items.jsonl",),
     "train-retriever": ("fusion.json", "comention.npz", "comention_ids.txt", "comention_dialogues.jsonl",
-                        "index/item_ids.txt", "index/embeddings.npy", "people.json"),
+                        "index/item_ids.txt", "index/embeddings.npy", "people.json", "encoder_adapter"),
     "train-query": ("adapter",),
     "train-item": ("adapter",),
     "generate": (),  # its manifest only: the fusion alpha rank mode tuned (the picks are not needed)
 }
 
-# written only when their feature is on (people.json: train_retriever.people)
-OPTIONAL_FILES: frozenset[str] = frozenset({"people.json"})
+# written only when their feature is on (people.json: train_retriever.people; encoder_adapter: lora_rank > 0)
+OPTIONAL_FILES: frozenset[str] = frozenset({"people.json", "encoder_adapter"})
 
 REQUIRED_STAGES: tuple[str, ...] = ("catalog", "train-retriever")
 
@@ -102,10 +104,11 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
     for stage in REQUIRED_STAGES:
         run_dir.require(stage)
     spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
-    if spec.get("encoder") == "encoder":
+    if spec.get("encoder") == "encoder" and not spec.get("encoder_adapter"):
         raise ConfigError(
-            f"{run_dir.path}/train-retriever uses a fine-tuned encoder (about 90 MB), too big to ship; redo that "
-            "stage with train_retriever.finetune=false in a run directory for shipping"
+            f"{run_dir.path}/train-retriever uses a fully fine-tuned encoder (about 90 MB), too big to ship; redo "
+            "that stage with train_retriever.lora_rank=16 (a 1 MB adapter ships instead; lr about 5e-4) or with "
+            "train_retriever.finetune=false"
         )
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from sentence_transformers import SentenceTransformer
 
 from reges.errors import ModelError
@@ -59,7 +60,49 @@ def resolve_encoder_path(name_or_path: str) -> Path:
     return path
 
 
-def load_encoder(name_or_path: str, device: str, max_seq_length: int) -> SentenceTransformer:
+ADAPTER_DIR = "encoder_adapter"
+"""Where train-retriever saves the encoder's LoRA adapter (`train_retriever.lora_rank`), next to `encoder/`."""
+LORA_TARGETS = ("query", "key", "value", "dense")
+"""BERT-style module names the encoder's LoRA adapts: attention projections and the feed-forward layers."""
+
+
+def _transformer(model: SentenceTransformer) -> tuple[torch.nn.Module, str]:
+    """The sentence-transformers model's first module and the attribute holding its Hugging Face model ("model" in
+    sentence-transformers 6, "auto_model" before).
+
+    Raises:
+        ModelError: The first module is not a transformer (e.g. a StaticEmbedding bag): LoRA has nothing to adapt.
+    """
+    module = model[0]
+    for attr in ("model", "auto_model"):
+        if isinstance(getattr(module, attr, None), torch.nn.Module):
+            return module, attr
+    raise ModelError(f"train_retriever.lora_rank needs a transformer encoder, got a {type(module).__name__}; set "
+                     "train_retriever.lora_rank=0 (full fine-tuning)")
+
+
+def add_lora(model: SentenceTransformer, rank: int) -> None:
+    """Wrap the encoder's transformer in LoRA adapters (peft), so that only they train.
+
+    Why: a fine-tuned MiniLM is a 90 MB folder, too big for the shipped bundle; its rank-16 adapter is about 1 MB
+    and rebuilds the tuned encoder from the bundled base model (`load_encoder(..., adapter=...)`).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    module, attr = _transformer(model)
+    setattr(module, attr, get_peft_model(getattr(module, attr), LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS))))
+
+
+def save_and_merge_lora(model: SentenceTransformer, adapter_dir: Path) -> None:
+    """Save the LoRA adapter of `add_lora` to `adapter_dir`, then merge it into the weights (a plain encoder)."""
+    module, attr = _transformer(model)
+    getattr(module, attr).save_pretrained(str(adapter_dir))
+    setattr(module, attr, getattr(module, attr).merge_and_unload())
+
+
+def load_encoder(name_or_path: str, device: str, max_seq_length: int,
+                 adapter: str | Path | None = None) -> SentenceTransformer:
     """Load a sentence-transformers model from the bundled copy or a local folder.
 
     Torch's CPU threads are the process's (`run.threads`, set by the CLI), never changed here.
@@ -68,6 +111,7 @@ def load_encoder(name_or_path: str, device: str, max_seq_length: int) -> Sentenc
         name_or_path: "all-MiniLM-L6-v2" (bundled) or a sentence-transformers model folder.
         device: "auto", "cpu" or "cuda".
         max_seq_length: Token limit; longer texts are truncated by the model (it keeps their start).
+        adapter: A LoRA adapter folder (`save_and_merge_lora`) merged into the loaded weights, or None.
 
     Returns:
         The model, on the resolved device. Wrap it in `SentenceEncoder` to use it as an `Encoder`.
@@ -83,6 +127,11 @@ def load_encoder(name_or_path: str, device: str, max_seq_length: int) -> Sentenc
         model = SentenceTransformer(str(path), device=resolved, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"could not load encoder from {path}: {e}; is it a sentence-transformers folder?") from None
+    if adapter is not None:
+        from reges.llm.lora import load_adapter
+
+        module, attr = _transformer(model)
+        setattr(module, attr, load_adapter(getattr(module, attr), Path(adapter)).merge_and_unload())
     try:
         model.max_seq_length = max_seq_length
     except AttributeError:

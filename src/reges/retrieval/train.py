@@ -17,6 +17,7 @@ other ranks return once the encoder is trained.
 
 Files written under `run_dir/train-retriever/`:
     encoder/                     the fine-tuned sentence-transformers model (only when finetune)
+    encoder_adapter/             its LoRA adapter (only when finetune and lora_rank > 0): what a bundle ships
     index/                       ItemIndex over the cards (index.faiss, item_ids.txt, index.json, embeddings.npy);
                                  index.json's `encoder` is the encoder folder (or the frozen encoder's name)
     comention.npz, comention_ids.txt, comention_dialogues.jsonl   the counts (see comention.py)
@@ -53,7 +54,7 @@ from reges.llm import distributed
 from reges.llm.models import resolve_device
 from reges.records import Item, RecExample
 from reges.retrieval.comention import CoMention
-from reges.retrieval.encoder import SentenceEncoder, load_encoder
+from reges.retrieval.encoder import ADAPTER_DIR, SentenceEncoder, add_lora, load_encoder, save_and_merge_lora
 from reges.retrieval.finetune import Pair, build_pairs, finetune_encoder, mine_hard_negatives
 from reges.retrieval.fusion import (
     EMBEDDINGS_FILE,
@@ -89,7 +90,9 @@ def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, tra
     spec = {k: getattr(tc, k) for k in keys}
     spec.update(encoder=encoder, seed=seed, train=file_sha256(train_path),
                 distill=file_sha256(distill_path) if distill_path else None)
-    if tc.cross_pairs and tc.cross_dataset is not None:  # absent otherwise: encoders trained before it stay reusable
+    if tc.lora_rank:  # absent at 0 (full fine-tuning), like cross_pairs: encoders trained before them stay reusable
+        spec["lora_rank"] = tc.lora_rank
+    if tc.cross_pairs and tc.cross_dataset is not None:
         spec["cross_pairs"] = {**dataclasses.asdict(tc.cross_dataset),
                                "sha256": [file_sha256(Path(p)) for p in tc.cross_dataset.files]}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -135,6 +138,8 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
     else:
         device = resolve_device(cfg.index.device, "index.device")
         model = load_encoder(cfg.index.encoder, device, tc.max_seq_length)
+        if tc.lora_rank:
+            add_lora(model, tc.lora_rank)
         pairs, cross_stats = training_pairs(cfg, run_dir, items, distill_path)
         logger.info("fine-tuning on %d pairs (%d from distill, %d from cross_dataset)", len(pairs),
                     sum(p.source == "distill" for p in pairs), sum(p.source == "cross" for p in pairs))
@@ -152,6 +157,8 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
         tmp = ckpt / f".tmp-{ENCODER_DIR}"
         if tmp.exists():
             shutil.rmtree(tmp)
+        if tc.lora_rank:  # the adapter (what ships) inside the merged encoder's folder (what this run uses)
+            save_and_merge_lora(model, tmp / ADAPTER_DIR)
         model.save(str(tmp))
         record = {"fingerprint": fingerprint, "mine_s": round(mine_s, 2), "distill_pairs": distill_path is not None,
                   "pairs_by_source": {s: sum(p.source == s for p in pairs) for s in ("dialogue", "distill", "cross")},
@@ -164,9 +171,12 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
         shutil.rmtree(ckpt / "steps", ignore_errors=True)
     if not ctx.is_main:
         return None
-    if (out / ENCODER_DIR).exists():
-        shutil.rmtree(out / ENCODER_DIR)
-    shutil.copytree(done, out / ENCODER_DIR)
+    for folder in (ENCODER_DIR, ADAPTER_DIR):
+        if (out / folder).exists():
+            shutil.rmtree(out / folder)
+    shutil.copytree(done, out / ENCODER_DIR, ignore=shutil.ignore_patterns(ADAPTER_DIR))
+    if (done / ADAPTER_DIR).is_dir():
+        shutil.copytree(done / ADAPTER_DIR, out / ADAPTER_DIR)
     record = read_json(out / ENCODER_DIR / FINETUNE_RECORD)
     (out / ENCODER_DIR / FINETUNE_RECORD).unlink()  # the record goes into fusion.json and the manifest
     return record
@@ -279,6 +289,9 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     tune_s = time.perf_counter() - t0
     spec = {
         "encoder": encoder_spec,
+        # with a LoRA-trained encoder, `encoder/` can be rebuilt from the base and the adapter (a shipped bundle)
+        "base_encoder": cfg.index.encoder,
+        "encoder_adapter": ADAPTER_DIR if (out / ADAPTER_DIR).is_dir() else None,
         "max_seq_length": tc.max_seq_length,
         "settings": dataclasses.asdict(settings),
         "features": enabled + (["dense_query"] if use_query else []),

@@ -16,10 +16,17 @@ each run directory. Per run:
   expert's order and in the retriever's: does the expert order the list better than the retriever, even where its
   first choice misses?
 
+- could fusion help at all: the success of the fused pick (`generate.fuse_scores`, the retriever's scores from
+  `retrieve/<split>.trec`) at every alpha of `generate.ALPHA_GRID`, and the best of them. The best alpha is chosen
+  on the same split, so it is an upper bound for diagnosis, never a result: if even it does not beat alpha 0 (the
+  retriever's top-1), no alpha tuned elsewhere will.
+
 With `--pair A,B` (labels of two --run), for the examples both runs scored on the same candidate list: the mean
 per-example Spearman correlation of their log-likelihoods and how often their first choices agree. Against a run
 whose prompt lost the dialogue (scripts/scaling_study_fresh.sh DIALOGUE=none), a correlation near 1 says the
-expert's order comes from the titles, not from what the seeker said.
+expert's order comes from the titles, not from what the seeker said; the pair then also reports B calibrated by A:
+the success of argmax(B - A), each title's log-likelihood minus the one it gets without the dialogue (the
+"surface form competition" correction of Holtzman et al. 2021), which keeps only what the dialogue adds.
 
 Usage:
     .venv/bin/python benchmarks/expert_diagnostics.py --split dev --out docs/results/expert_diagnostics_inspired.md \
@@ -37,7 +44,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from reges.io import atomic_open, machine_info, now_iso, read_jsonl
+from reges.io import atomic_open, machine_info, now_iso, read_jsonl, read_trec
+from reges.item_expert.generate import ALPHA_GRID, fuse_scores
 from reges.records import Dialogue, RecExample, mentioned_item_ids
 
 
@@ -51,6 +59,8 @@ def diagnose(run_dir: Path, split: str) -> dict[str, Any]:
             mentions[item_id] = mentions.get(item_id, 0) + 1
     agree, position, rho, shortest, named = [], [], [], [], []
     rho_pop, most_popular, expert_rank, retriever_rank = [], [], [], []
+    trec = read_trec(run_dir / "retrieve" / f"{split}.trec")
+    fused_hits = {alpha: [] for alpha in ALPHA_GRID}
     for row in read_jsonl(run_dir / "generate" / f"{split}.jsonl"):
         scores, candidates = row.get("llm_scores"), row["candidate_ids"]
         if not scores:
@@ -68,14 +78,22 @@ def diagnose(run_dir: Path, split: str) -> dict[str, Any]:
         if len(set(popularity)) > 1:
             rho_pop.append(spearmanr(scores, popularity).statistic)
         most_popular.append(popularity[best] == max(popularity))
+        retrieved = {h.item_id: h.score for h in trec[row["example_id"]]}
+        for alpha in ALPHA_GRID:
+            fused = fuse_scores([retrieved[c] for c in candidates], scores, alpha)
+            fused_hits[alpha].append(candidates[int(np.argmax(fused))] in example.target_item_ids)
         order = list(np.argsort(-np.asarray(scores), kind="stable"))
         for target in example.target_item_ids:
             if target in candidates:
                 expert_rank.append(order.index(candidates.index(target)) + 1)
                 retriever_rank.append(candidates.index(target) + 1)
+    curve = {alpha: float(np.mean(hits)) for alpha, hits in fused_hits.items()}
+    best = max(curve, key=lambda a: (curve[a], -a))
     return {
         "run_dir": str(run_dir),
         "examples": len(agree),
+        "fused_success_by_alpha": curve,
+        "best_alpha_on_split": best,
         "k": len(candidates),
         "agree_with_top1": float(np.mean(agree)),
         "mean_position": float(np.mean(position)),
@@ -91,9 +109,11 @@ def diagnose(run_dir: Path, split: str) -> dict[str, Any]:
 
 
 def agreement(run_a: Path, run_b: Path, split: str) -> dict[str, Any]:
-    """How alike two runs' expert scores are on the examples they both scored with the same candidates."""
+    """How alike two runs' expert scores are on the examples they both scored with the same candidates, and the
+    success of B's scores calibrated by A's (argmax of B - A)."""
     rows_a = {r["example_id"]: r for r in read_jsonl(run_a / "generate" / f"{split}.jsonl")}
-    rho, same = [], []
+    targets = {ex["example_id"]: set(ex["target_item_ids"]) for ex in read_jsonl(run_b / "data" / f"{split}.jsonl")}
+    rho, same, calibrated = [], [], []
     for row in read_jsonl(run_b / "generate" / f"{split}.jsonl"):
         other = rows_a.get(row["example_id"])
         if other is None or other["candidate_ids"] != row["candidate_ids"]:
@@ -102,8 +122,11 @@ def agreement(run_a: Path, run_b: Path, split: str) -> dict[str, Any]:
         if len(set(a)) > 1 and len(set(b)) > 1:
             rho.append(spearmanr(a, b).statistic)
         same.append(int(np.argmax(a)) == int(np.argmax(b)))
+        pick = row["candidate_ids"][int(np.argmax(np.asarray(b) - np.asarray(a)))]
+        calibrated.append(pick in targets[row["example_id"]])
     return {"examples": len(same), "spearman": float(np.mean(rho)) if rho else None,
-            "same_first_choice": float(np.mean(same)) if same else None}
+            "same_first_choice": float(np.mean(same)) if same else None,
+            "calibrated_success": float(np.mean(calibrated)) if calibrated else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| variant | n | k | agrees with top-1 | mean retriever position | Spearman(loglik, title length) | picks the "
         "shortest title | picks a named item | Spearman(loglik, popularity) | picks the most popular | targets in "
-        "the list | target's mean rank: expert / retriever |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "the list | target's mean rank: expert / retriever | fused success: alpha 0 (top-1) / alpha 1 (expert) / "
+        "best alpha on this split (an upper bound) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
@@ -148,14 +172,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['picks_most_popular']:.3f} | {r['targets_in_candidates']} | "
             + (f"{r['target_rank_expert']:.1f} / {r['target_rank_retriever']:.1f} |"
                if r["targets_in_candidates"] else "- |")
+            + f" {r['fused_success_by_alpha'][0.0]:.3f} / {r['fused_success_by_alpha'][1.0]:.3f} / "
+              f"{r['fused_success_by_alpha'][r['best_alpha_on_split']]:.3f} (alpha {r['best_alpha_on_split']}) |"
         )
     if pairs:
         lines += ["", "| run A | run B | examples with the same candidates | Spearman of their log-likelihoods | same "
-                  "first choice |", "|---|---|---:|---:|---:|"]
+                  "first choice | success of B calibrated by A (argmax B - A) |", "|---|---|---:|---:|---:|---:|"]
         for p in pairs:
             rho = "-" if p["spearman"] is None else f"{p['spearman']:.2f}"
             same = "-" if p["same_first_choice"] is None else f"{p['same_first_choice']:.3f}"
-            lines.append(f"| {p['a']} | {p['b']} | {p['examples']} | {rho} | {same} |")
+            cal = "-" if p["calibrated_success"] is None else f"{p['calibrated_success']:.3f}"
+            lines.append(f"| {p['a']} | {p['b']} | {p['examples']} | {rho} | {same} | {cal} |")
     with atomic_open(args.out) as f:
         f.write("\n".join(lines) + "\n")
     with atomic_open(args.out.with_suffix(".json")) as f:

@@ -6,7 +6,11 @@ runs) says whether a change beats the baseline, where two overlapping per-run in
 
 Reads `evaluate/per_example.jsonl` of each run (method `retrieve` by default: the run's own retrieval) and scores
 recall@k under protocols "all" and "novel" (`reges.eval.metrics`: a target counts at each of its examples; novel
-leaves out targets already mentioned in the dialogue).
+leaves out targets already mentioned in the dialogue). With the default method it also scores the retriever's
+top-1 **as served**: the first film of `retrieve/<split>.trec` that the dialogue has not named (nor another film of
+a named title), as `reges recommend` picks without the Item Expert and as `reges evaluate` reports it
+(`retriever_top1_unmentioned`); a hit when it is a target (all) or a target not named before (novel, on the
+examples that have one).
 
 Usage:
     .venv/bin/python benchmarks/compare_runs.py --split dev --runs "no cross=runs/inspired-nocross" \\
@@ -25,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from reges.eval.metrics import paired_bootstrap_diff
-from reges.io import machine_info, now_iso, read_jsonl, write_json
+from reges.io import machine_info, now_iso, read_jsonl, read_trec, write_json
+from reges.linking import TitleSpotter
+from reges.records import Item, RecExample, mentioned_item_ids
 
 logger = logging.getLogger("compare_runs")
 
@@ -60,14 +66,34 @@ def hits_by_dialogue(ranks: dict[str, tuple[str, list[tuple[int | None, bool]]]]
     return out
 
 
+def served_hits(run_dir: Path, split: str, example_ids: list[str], protocol: str) -> dict[str, list[float]]:
+    """dialogue id -> hit flags of the as-served top-1 (module docstring), examples in `example_ids` order."""
+    examples = {ex["example_id"]: RecExample.from_dict(ex) for ex in read_jsonl(run_dir / "data" / f"{split}.jsonl")}
+    spotter = TitleSpotter([Item.from_dict(it) for it in read_jsonl(run_dir / "catalog" / "items.jsonl")])
+    trec = read_trec(run_dir / "retrieve" / f"{split}.trec")
+    out: dict[str, list[float]] = defaultdict(list)
+    for example_id in example_ids:
+        ex = examples[example_id]
+        targets = set(ex.novel_target_ids() if protocol == "novel" else ex.target_item_ids)
+        if not targets:
+            continue
+        named = spotter.same_title_ids(mentioned_item_ids(ex.context))
+        pick = next((h.item_id for h in trec.get(example_id, []) if h.item_id not in named), None)
+        out[ex.dialogue_id].append(float(pick in targets))
+    return out
+
+
 def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int, seed: int) -> dict[str, Any]:
-    """Per run, protocol and cutoff: recall and the paired difference to the first run."""
+    """Per run, protocol and cutoff: recall and the paired difference to the first run (and, for the run's own
+    retrieval, the as-served top-1)."""
     ranks = {name: read_ranks(path, split, method) for name, path in runs}
     base_name = runs[0][0]
     shared = sorted(set.intersection(*(set(r) for r in ranks.values())))
     if len(shared) < len(ranks[base_name]):
         logger.warning("only %d of %d examples are in every run; comparing those", len(shared), len(ranks[base_name]))
     table: dict[str, Any] = {}
+    served = method == "retrieve" and all(
+        (p / "retrieve" / f"{split}.trec").is_file() and (p / "data" / f"{split}.jsonl").is_file() for _, p in runs)
     for name, _ in runs:
         table[name] = {}
         for protocol in PROTOCOLS:
@@ -77,6 +103,12 @@ def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int,
                 _, mean_b, diff, low, high = paired_bootstrap_diff(a, b, samples, seed)
                 table[name][f"{protocol}/recall@{k}"] = {"mean": round(mean_b, 4), "diff": round(diff, 4),
                                                           "diff_ci": [round(low, 4), round(high, 4)]}
+            if served:
+                a = served_hits(runs[0][1], split, shared, protocol)
+                b = served_hits(dict(runs)[name], split, shared, protocol)
+                _, mean_b, diff, low, high = paired_bootstrap_diff(a, b, samples, seed)
+                table[name][f"{protocol}/served@1"] = {"mean": round(mean_b, 4), "diff": round(diff, 4),
+                                                       "diff_ci": [round(low, 4), round(high, 4)]}
     return {"split": split, "method": method, "examples": len(shared), "baseline": base_name, "table": table}
 
 
@@ -84,13 +116,15 @@ def to_markdown(result: dict[str, Any], runs: list[tuple[str, Path]], command: s
     m = machine_info()
     machine = f"{m['cpu_model']}, {m['cores']} cores, load {m['load_average'][0]}"
     cols = [f"{p}/recall@{k}" for p in PROTOCOLS for k in CUTOFFS]
+    cols += [c for c in (f"{p}/served@1" for p in PROTOCOLS) if c in result["table"][result["baseline"]]]
     lines = [
         f"# Retrieval side by side ({result['split']}, {result['examples']} examples)",
         "",
         f"Generated by `{command}` on {now_iso()} ({machine}).",
         "",
         f"Each cell: recall, then the paired difference to **{result['baseline']}** with its 95 % interval "
-        "(clustered bootstrap over dialogues). Runs: " + ", ".join(f"{n} = `{p}`" for n, p in runs) + ".",
+        "(clustered bootstrap over dialogues); served@1: the as-served top-1's success (the first film the dialogue "
+        "has not named). Runs: " + ", ".join(f"{n} = `{p}`" for n, p in runs) + ".",
         "",
         "| run | " + " | ".join(cols) + " |",
         "|---|" + "---:|" * len(cols),

@@ -10,6 +10,7 @@
 #   people       train_retriever.people=true (the films of the directors and stars the dialogue names)
 #   cross        INSPIRED only: ReDial's dialogues in the co-mention prior (train_retriever.cross_dataset)
 #   crosspairs   INSPIRED only: cross + ReDial's ordered dialogues as encoder pairs (the encoder is retrained)
+#   cross-people, crosspairs-people   INSPIRED only: the combinations with people
 # Then benchmarks/compare_runs.py writes docs/results/signals_<ds>.md. VARIANTS picks a subset.
 set -euo pipefail
 cd "${REGES_ROOT:-$(dirname "$0")/..}"
@@ -18,7 +19,7 @@ BASE=${2:-runs/$DS-signals}
 REGES=${REGES:-.venv/bin/reges}
 PY=${PY:-.venv/bin/python}
 export CONFIG=configs/$DS.yaml
-if [ "$DS" = inspired ]; then VARIANTS=${VARIANTS:-content people cross crosspairs}
+if [ "$DS" = inspired ]; then VARIANTS=${VARIANTS:-content people cross crosspairs cross-people crosspairs-people}
 else VARIANTS=${VARIANTS:-content people}; fi
 for stage in data catalog index distill train-retriever retrieve evaluate; do
   if [ ! -f "$BASE/$stage/manifest.json" ]; then
@@ -37,6 +38,8 @@ for variant in $VARIANTS; do
     people) OVERRIDES=(train_retriever.people=true) ;;
     cross) OVERRIDES=("${CROSS[@]}") ;;
     crosspairs) OVERRIDES=("${CROSS[@]}" train_retriever.cross_pairs=true) ;;
+    cross-people) OVERRIDES=("${CROSS[@]}" train_retriever.people=true) ;;
+    crosspairs-people) OVERRIDES=("${CROSS[@]}" train_retriever.cross_pairs=true train_retriever.people=true) ;;
     *) echo "unknown variant $variant" >&2; exit 2 ;;
   esac
   bash scripts/retrieval_variant.sh "$BASE" "$BASE-$variant" "${OVERRIDES[@]}"

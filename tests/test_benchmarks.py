@@ -319,6 +319,34 @@ def test_compare_runs_gives_recall_and_the_paired_difference(tmp_path):
         compare_runs.main(["--runs", f"a={tmp_path / 'a'}", f"c={tmp_path / 'c'}", "--out", str(out)])
 
 
+def test_compare_runs_scores_the_top1_as_served(tmp_path):
+    """served@1: the first retrieved film the dialogue has not named (nor one of a named title)."""
+    from reges.io import write_jsonl, write_trec
+    from reges.records import Hit, Item, RecExample, Turn
+
+    compare_runs = _load("compare_runs")
+    items = [Item("1", "Heat (1995)", "x"), Item("2", "Ronin (1998)", "x"), Item("3", "Heat (2019)", "x")]
+    examples = [RecExample("d1_1", "d1", [Turn("user", "I loved Heat", ["1"])], ["2"], [False]),
+                RecExample("d2_1", "d2", [Turn("user", "anything")], ["1"], [False])]
+    rankings = {  # a: skips Heat (1995) and Heat (2019), serves Ronin, then serves Heat to d2
+        "a": {"d1_1": [Hit("1", 3.0), Hit("3", 2.0), Hit("2", 1.0)], "d2_1": [Hit("1", 2.0), Hit("2", 1.0)]},
+        "b": {"d1_1": [Hit("3", 3.0), Hit("1", 2.0), Hit("2", 1.0)], "d2_1": [Hit("2", 2.0), Hit("1", 1.0)]},
+    }
+    for name, run in rankings.items():
+        root = tmp_path / name
+        _per_example(root, {"d1_1": [(3, False)], "d2_1": [(1, False)]})
+        for stage in ("data", "catalog", "retrieve"):
+            (root / stage).mkdir()
+        write_jsonl(root / "data" / "dev.jsonl", examples)
+        write_jsonl(root / "catalog" / "items.jsonl", items)
+        write_trec(root / "retrieve" / "dev.trec", run, "t")
+    out = tmp_path / "cmp.md"
+    compare_runs.main(["--runs", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--bootstrap", "50", "--out", str(out)])
+    table = json.loads(out.with_suffix(".json").read_text())["table"]
+    assert table["a"]["all/served@1"]["mean"] == 1.0 and table["b"]["all/served@1"]["mean"] == 0.5
+    assert table["b"]["novel/served@1"]["diff"] == -0.5 and "all/served@1" in out.read_text()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Smoke tests: every script on a tiny run (slow: the run takes 1-3 min on 2 cores, each script 5-60 s)
 

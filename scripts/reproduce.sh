@@ -238,6 +238,14 @@ cross_dataset() {  # ~15 min: cross_dataset.md (INSPIRED with and without ReDial
     --bootstrap "$BOOTSTRAP" --out "$RESULTS/cross_dataset_$LAST.md"
 }
 
+retrieval_signals() {  # ~2.5 h: signals_<dataset>.md (people, content, cross-dataset pairs, each next to a base run)
+  for d in "${DATASETS[@]}"; do
+    local base="$RUNS/$d-signals"   # ReDial: built by the study (no Query Expert); INSPIRED: cross_dataset's run
+    [ "$d" = "$LAST" ] && base="$RUNS/$LAST-nocross"
+    OUT="$RESULTS/signals_$d.md" BOOTSTRAP=$BOOTSTRAP REGES=$REGES PY=$PY bash scripts/signal_study.sh "$d" "$base"
+  done
+}
+
 constraints_effect() {  # ~1 min: constraints_inspired_{dev,tune}.md (stated constraints re-ordering a run's retrieval)
   for split in dev tune; do
     $PY benchmarks/constraints_effect.py --run-dir "$RUNS/$LAST" --split "$split" --bootstrap "$BOOTSTRAP" \
@@ -283,6 +291,7 @@ if [ "$MODE" != readme ]; then
   part "LLM inference" "~3 min" llm_inference
   part "catalog cleaning" "~3 min" catalog_cleaning
   part "cross-dataset co-mentions" "~15 min" cross_dataset
+  part "retrieval signals" "~2.5 h" retrieval_signals
   part "stated constraints" "~1 min" constraints_effect
   part "learned reranker" "~1 h" learned_reranker
   part "full-run latency and serving" "~20 min" full_run_latency

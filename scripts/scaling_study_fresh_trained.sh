@@ -31,6 +31,6 @@ for stage in data catalog index distill train-query rewrite train-retriever retr
   if [ ! -e "$RUN/$stage" ]; then cp -r "$BASE/$stage" "$RUN/$stage"; fi
 done
 [ -f "$RUN/config.yaml" ] || cp "$BASE/config.yaml" "$RUN/config.yaml"
-for stage in mine train-item generate evaluate; do
-  "$REGES" "$stage" --config "$CONFIG" --run-dir "$RUN" "${OVERRIDES[@]}"
+for stage in mine train-item generate evaluate; do  # a complete stage is kept (a stage command refuses to redo it)
+  [ -f "$RUN/$stage/manifest.json" ] || "$REGES" "$stage" --config "$CONFIG" --run-dir "$RUN" "${OVERRIDES[@]}"
 done

@@ -2,28 +2,35 @@
 # The retrieval signals of docs/results/signals.md on one dataset, each a run next to one base, compared paired.
 #   bash scripts/signal_study.sh redial                          # builds the base runs/redial-signals first
 #   bash scripts/signal_study.sh inspired runs/inspired-nocross  # an existing run of configs/inspired.yaml
-# The base: the committed configs/<ds>.yaml through retrieve and evaluate (when BASE has no train-retriever yet:
-# data, catalog, index, distill, train-retriever, retrieve on tune and dev, evaluate; no Query Expert, so the fused
-# retriever uses its no-query weights; the student query moved dev R@50 by +-0.002 on both datasets).
+# The base: the committed configs/<ds>.yaml with every signal below off (OFF, NOCROSS) through retrieve and
+# evaluate (when BASE has no train-retriever yet: data, catalog, index, distill, train-retriever, retrieve on tune
+# and dev, evaluate; no Query Expert, so the fused retriever uses its no-query weights; the student query moved dev R@50 by
+# +-0.002 on both datasets). Each variant is OFF plus its own overrides (the later override wins).
 # The variants (scripts/retrieval_variant.sh: train-retriever, retrieve, evaluate redone with the overrides shown):
 #   content      train_retriever.content=true (the mean named card as a fusion feature; the encoder is reused)
 #   people       train_retriever.people=true (the films of the directors and stars the dialogue names)
 #   cross        INSPIRED only: ReDial's dialogues in the co-mention prior (train_retriever.cross_dataset)
 #   crosspairs   INSPIRED only: cross + ReDial's ordered dialogues as encoder pairs (the encoder is retrained)
 #   cross-people, crosspairs-people   INSPIRED only: the combinations with people
-# Then benchmarks/compare_runs.py writes docs/results/signals_<ds>.md. VARIANTS picks a subset.
+# Then benchmarks/compare_runs.py writes OUT (default docs/results/signals_<ds>.md). VARIANTS picks a subset;
+# scripts/reproduce.sh runs it (part "retrieval signals", smoke: on configs/tiny.yaml).
 set -euo pipefail
 cd "${REGES_ROOT:-$(dirname "$0")/..}"
-DS=${1:?usage: signal_study.sh inspired|redial [BASE-RUN]}
+DS=${1:?usage: signal_study.sh inspired|redial|tiny [BASE-RUN]}
 BASE=${2:-runs/$DS-signals}
 REGES=${REGES:-.venv/bin/reges}
 PY=${PY:-.venv/bin/python}
+OUT=${OUT:-docs/results/signals_$DS.md}
+BOOTSTRAP=${BOOTSTRAP:-1000}
 export CONFIG=configs/$DS.yaml
 if [ "$DS" = inspired ]; then VARIANTS=${VARIANTS:-content people cross crosspairs cross-people crosspairs-people}
 else VARIANTS=${VARIANTS:-content people}; fi
+OFF=(train_retriever.people=false train_retriever.content=false train_retriever.cross_pairs=false)
+NOCROSS=(train_retriever.cross_dataset=null)  # (a variant that sets cross_dataset.* must not null it first)
 for stage in data catalog index distill train-retriever retrieve evaluate; do
   if [ ! -f "$BASE/$stage/manifest.json" ]; then
-    "$REGES" "$stage" --config "$CONFIG" --run-dir "$BASE" run.threads=1 "retrieve.splits=[tune, dev]"
+    "$REGES" "$stage" --config "$CONFIG" --run-dir "$BASE" run.threads=1 "retrieve.splits=[tune, dev]" "${OFF[@]}" \
+      "${NOCROSS[@]}"
   fi
 done
 S=../shared/data/redial
@@ -34,15 +41,15 @@ CROSS=(train_retriever.cross_dataset.format=redial
 RUNS=("base=$BASE")
 for variant in $VARIANTS; do
   case $variant in
-    content) OVERRIDES=(train_retriever.content=true) ;;
-    people) OVERRIDES=(train_retriever.people=true) ;;
+    content) OVERRIDES=("${NOCROSS[@]}" train_retriever.content=true) ;;
+    people) OVERRIDES=("${NOCROSS[@]}" train_retriever.people=true) ;;
     cross) OVERRIDES=("${CROSS[@]}") ;;
     crosspairs) OVERRIDES=("${CROSS[@]}" train_retriever.cross_pairs=true) ;;
     cross-people) OVERRIDES=("${CROSS[@]}" train_retriever.people=true) ;;
     crosspairs-people) OVERRIDES=("${CROSS[@]}" train_retriever.cross_pairs=true train_retriever.people=true) ;;
     *) echo "unknown variant $variant" >&2; exit 2 ;;
   esac
-  bash scripts/retrieval_variant.sh "$BASE" "$BASE-$variant" "${OVERRIDES[@]}"
+  REGES=$REGES bash scripts/retrieval_variant.sh "$BASE" "$BASE-$variant" "${OFF[@]}" "${OVERRIDES[@]}"
   RUNS+=("$variant=$BASE-$variant")
 done
-"$PY" benchmarks/compare_runs.py --split dev --runs "${RUNS[@]}" --out "docs/results/signals_$DS.md"
+"$PY" benchmarks/compare_runs.py --split dev --runs "${RUNS[@]}" --bootstrap "$BOOTSTRAP" --out "$OUT"

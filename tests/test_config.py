@@ -48,6 +48,13 @@ def test_float_field_accepts_int() -> None:
     assert load_config(None, ["llm.timeout_s=30"]).llm.timeout_s == 30.0
 
 
+def test_float_field_accepts_an_exponent_without_a_dot() -> None:
+    """YAML 1.1 reads 5e-4 as a string; a learning rate written that way is still a float."""
+    assert load_config(None, ["train_retriever.lr=5e-4"]).train_retriever.lr == 0.0005
+    with pytest.raises(ConfigError, match="train_retriever.lr must be float, got 'e-4'"):
+        load_config(None, ["train_retriever.lr=e-4"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

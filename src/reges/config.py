@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import difflib
 import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -838,6 +839,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`; convert YAML lists/dicts into the declared shapes."""
     origin = typing.get_origin(tp)
@@ -873,6 +877,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
         return {_convert(k, args[0], where): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        # YAML 1.1 reads 5e-4 (no dot) as a string; it is how people write learning rates
         return float(value)
     if tp is Any:
         return value

@@ -19,8 +19,11 @@ VARIANTS=${VARIANTS:-135m 1.5b}
 DIALOGUE=${DIALOGUE:-full}
 REGES=${REGES:-.venv/bin/reges}
 CONFIG=configs/$DS.yaml
+# The retriever these runs were measured with: configs/inspired.yaml before people named and ReDial's co-mentions
+# became its default (2026-12-06, docs/results/signals.md); harmless for ReDial.
+AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null)
 COMMON=(mine.exclude_named=true generate.mode=rank generate.use_adapter=false generate.max_examples=$N
-        generate.top_k=$K run.threads=1)
+        generate.top_k=$K run.threads=1 "${AS_MEASURED[@]}")
 QWEN=(item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4)
 UPSTREAM=(data catalog index distill train-query rewrite train-retriever retrieve)
 for variant in $VARIANTS; do

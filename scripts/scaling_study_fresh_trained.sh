@@ -6,7 +6,8 @@
 #   INSERT_MISSING=false bash scripts/scaling_study_fresh_trained.sh ...   # train only where the retriever ranked
 #       the target (mine.insert_missing=false): no inserted odd-one-out targets
 #   GEN_EXAMPLES=0 bash scripts/scaling_study_fresh_trained.sh inspired BASE sft all   # every mined example, whole
-#       tune and dev splits (generate.max_examples=0)
+#       tune and dev splits (generate.max_examples=0); FUSION_ALPHA=1.0 scores dev only, the expert alone (the fused
+#       pick at every alpha then comes from benchmarks/expert_diagnostics.py)
 # BASE is a run of scripts/scaling_study_fresh.sh (its upstream stages are copied, never rebuilt); the overrides
 # below are the whole difference to configs/<ds>.yaml. Every stage resumes (train-item checkpoints every 2 steps).
 set -euo pipefail
@@ -22,10 +23,14 @@ CONFIG=configs/$DS.yaml
 RUN=${BASE%-1.5b}-1.5b-$OBJECTIVE$N_TRAIN; [ "$INSERT_MISSING" = true ] || RUN=$RUN-retrieved
 MAX_TRAIN=$N_TRAIN; [ "$N_TRAIN" != all ] || MAX_TRAIN=0
 [ "$GEN_EXAMPLES" = 120 ] || RUN=$RUN-gen$GEN_EXAMPLES
+# The retriever these runs were measured with: configs/inspired.yaml before people named and ReDial's co-mentions
+# became its default (2026-12-06, docs/results/signals.md); harmless for ReDial.
+AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null)
 OVERRIDES=(mine.exclude_named=true generate.mode=rank generate.max_examples=$GEN_EXAMPLES run.threads=1
            item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4
            train_item.objective=$OBJECTIVE train_item.max_examples=$MAX_TRAIN train_item.batch_size=1
-           train_item.grad_accum=8 train_item.save_every_steps=2 mine.insert_missing=$INSERT_MISSING)
+           train_item.grad_accum=8 train_item.save_every_steps=2 mine.insert_missing=$INSERT_MISSING "${AS_MEASURED[@]}")
+[ -z "${FUSION_ALPHA:-}" ] || OVERRIDES+=(generate.fusion_alpha=$FUSION_ALPHA)   # fixed: no tune split scored
 mkdir -p "$RUN"
 for stage in data catalog index distill train-query rewrite train-retriever retrieve; do
   if [ ! -e "$RUN/$stage" ]; then cp -r "$BASE/$stage" "$RUN/$stage"; fi

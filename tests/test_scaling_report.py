@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from reges.io import write_trec
+from reges.records import Hit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -82,6 +85,9 @@ def test_expert_diagnostics_counts_what_the_choice_follows(tmp_path: Path) -> No
         {"example_id": "e1", "candidate_ids": ["c", "b", "a"], "llm_scores": [-3.0, -1.0, -2.0]},
     ]
     (run / "generate" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "retrieve").mkdir()  # the retriever's scores of the candidates, in their order
+    write_trec(run / "retrieve" / "dev.trec", {"e0": [Hit("a", 3.0), Hit("b", 2.0), Hit("c", 1.0)],
+                                               "e1": [Hit("c", 3.0), Hit("b", 2.0), Hit("a", 1.0)]}, "t")
     got = diag.diagnose(run, "dev")
     assert (got["examples"], got["agree_with_top1"], got["mean_position"]) == (2, 0.5, 1.5)
     assert (got["picks_shortest_title"], got["picks_named_item"]) == (0.5, 0.5)
@@ -90,6 +96,10 @@ def test_expert_diagnostics_counts_what_the_choice_follows(tmp_path: Path) -> No
     assert got["spearman_loglik_vs_popularity"] == pytest.approx((0.5 + 1.0) / 2)
     # the target c: the expert ranks it 3rd in e0 and 3rd in e1; the retriever 3rd and 1st
     assert (got["targets_in_candidates"], got["target_rank_expert"], got["target_rank_retriever"]) == (2, 3.0, 2.0)
+    # fused picks: alpha 0 is the retriever's top-1 (e1's c is a hit), alpha 1 the expert alone (no hit); the best
+    # alpha on the split is the smallest of the best
+    curve = got["fused_success_by_alpha"]
+    assert (curve[0.0], curve[1.0], got["best_alpha_on_split"]) == (0.5, 0.0, 0.0)
     assert diag.main(["--split", "dev", "--out", str(tmp_path / "d.md"), "--run", f"x={run}"]) == 0
     assert "| x | 2 | 3 | 0.500 | 1.5 |" in (tmp_path / "d.md").read_text()
     # --pair: a copy whose e0 scores are reversed and whose e1 saw other candidates (left out)
@@ -97,7 +107,9 @@ def test_expert_diagnostics_counts_what_the_choice_follows(tmp_path: Path) -> No
     shutil.copytree(run, other)
     flipped = [{**rows[0], "llm_scores": [-3.0, -2.0, -1.0]}, {**rows[1], "candidate_ids": ["a", "b", "c"]}]
     (other / "generate" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flipped))
-    assert diag.agreement(run, other, "dev") == {"examples": 1, "spearman": -1.0, "same_first_choice": 0.0}
+    # calibrated: argmax of other - run on e0 = [-2, 0, 2] picks c, the target
+    assert diag.agreement(run, other, "dev") == {"examples": 1, "spearman": -1.0, "same_first_choice": 0.0,
+                                                 "calibrated_success": 1.0}
     assert diag.main(["--split", "dev", "--out", str(tmp_path / "p.md"), "--run", f"x={run}", "--run", f"y={other}",
                       "--pair", "x,y"]) == 0
-    assert "| x | y | 1 | -1.00 | 0.000 |" in (tmp_path / "p.md").read_text()
+    assert "| x | y | 1 | -1.00 | 0.000 | 1.000 |" in (tmp_path / "p.md").read_text()

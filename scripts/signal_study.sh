@@ -12,6 +12,7 @@
 #   cross        INSPIRED only: ReDial's dialogues in the co-mention prior (train_retriever.cross_dataset)
 #   crosspairs   INSPIRED only: cross + ReDial's ordered dialogues as encoder pairs (the encoder is retrained)
 #   cross-people, crosspairs-people   INSPIRED only: the combinations with people
+#   lora         not a signal: the encoder trained as a rank-16 LoRA adapter (lr 5e-4), the form a bundle can ship
 # Then benchmarks/compare_runs.py writes OUT (default docs/results/signals_<ds>.md). VARIANTS picks a subset;
 # scripts/reproduce.sh runs it (part "retrieval signals", smoke: on configs/tiny.yaml).
 set -euo pipefail
@@ -24,7 +25,7 @@ OUT=${OUT:-docs/results/signals_$DS.md}
 BOOTSTRAP=${BOOTSTRAP:-1000}
 export CONFIG=configs/$DS.yaml
 if [ "$DS" = inspired ]; then VARIANTS=${VARIANTS:-content people cross crosspairs cross-people crosspairs-people}
-else VARIANTS=${VARIANTS:-content people}; fi
+else VARIANTS=${VARIANTS:-content people lora}; fi
 OFF=(train_retriever.people=false train_retriever.content=false train_retriever.cross_pairs=false)
 NOCROSS=(train_retriever.cross_dataset=null)  # (a variant that sets cross_dataset.* must not null it first)
 for stage in data catalog index distill train-retriever retrieve evaluate; do
@@ -43,6 +44,7 @@ for variant in $VARIANTS; do
   case $variant in
     content) OVERRIDES=("${NOCROSS[@]}" train_retriever.content=true) ;;
     people) OVERRIDES=("${NOCROSS[@]}" train_retriever.people=true) ;;
+    lora) OVERRIDES=("${NOCROSS[@]}" train_retriever.lora_rank=16 train_retriever.lr=5e-4) ;;
     cross) OVERRIDES=("${CROSS[@]}") ;;
     crosspairs) OVERRIDES=("${CROSS[@]}" train_retriever.cross_pairs=true) ;;
     cross-people) OVERRIDES=("${CROSS[@]}" train_retriever.people=true) ;;

@@ -504,7 +504,7 @@ class TrainRetrieverConfig:
     hard_negatives: Mined hard negatives per pair, sampled from the frozen encoder's top-50 (0: in-batch only).
     max_pairs: Training pairs used (0: all); a seeded sample, for quick runs.
     lora_rank: 0: fine-tune every weight of the encoder. > 0: train LoRA adapters of this rank instead
-        (`encoder.add_lora`; about 1 MB at 16 instead of a 90 MB encoder, so the tuned retriever can ship in the
+        (`encoder.add_lora`; 2.7 MB at 16 instead of a 90 MB encoder, so the tuned retriever can ship in the
         bundle); such adapters need a larger `lr` (e.g. 5e-4).
     distill_pairs: Also train on (teacher pseudo-query, card) pairs from `distill/train.jsonl` when it exists.
     save_every_steps: Checkpoint every N steps so a killed fine-tuning resumes (0: never).

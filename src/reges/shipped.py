@@ -13,7 +13,7 @@ right away. It is a minimal run directory (`src/reges/shipped/<name>/`) holding 
     SOURCES.md                          where the data came from and its licence
 
 Why a tuned retriever ships as an adapter: a fully fine-tuned encoder is a whole 90 MB model, a LoRA adapter of the
-bundled MiniLM about 1 MB (`train_retriever.lora_rank`); serving rebuilds the tuned encoder from the two
+bundled MiniLM 2.7 MB at rank 16 (`train_retriever.lora_rank`); serving rebuilds the tuned encoder from the two
 (`FusedRetriever.load`). `export_run` refuses a fully fine-tuned retriever and says how to train one that ships.
 """
 
@@ -107,7 +107,7 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
     if spec.get("encoder") == "encoder" and not spec.get("encoder_adapter"):
         raise ConfigError(
             f"{run_dir.path}/train-retriever uses a fully fine-tuned encoder (about 90 MB), too big to ship; redo "
-            "that stage with train_retriever.lora_rank=16 (a 1 MB adapter ships instead; lr about 5e-4) or with "
+            "that stage with train_retriever.lora_rank=16 (a 2.7 MB adapter ships instead; lr about 5e-4) or with "
             "train_retriever.finetune=false"
         )
     tmp = out.with_name(out.name + ".tmp")

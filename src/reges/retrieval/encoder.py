@@ -84,7 +84,7 @@ def _transformer(model: SentenceTransformer) -> tuple[torch.nn.Module, str]:
 def add_lora(model: SentenceTransformer, rank: int) -> None:
     """Wrap the encoder's transformer in LoRA adapters (peft), so that only they train.
 
-    Why: a fine-tuned MiniLM is a 90 MB folder, too big for the shipped bundle; its rank-16 adapter is about 1 MB
+    Why: a fine-tuned MiniLM is a 90 MB folder, too big for the shipped bundle; its rank-16 adapter is 2.7 MB
     and rebuilds the tuned encoder from the bundled base model (`load_encoder(..., adapter=...)`).
     """
     from peft import LoraConfig, get_peft_model

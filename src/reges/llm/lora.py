@@ -39,6 +39,7 @@ Layout of `out_dir` after `train_lora`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,7 +52,7 @@ import resource
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -914,6 +915,15 @@ def _train_lora(
     return result
 
 
+@contextlib.contextmanager
+def peft_quiet() -> Iterator[None]:
+    """Silence the FutureWarning peft 0.21 raises by reading transformers' deprecated `is_gradient_checkpointing`
+    (theirs, not ours) while a model is wrapped in or loaded with LoRA layers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def load_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
     """Attach a saved PEFT LoRA adapter to a base model, for inference.
 
@@ -936,10 +946,7 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
             "written by training"
         )
     try:
-        with warnings.catch_warnings():
-            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; the FutureWarning is theirs and
-            # would otherwise print twice on every `reges recommend` (one per expert)
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with peft_quiet():  # would otherwise print twice on every `reges recommend` (one per expert)
             peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ModelError(

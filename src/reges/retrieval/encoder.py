@@ -89,9 +89,12 @@ def add_lora(model: SentenceTransformer, rank: int) -> None:
     """
     from peft import LoraConfig, get_peft_model
 
+    from reges.llm.lora import peft_quiet
+
     module, attr = _transformer(model)
-    setattr(module, attr, get_peft_model(getattr(module, attr), LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS))))
+    with peft_quiet():
+        setattr(module, attr, get_peft_model(getattr(module, attr), LoraConfig(
+            r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS))))
 
 
 def save_and_merge_lora(model: SentenceTransformer, adapter_dir: Path) -> None:

@@ -94,6 +94,9 @@ def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int,
     table: dict[str, Any] = {}
     served = method == "retrieve" and all(
         (p / "retrieve" / f"{split}.trec").is_file() and (p / "data" / f"{split}.jsonl").is_file() for _, p in runs)
+    # each run's files are read once per protocol, not again for every run compared with the base
+    served_by_run = {(name, protocol): served_hits(path, split, shared, protocol)
+                     for name, path in runs for protocol in PROTOCOLS} if served else {}
     for name, _ in runs:
         table[name] = {}
         for protocol in PROTOCOLS:
@@ -104,8 +107,7 @@ def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int,
                 table[name][f"{protocol}/recall@{k}"] = {"mean": round(mean_b, 4), "diff": round(diff, 4),
                                                           "diff_ci": [round(low, 4), round(high, 4)]}
             if served:
-                a = served_hits(runs[0][1], split, shared, protocol)
-                b = served_hits(dict(runs)[name], split, shared, protocol)
+                a, b = served_by_run[(base_name, protocol)], served_by_run[(name, protocol)]
                 _, mean_b, diff, low, high = paired_bootstrap_diff(a, b, samples, seed)
                 table[name][f"{protocol}/served@1"] = {"mean": round(mean_b, 4), "diff": round(diff, 4),
                                                        "diff_ci": [round(low, 4), round(high, 4)]}

@@ -375,11 +375,10 @@ class FusedRetriever:
             # float32 for scoring; a shipped bundle stores them as float16 (reges.shipped)
             embeddings = np.load(index_dir / EMBEDDINGS_FILE, allow_pickle=False).astype(np.float32, copy=False)
         if needs_dense:
-            adapter = stage / str(spec.get("encoder_adapter") or "")
             if spec["encoder"] == ENCODER_DIR and not Path(name).is_dir() and spec.get("encoder_adapter"):
                 # a shipped bundle: the tuned encoder is the base model plus its LoRA adapter
                 encoder = SentenceEncoder(load_encoder(spec["base_encoder"], device, int(spec["max_seq_length"]),
-                                                       adapter=adapter))
+                                                       adapter=stage / spec["encoder_adapter"]))
             else:
                 encoder = SentenceEncoder(load_encoder(name, device, int(spec["max_seq_length"])))
         weights = {k: v for k, v in spec["weights"].items() if v is not None}

@@ -3,8 +3,9 @@
 #
 # Usage: scripts/reproduce.sh [readme|all|smoke]
 #   readme  every number of the README: both trained runs, the retrieval ablation, the Item Expert benchmarks, the
-#           random-negative and shipped variants, the end-to-end report, split sizes and stage times, per-turn
-#           latency and serving of the shipped variant. About 11 h on this 2-core CPU (estimates per part below).
+#           random-negative variants, the shipped bundle's check, the end-to-end report, split sizes and stage times,
+#           per-turn latency and serving of the shipped recommender. About 9.5 h on this 2-core CPU (estimates per
+#           part below).
 #   all     readme, then what the other docs/results pages quote: SFT and k = 10 variants, oracle fields,
 #           retrieval baselines and speed, the distillation study, encoder fine-tuning, LLM inference and LoRA
 #           training speed, catalog cleaning, serving and latency of the full runs. About 15 h in all.
@@ -132,11 +133,17 @@ random_negatives() {  # ~1.5 h ReDial, ~45 min INSPIRED: the Item Expert trained
   done
 }
 
-shipped_variant() {  # ~1.5 h: the shipped recommender's retriever (bundled frozen MiniLM in the fusion) on ReDial
-  # The Item Expert is retrained on this retriever's candidates (the stale-input check refuses one trained on the
-  # fine-tuned retriever's): the run scripts/ship_redial.sh builds, so `scripts/ship_redial.sh runs/redial
-  # runs/redial-ship-variant` ships this run without retraining anything.
-  variant_all "$FIRST" ship-variant "data catalog index distill train-query rewrite" train_retriever.finetune=false
+shipped_bundle() {  # ~10 min: shipped_<first>.md: the trained run exported as a bundle (what scripts/ship_redial.sh
+  # writes into src/reges/shipped/), retrieving dev with the bundle's files next to the run, paired
+  $PY - "$RUNS/$FIRST" "$RUNS/$FIRST-bundle" <<'PY'
+import sys
+from pathlib import Path
+from reges.io import RunDir
+from reges.shipped import export_run
+export_run(RunDir(sys.argv[1]), Path(sys.argv[2]), Path("scripts/shipped_sources.md").read_text())
+PY
+  CONFIG="${CONFIG[$FIRST]}" REGES=$REGES PY=$PY bash scripts/shipped_check.sh "$RUNS/$FIRST" "$RUNS/$FIRST-bundle" \
+    "$RUNS/$FIRST-bundle-check" "$RESULTS/shipped_$FIRST.md"
 }
 
 end_to_end_report() {  # ~1 min: the README's Results tables come from this page
@@ -145,7 +152,6 @@ end_to_end_report() {  # ~1 min: the README's Results tables come from this page
     runs+=("$d=$RUNS/$d")
     variants+=("$d:random negatives=$RUNS/$d-random")
   done
-  variants+=("$FIRST:shipped (frozen MiniLM)=$RUNS/$FIRST-ship-variant")
   if [ "$MODE" != readme ]; then
     variants+=("$LAST:SFT=$RUNS/$LAST-sft" "$FIRST:k = 10=$RUNS/$FIRST-k10"
       "$FIRST:SFT, constrained=$RUNS/$FIRST-sft-constrained")
@@ -160,8 +166,9 @@ run_summary() {  # seconds: the README's split table and end-to-end stage time
   $PY benchmarks/run_summary.py --runs "${runs[@]}" --out "$RESULTS/run_summary.md"
 }
 
-shipped_latency() {  # ~15 min: per-turn latency and serving of the shipped variant, with and without the Item Expert
-  local s=$RUNS/$FIRST-ship-variant
+shipped_latency() {  # ~15 min: per-turn latency and serving of the shipped recommender (the trained run), with and
+  # without the Item Expert
+  local s=$RUNS/$FIRST
   $PY benchmarks/turn_latency.py --run-dir "$s" --split dev --turns "$TURNS" --threads 2 \
     --out "$RESULTS/turn_latency_shipped.md"
   $PY benchmarks/turn_latency.py --run-dir "$s" --split dev --turns "$TURNS" --threads 2 \
@@ -238,11 +245,11 @@ cross_dataset() {  # ~15 min: cross_dataset.md (INSPIRED with and without ReDial
     --bootstrap "$BOOTSTRAP" --out "$RESULTS/cross_dataset_$LAST.md"
 }
 
-retrieval_signals() {  # ~2.5 h: signals_<dataset>.md (people, content, cross-dataset pairs, each next to a base run)
+retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-dataset and lossy pairs, each next to a base)
   for d in "${DATASETS[@]}"; do
     local base="$RUNS/$d-signals"   # ReDial: built by the study (no Query Expert); INSPIRED: cross_dataset's run
     [ "$d" = "$LAST" ] && base="$RUNS/$LAST-nocross"
-    OUT="$RESULTS/signals_$d.md" BOOTSTRAP=$BOOTSTRAP REGES=$REGES PY=$PY bash scripts/signal_study.sh "$d" "$base"
+    OUT="$RESULTS/signals_$d.md" OUT_LOSSY="$RESULTS/signals_${d}_lossy.md" BOOTSTRAP=$BOOTSTRAP REGES=$REGES PY=$PY bash scripts/signal_study.sh "$d" "$base"
   done
 }
 
@@ -275,7 +282,7 @@ part "trained runs" "ReDial ~3 h + INSPIRED ~1 h on 2 cores" trained_runs
 part "retrieval ablation" "~20 min" retrieval_ablation
 part "Item Expert benchmarks" "~3 h" item_expert_benchmarks
 part "random-negative variants" "~2.3 h" random_negatives
-part "shipped variant" "~1.5 h" shipped_variant
+part "shipped bundle" "~10 min" shipped_bundle
 if [ "$MODE" != readme ]; then
   # before the report, which reads these variant runs
   part "Item Expert variants" "~2.5 h" item_expert_variants

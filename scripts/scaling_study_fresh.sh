@@ -21,7 +21,8 @@ REGES=${REGES:-.venv/bin/reges}
 CONFIG=configs/$DS.yaml
 # The retriever these runs were measured with: configs/inspired.yaml before people named and ReDial's co-mentions
 # became its default (2026-12-06, docs/results/signals.md); harmless for ReDial.
-AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null)
+AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null train_retriever.lora_rank=0
+             train_retriever.lr=5e-5)
 COMMON=(mine.exclude_named=true generate.mode=rank generate.use_adapter=false generate.max_examples=$N
         generate.top_k=$K run.threads=1 "${AS_MEASURED[@]}")
 QWEN=(item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4)

@@ -25,7 +25,8 @@ MAX_TRAIN=$N_TRAIN; [ "$N_TRAIN" != all ] || MAX_TRAIN=0
 [ "$GEN_EXAMPLES" = 120 ] || RUN=$RUN-gen$GEN_EXAMPLES
 # The retriever these runs were measured with: configs/inspired.yaml before people named and ReDial's co-mentions
 # became its default (2026-12-06, docs/results/signals.md); harmless for ReDial.
-AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null)
+AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null train_retriever.lora_rank=0
+             train_retriever.lr=5e-5)
 OVERRIDES=(mine.exclude_named=true generate.mode=rank generate.max_examples=$GEN_EXAMPLES run.threads=1
            item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4
            train_item.objective=$OBJECTIVE train_item.max_examples=$MAX_TRAIN train_item.batch_size=1

@@ -12,7 +12,8 @@ SFT=${2:?usage: scaling_study_fulldev.sh UNTUNED-RUN SFT-RUN}
 REGES=${REGES:-.venv/bin/reges}
 # The retriever these runs were measured with: configs/inspired.yaml before people named and ReDial's co-mentions
 # became its default (2026-12-06, docs/results/signals.md); harmless for ReDial.
-AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null)
+AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null train_retriever.lora_rank=0
+             train_retriever.lr=5e-5)
 COMMON=(mine.exclude_named=true generate.mode=rank generate.max_examples=0 generate.fusion_alpha=1.0 run.threads=1
         item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4 "${AS_MEASURED[@]}")
 TRAIN=(train_item.objective=sft train_item.max_examples=160 train_item.batch_size=1 train_item.grad_accum=8

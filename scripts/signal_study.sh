@@ -13,6 +13,10 @@
 #   crosspairs   INSPIRED only: cross + ReDial's ordered dialogues as encoder pairs (the encoder is retrained)
 #   cross-people, crosspairs-people   INSPIRED only: the combinations with people
 #   lora         not a signal: the encoder trained as a rank-16 LoRA adapter (lr 5e-4), the form a bundle can ship
+#   lossy        ReDial only: lora + 8,000 order-free encoder pairs from the lossy file (train_retriever.lossy_pairs);
+#                also compared with lora itself (OUT_LOSSY, default docs/results/signals_redial_lossy.md)
+# The base and the signal variants fine-tune every encoder weight (FULL: as measured, before configs/redial.yaml
+# switched to LoRA).
 # Then benchmarks/compare_runs.py writes OUT (default docs/results/signals_<ds>.md). VARIANTS picks a subset;
 # scripts/reproduce.sh runs it (part "retrieval signals", smoke: on configs/tiny.yaml).
 set -euo pipefail
@@ -25,8 +29,11 @@ OUT=${OUT:-docs/results/signals_$DS.md}
 BOOTSTRAP=${BOOTSTRAP:-1000}
 export CONFIG=configs/$DS.yaml
 if [ "$DS" = inspired ]; then VARIANTS=${VARIANTS:-content people cross crosspairs cross-people crosspairs-people}
+elif [ "$DS" = redial ]; then VARIANTS=${VARIANTS:-content people lora lossy}
 else VARIANTS=${VARIANTS:-content people lora}; fi
-OFF=(train_retriever.people=false train_retriever.content=false train_retriever.cross_pairs=false)
+FULL=(train_retriever.lora_rank=0 train_retriever.lr=5e-5)
+OFF=(train_retriever.people=false train_retriever.content=false train_retriever.cross_pairs=false
+     train_retriever.lossy_pairs=0 "${FULL[@]}")
 NOCROSS=(train_retriever.cross_dataset=null)  # (a variant that sets cross_dataset.* must not null it first)
 for stage in data catalog index distill train-retriever retrieve evaluate; do
   if [ ! -f "$BASE/$stage/manifest.json" ]; then
@@ -45,6 +52,8 @@ for variant in $VARIANTS; do
     content) OVERRIDES=("${NOCROSS[@]}" train_retriever.content=true) ;;
     people) OVERRIDES=("${NOCROSS[@]}" train_retriever.people=true) ;;
     lora) OVERRIDES=("${NOCROSS[@]}" train_retriever.lora_rank=16 train_retriever.lr=5e-4) ;;
+    lossy) OVERRIDES=("${NOCROSS[@]}" train_retriever.lora_rank=16 train_retriever.lr=5e-4
+                      train_retriever.lossy_pairs=8000) ;;
     cross) OVERRIDES=("${CROSS[@]}") ;;
     crosspairs) OVERRIDES=("${CROSS[@]}" train_retriever.cross_pairs=true) ;;
     cross-people) OVERRIDES=("${CROSS[@]}" train_retriever.people=true) ;;
@@ -55,3 +64,7 @@ for variant in $VARIANTS; do
   RUNS+=("$variant=$BASE-$variant")
 done
 "$PY" benchmarks/compare_runs.py --split dev --runs "${RUNS[@]}" --bootstrap "$BOOTSTRAP" --out "$OUT"
+if [[ " $VARIANTS " == *" lora "* && " $VARIANTS " == *" lossy "* ]]; then
+  "$PY" benchmarks/compare_runs.py --split dev --runs "lora=$BASE-lora" "lossy=$BASE-lossy" --bootstrap "$BOOTSTRAP" \
+    --out "${OUT_LOSSY:-docs/results/signals_${DS}_lossy.md}"
+fi

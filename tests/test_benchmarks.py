@@ -557,10 +557,15 @@ def test_reproduce_smoke(tiny_run, tmp_path):
                  "serving_trained.json", "serving_trained_fast.json", "retrieval_baselines.md", "retrieval_speed.md",
                  "retrieval_speed_synthetic.json", "distill_stats_tiny.json", "encoder_finetune.json",
                  "llm_training_run.md", "llm_inference.md", "catalog_cleaning_counts.json", "serving.json",
-                 "serving_mixed.json", "turn_latency_tiny_full.json"):
+                 "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json"):
         assert (results / name).is_file(), name
+    # the exported bundle retrieves what its run retrieves (float16 embeddings, the encoder rebuilt from its adapter)
+    shipped = json.loads((results / "shipped_tiny.json").read_text())
+    assert (tmp_path / "runs" / "tiny-bundle" / "train-retriever" / "encoder_adapter").is_dir()
+    assert not (tmp_path / "runs" / "tiny-bundle" / "train-retriever" / "encoder").exists()
+    assert shipped["baseline"] == "run" and set(shipped["table"]) == {"run", "bundle"}, shipped
     rows = json.loads((results / "end_to_end.json").read_text())["datasets"]["tiny"]["rows"]
     sources = " ".join(r["source"] for r in rows)
-    for label in ("random negatives", "shipped (frozen MiniLM)", "SFT", "k = 10", "SFT, constrained"):
+    for label in ("random negatives", "SFT", "k = 10", "SFT, constrained"):
         assert f"of the {label} run" in sources, label
     assert "teacher_query" in {r["method"] for r in rows}  # from the teacher run dir on dev

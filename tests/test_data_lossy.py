@@ -21,7 +21,9 @@ from reges.data.lossy import (
     MISSING_TITLE,
     load_lossy,
     lossy_dialogues,
+    lossy_examples,
     match_dialogues,
+    seeker_turn,
 )
 from reges.data.redial import load_redial
 from reges.errors import DataError
@@ -259,3 +261,54 @@ def test_real_file_keeps_the_mention_sets_and_drops_tune_and_dev(shared_data: Pa
 
     held = {speaker_texts(d) for d in dialogues}
     assert not [d.dialogue_id for d in out if speaker_texts(d) in held]
+
+
+def _sides(d: Dialogue) -> Dialogue:
+    """A true-order dialogue as the lossy file stores it: the recommender's messages as one turn, then the seeker's
+    (roles are what `seeker_turn` must find, so both turns get the first speaker's label)."""
+    return Dialogue(d.dialogue_id, [Turn(FIRST_SPEAKER_ROLE, " ".join(t.content for t in d.turns if t.role == role),
+                                         [i for t in d.turns if t.role == role for i in t.item_ids])
+                                    for role in ("assistant", "user")])
+
+
+def test_the_seeker_is_told_by_cues_then_by_who_names_more_films() -> None:
+    recommender = Turn("assistant", "You might like Heat (1995). Have you seen Ronin (1998)?", ["1", "2"])
+    seeker = Turn("assistant", "I'm looking for a heist movie. I love The Town (2010)", ["3"])
+    assert seeker_turn(Dialogue("d", [recommender, seeker])) == 1
+    assert seeker_turn(Dialogue("d", [seeker, recommender])) == 0
+    plain = [Turn("assistant", "hello", ["1", "2"]), Turn("assistant", "hi", ["1"])]  # no cue: more films: recommender
+    assert seeker_turn(Dialogue("d", plain)) == 1
+    tie = [Turn("assistant", "hello", ["1"]), Turn("assistant", "hi", ["2"])]  # nothing tells
+    assert seeker_turn(Dialogue("d", tie)) is None
+    assert seeker_turn(Dialogue("d", [seeker])) is None
+
+    examples, counts = lossy_examples([Dialogue("lossy-00001", [recommender, seeker]),
+                                       Dialogue("lossy-00002", tie),
+                                       Dialogue("lossy-00003", [Turn("assistant", "I love Heat (1995)", ["1"]),
+                                                                Turn("assistant", "Heat (1995) is great", ["1"])])],
+                                      max_chars=30)
+    assert counts == {"dialogues": 3, "undecided": 1, "no_new_film": 1, "examples": 1}
+    (ex,) = examples
+    assert (ex.example_id, ex.target_item_ids, ex.target_mentioned) == ("lossy-00001_0", ["1", "2"], [False, False])
+    assert [(t.role, t.content, t.item_ids) for t in ex.context] == [("user", "I'm looking for a heist", ["3"])]
+
+
+def test_the_seeker_rule_on_the_fixture_dialogues(kgsf: list[Dialogue], ievalm: list[Dialogue]) -> None:
+    """On the 14 true-order fixture dialogues, each stored recommender-first as the lossy file might."""
+    found = [seeker_turn(_sides(d)) for d in kgsf + ievalm]
+    assert found.count(1) >= 12 and found.count(0) <= 1, found
+
+
+def test_the_seeker_rule_on_the_real_train_dialogues(shared_data: Path) -> None:
+    """The numbers `reges.data.lossy` quotes: on the 1,361 clean train dialogues (configs/redial.yaml's split) the
+    rule finds the seeker in 1,259 (92.5 %), the recommender in 81, neither in 21."""
+    from reges.data.examples import combine_files, split_dev, split_tune
+    from reges.data.redial import read_movie_names
+
+    redial = shared_data / "redial"
+    names = read_movie_names(redial / "Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv")
+    dialogues, _ = combine_files([load_redial(redial / "Lancelot39__KGSF/data/valid_data.jsonl", names),
+                                  load_redial(redial / "txy77__iEvaLM-CRS/data/redial/valid_data.jsonl", names)])
+    train, _ = split_tune(split_dev(dialogues, 0.16)[0], 0.1)
+    found = [seeker_turn(_sides(d)) for d in train]
+    assert (len(found), found.count(1), found.count(0), found.count(None)) == (1_361, 1_259, 81, 21)

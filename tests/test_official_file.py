@@ -50,6 +50,7 @@ def _tiny_overrides(models: Path) -> list[str]:
         "run.show_progress=false",
         "run.threads=1",
         f"index.encoder={models / 'encoder'}",
+        "train_retriever.lora_rank=0",  # the random tiny encoder is a static embedding: no layers for LoRA adapters
         f"llm.model={models / 'llm'}",
         "llm.device=cpu",
         "llm.dtype=float32",

@@ -20,7 +20,7 @@ from reges.config import (
     RunConfig,
     TrainRetrieverConfig,
 )
-from reges.errors import DataError, StageNotReadyError
+from reges.errors import ConfigError, DataError, StageNotReadyError
 from reges.io import RunDir, now_iso, read_json, read_trec, write_json, write_jsonl
 from reges.records import Dialogue, Item, RecExample, Turn
 from reges.retrieval import index as index_stage
@@ -307,9 +307,25 @@ def test_cross_pairs_train_the_encoder_on_another_datasets_dialogues(tmp_path: P
     train_stage.run(dataclasses.replace(cfg, train_retriever=tc, run=dataclasses.replace(cfg.run, overwrite=True)),
                     run_dir)
     record = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")["finetune"]
-    assert record["pairs_by_source"] == {"dialogue": 5, "distill": 0, "cross": 3}  # retrained, not reused
+    assert record["pairs_by_source"] == {"dialogue": 5, "distill": 0, "cross": 3, "lossy": 0}  # retrained, not reused
     assert record["cross_examples"]["examples_kept"] == 3 and record["cross_examples"]["targets_matched"] == 3
     assert record["steps"] == 2 * 4  # 8 pairs in batches of 2, two epochs
+
+
+def test_lossy_pairs_train_the_encoder_on_order_free_pairs(tmp_path: Path) -> None:
+    """train_retriever.lossy_pairs: a seeded sample of the lossy dialogues' (seeker, recommended film) pairs joins the
+    encoder's pairs; without data/lossy_dialogues.jsonl the stage says how to get it."""
+    run_dir, cfg = _run_dir(tmp_path)
+    tc = dataclasses.replace(cfg.train_retriever, lossy_pairs=1)  # the fixture's lossy dialogue gives 2 pairs
+    train_stage.run(dataclasses.replace(cfg, train_retriever=tc), run_dir)
+    record = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")["finetune"]
+    assert record["pairs_by_source"] == {"dialogue": 5, "distill": 0, "cross": 0, "lossy": 1}
+    assert "data/lossy_dialogues" in run_dir.manifest("train-retriever")["inputs"]
+    (run_dir.stage_dir("data") / "lossy_dialogues.jsonl").unlink()
+    again = dataclasses.replace(cfg, train_retriever=dataclasses.replace(tc, lossy_pairs=5),
+                                run=dataclasses.replace(cfg.run, overwrite=True))
+    with pytest.raises(ConfigError, match="lossy_pairs=5 needs .*lossy_dialogues.jsonl.*data.lossy_file"):
+        train_stage.run(again, run_dir)
 
 
 def test_content_and_people_features_are_tuned_and_retrieve_loads_them(tmp_path: Path) -> None:

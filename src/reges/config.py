@@ -528,6 +528,9 @@ class TrainRetrieverConfig:
     cross_pairs: Also fine-tune the encoder on the cross_dataset's ordered train dialogues: (their context, the card
         of the film they recommend, matched by title) pairs (`reges.data.cross.cross_examples`). Needs
         cross_dataset and finetune.
+    lossy_pairs: Also fine-tune the encoder on at most this many order-free pairs from `data/lossy_dialogues.jsonl`
+        (a seeded sample; 0: none): the seeker's messages -> each film only the recommender names
+        (`reges.data.lossy.lossy_examples`). Needs finetune and `data.lossy_file`.
     query_feature: Tune a second weight set with the Query Expert's query (when `rewrite/tune.jsonl` exists).
     popularity: Use log(1 + mention count) as a fusion feature.
     mentioned: Use "already mentioned in the context" as a fusion feature.
@@ -557,6 +560,7 @@ class TrainRetrieverConfig:
     use_lossy: bool = True
     cross_dataset: CrossDatasetConfig | None = None
     cross_pairs: bool = False
+    lossy_pairs: int = 0
     query_feature: bool = True
     popularity: bool = True
     mentioned: bool = True
@@ -572,6 +576,7 @@ class TrainRetrieverConfig:
         _at_least(self, where, 0, ("hard_negatives",), "0 = in-batch negatives only")
         _at_least(self, where, 0, ("max_pairs",), "0 = all")
         _at_least(self, where, 0, ("lora_rank",), "0 = full fine-tuning")
+        _at_least(self, where, 0, ("lossy_pairs",), "0 = none")
         _at_least(self, where, 0, ("save_every_steps",), "0 = never")
         _at_least(self, where, 0, ("chunk_size",), "0 = whole batches")
         _require(self.lr > 0, f"{where}.lr", "> 0", self.lr, f"set {where}.lr, e.g. 5e-5")
@@ -583,6 +588,9 @@ class TrainRetrieverConfig:
                               f"cross_dataset is {'null' if self.cross_dataset is None else 'set'} and finetune is "
                               f"{str(self.finetune).lower()}; set both (cross_dataset: the other dataset's files, "
                               f"finetune: true), or set {where}.cross_pairs=false")
+        if self.lossy_pairs and not self.finetune:
+            raise ConfigError(f"{where}.lossy_pairs={self.lossy_pairs} trains the encoder, but {where}.finetune is "
+                              f"false; set {where}.finetune=true or {where}.lossy_pairs=0")
 
 
 # --- Item Generation Expert: mine -> train-item -> generate ---------------------------------------------------------
@@ -793,6 +801,12 @@ def check_pipeline(cfg: PipelineConfig) -> None:
                 f"{key} has {missing[0]!r} but retrieve.splits={rc.splits} does not, so retrieve/{missing[0]}.trec "
                 f"will not exist; add {missing[0]!r} to retrieve.splits"
             )
+    if cfg.train_retriever.lossy_pairs and not cfg.data.lossy_file:
+        raise ConfigError(
+            f"train_retriever.lossy_pairs={cfg.train_retriever.lossy_pairs} trains on the lossy ReDial file's "
+            "dialogues, but data.lossy_file is empty; set data.lossy_file to precessed.json.zip (ReDial only) or "
+            "train_retriever.lossy_pairs=0"
+        )
     depth = max(cfg.evaluate.cutoffs)
     if depth > rc.top_k:
         raise ConfigError(

@@ -6,11 +6,13 @@ all 10,006 train dialogues as {context, questions, answers}, with the interleavi
 (`context` holds only the "liked" form labels). All 1,813 train dialogues whose order is known (KGSF valid, iEvaLM
 valid) are in the file with the same text and the same `@id` mentions.
 
-Its only consumer is the co-mention prior (`reges.retrieval.comention`), which reduces each dialogue to the SET of
-items it mentions, and the catalog statistics built from the same sets. So this module only
+Its consumers: the co-mention prior (`reges.retrieval.comention`) and the catalog statistics, which reduce each
+dialogue to the SET of items it mentions, and the encoder's order-free training pairs (`lossy_examples`, switched
+on by `train_retriever.lossy_pairs`): what the seeker wrote -> the films the recommender named. So this module
 1. finds the file's copies of the held-out dialogues (tune, dev, test) and drops them, so nothing of them leaks
    into train-time statistics, and of the train dialogues (`known`), which the caller already has;
-2. returns every other entry as a `Dialogue` whose mention set is exact.
+2. returns every other entry as a `Dialogue` whose mention set is exact;
+3. tells the seeker's side of a returned dialogue by a phrase rule (`seeker_turn`) for the training pairs.
 
 The returned dialogues do not restore turn order or roles: each has at most two turns, the first speaker's
 messages (labelled "assistant": the recommender opens 62.7 % of the known dialogues) and then the other's. Read
@@ -35,7 +37,7 @@ from typing import Any
 
 from reges.data import merge_turns
 from reges.errors import DataError
-from reges.records import Dialogue, Role
+from reges.records import Dialogue, RecExample, Role, Turn
 from reges.titles import normalize_title
 
 logger = logging.getLogger(__name__)
@@ -263,3 +265,85 @@ def lossy_dialogues(path: Path, exclude: Sequence[Dialogue], movie_names: Mappin
     logger.info("lossy file: %d dialogues kept (%d excluded, %d known)", len(dialogues), len(excluded),
                 len(set(matched) - set(excluded)))
     return dialogues
+
+
+# --- Order-free training examples (`train_retriever.lossy_pairs`) ---------------------------------------------------
+
+# Phrases of a seeker ("I'm looking for", "I love") and of a recommender ("you might like", "have you seen"). Which
+# speaker of a lossy dialogue is the seeker is not stored; the phrase counts (then, when they tie, who names more
+# films of their own: the recommender) give the seeker right in 92.5 % of the 1,361 clean train dialogues, wrong in
+# 6.0 %, undecided in 1.5 % (measured on their true roles; `seeker_turn`, tests/test_lossy.py).
+_SEEKER_CUES = re.compile(
+    r"\b(?:i'?m looking|i am looking|looking for|i like|i love|i enjoy|i really like|can you recommend|"
+    r"could you recommend|any suggestions|recommend me|what do you (?:recommend|suggest)|i'?ve seen|i have seen|"
+    r"i haven'?t seen|i have not seen|i'?ll check|i will check|i'?ll watch|i will watch|sounds good|i'?m into|"
+    r"my favorite)\b", re.IGNORECASE)
+_RECOMMENDER_CUES = re.compile(
+    r"\b(?:you might like|you may like|you would like|you'?d like|have you seen|did you see|have you watched|"
+    r"i recommend|i would recommend|i'?d recommend|i suggest|you should (?:watch|see|check)|what kind of|"
+    r"what type of|what genre|what sort of|how about|what about|do you like)\b", re.IGNORECASE)
+
+
+def _seeker_cues(text: str) -> int:
+    return len(_SEEKER_CUES.findall(text)) - len(_RECOMMENDER_CUES.findall(text))
+
+
+def seeker_turn(dialogue: Dialogue) -> int | None:
+    """Which of a lossy dialogue's two turns (one per speaker) is the seeker's, or None when nothing tells.
+
+    Why a rule and not a model: it is right for 92.5 % of the clean train dialogues (see `_SEEKER_CUES`), enough for
+    training pairs, where a wrong side costs one noisy pair, and it needs no training data of its own.
+
+    Returns:
+        0 or 1; None for a dialogue without two turns or where the cues and the named films both tie.
+    """
+    if len(dialogue.turns) != 2:
+        return None
+    a, b = dialogue.turns
+    margin = _seeker_cues(a.content) - _seeker_cues(b.content)
+    if margin:
+        return 0 if margin > 0 else 1
+    own_a, own_b = len(set(a.item_ids) - set(b.item_ids)), len(set(b.item_ids) - set(a.item_ids))
+    if own_a != own_b:  # the recommender names more films of their own
+        return 0 if own_a < own_b else 1
+    return None
+
+
+def _head(text: str, max_chars: int) -> str:
+    """The first `max_chars` characters of `text`, cut at a word boundary."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    return cut[: cut.rfind(" ")] if " " in cut else cut
+
+
+def lossy_examples(dialogues: Sequence[Dialogue], max_chars: int) -> tuple[list[RecExample], dict[str, int]]:
+    """Order-free recommendation examples from lossy dialogues: what the seeker wrote -> what the recommender named.
+
+    The turn order is lost, so no example can stop at the turn before a recommendation as `data` does for ordered
+    dialogues. What is left is still a (preferences, recommendations) pair: the context is the seeker's messages
+    (their beginning, where the wishes are stated, up to `max_chars`) and the targets are the films only the
+    recommender names (those the seeker named too are context, not recommendations). Dialogues whose seeker
+    `seeker_turn` cannot tell, or whose recommender names nothing new, give no example.
+
+    Returns:
+        (examples, counts: dialogues, undecided, without a new film, examples).
+    """
+    out: list[RecExample] = []
+    undecided = empty = 0
+    for d in dialogues:
+        side = seeker_turn(d)
+        if side is None:
+            undecided += 1
+            continue
+        seeker, recommender = d.turns[side], d.turns[1 - side]
+        targets = [i for i in dict.fromkeys(recommender.item_ids) if i not in set(seeker.item_ids)]
+        if not targets:
+            empty += 1
+            continue
+        context = [Turn("user", _head(seeker.content, max_chars), list(seeker.item_ids))]
+        out.append(RecExample(example_id=f"{d.dialogue_id}_0", dialogue_id=d.dialogue_id, context=context,
+                              target_item_ids=targets, target_mentioned=[False] * len(targets)))
+    counts = {"dialogues": len(dialogues), "undecided": undecided, "no_new_film": empty, "examples": len(out)}
+    logger.info("lossy examples: %s", counts)
+    return out, counts

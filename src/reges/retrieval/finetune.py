@@ -74,7 +74,8 @@ class Pair:
         anchor: The dialogue context (or pseudo-query) text.
         positive_id: The true item.
         excluded_ids: Items that must not serve as negatives for this anchor (false negatives).
-        source: "dialogue", "distill" or "cross" (another dataset's dialogue).
+        source: "dialogue", "distill", "cross" (another dataset's dialogue) or "lossy" (an order-free pair from
+            ReDial's lossy file: `reges.data.lossy.lossy_examples`).
     """
 
     anchor: str

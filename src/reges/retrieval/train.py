@@ -6,7 +6,8 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
    popularity feature reads them too; `comention` decides whether the prior is a feature).
 2. When `finetune`: contrastive fine-tuning of the index encoder (`finetune.py`) on (dialogue, true card) pairs
    of `data/train.jsonl` (and (teacher query, card) pairs of `distill/train.jsonl` when present, and the other
-   dataset's (dialogue, card) pairs when `cross_pairs`), then the catalog re-embedded with it. Without `finetune`
+   dataset's (dialogue, card) pairs when `cross_pairs`, and order-free pairs of the lossy ReDial dialogues when
+   `lossy_pairs`), then the catalog re-embedded with it. Without `finetune`
    the frozen index is copied, so `index/` always matches the encoder.
 3. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
    with it when `rewrite/tune.jsonl` exists and `query_feature` is on.
@@ -47,6 +48,7 @@ import numpy as np
 from reges.catalog import read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
 from reges.data.cross import cross_examples, cross_title_sets, match_title_sets
+from reges.data.lossy import lossy_examples
 from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_json, write_json
@@ -81,7 +83,7 @@ FINETUNE_RECORD = "finetune.json"
 
 
 def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path,
-                          distill_path: Path | None) -> str:
+                          distill_path: Path | None, lossy_path: Path) -> str:
     """What a finished encoder depends on; a checkpointed encoder is reused only when this matches."""
     from reges.io import file_sha256
 
@@ -95,6 +97,8 @@ def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, tra
     if tc.cross_pairs and tc.cross_dataset is not None:
         spec["cross_pairs"] = {**dataclasses.asdict(tc.cross_dataset),
                                "sha256": [file_sha256(Path(p)) for p in tc.cross_dataset.files]}
+    if tc.lossy_pairs:
+        spec["lossy_pairs"] = {"max": tc.lossy_pairs, "sha256": file_sha256(lossy_path)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,7 +122,17 @@ def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item],
     if tc.cross_pairs and tc.cross_dataset is not None:
         examples, cross_stats = cross_examples(tc.cross_dataset, items.values())
         pairs += build_pairs(examples, items, tc.query, tc.max_query_chars, source="cross")
+    if tc.lossy_pairs:
+        pairs += sample_rows(lossy_pairs(run_dir, items, tc), tc.lossy_pairs, cfg.run.seed,
+                             "train_retriever.lossy_pairs")
     return sample_rows(pairs, tc.max_pairs, cfg.run.seed, "train_retriever.max_pairs"), cross_stats
+
+
+def lossy_pairs(run_dir: RunDir, items: dict[str, Item], tc: TrainRetrieverConfig) -> list[Pair]:
+    """Every order-free pair of `data/lossy_dialogues.jsonl` (`reges.data.lossy.lossy_examples`), source "lossy"."""
+    examples, _ = lossy_examples(read_dialogues(run_dir.stage_dir("data") / "lossy_dialogues.jsonl"),
+                                 tc.max_query_chars)
+    return build_pairs(examples, items, "full", tc.max_query_chars, source="lossy")
 
 
 def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: ItemIndex, items: dict[str, Item],
@@ -132,7 +146,8 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
     train_path = run_dir.stage_dir("data") / "train.jsonl"
     ckpt = out / "checkpoints"
     done = ckpt / ENCODER_DIR
-    fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, train_path, distill_path)
+    fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, train_path, distill_path,
+                                        run_dir.stage_dir("data") / "lossy_dialogues.jsonl")
     if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
         logger.info("reusing the fine-tuned encoder in %s", done)
     else:
@@ -141,8 +156,9 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
         if tc.lora_rank:
             add_lora(model, tc.lora_rank)
         pairs, cross_stats = training_pairs(cfg, run_dir, items, distill_path)
-        logger.info("fine-tuning on %d pairs (%d from distill, %d from cross_dataset)", len(pairs),
-                    sum(p.source == "distill" for p in pairs), sum(p.source == "cross" for p in pairs))
+        logger.info("fine-tuning on %d pairs (%d from distill, %d from cross_dataset, %d from the lossy file)",
+                    len(pairs), sum(p.source == "distill" for p in pairs), sum(p.source == "cross" for p in pairs),
+                    sum(p.source == "lossy" for p in pairs))
         embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)  # (n, dim) frozen
         t0 = time.perf_counter()
         # rank 0 mines, the other ranks take its negatives: every rank must train on the same data
@@ -161,7 +177,8 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
             save_and_merge_lora(model, tmp / ADAPTER_DIR)
         model.save(str(tmp))
         record = {"fingerprint": fingerprint, "mine_s": round(mine_s, 2), "distill_pairs": distill_path is not None,
-                  "pairs_by_source": {s: sum(p.source == s for p in pairs) for s in ("dialogue", "distill", "cross")},
+                  "pairs_by_source": {s: sum(p.source == s for p in pairs)
+                                      for s in ("dialogue", "distill", "cross", "lossy")},
                   "cross_examples": cross_stats,
                   **dataclasses.asdict(result)}
         write_json(tmp / FINETUNE_RECORD, record)
@@ -223,6 +240,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             raise DataError(f"{path} not found; train-retriever needs it: {fix}")
     lossy_path = data_dir / "lossy_dialogues.jsonl"
     use_lossy = tc.use_lossy and lossy_path.is_file()
+    if tc.lossy_pairs and not lossy_path.is_file():
+        raise ConfigError(f"train_retriever.lossy_pairs={tc.lossy_pairs} needs {lossy_path}, which the data stage "
+                          "writes when data.lossy_file is set; set it and rerun `reges data`, or set "
+                          "train_retriever.lossy_pairs=0")
     rewrite_path = run_dir.stage_dir("rewrite") / "tune.jsonl"
     use_query = tc.query_feature and run_dir.is_complete("rewrite") and rewrite_path.is_file()
     distill_path = distill_pairs_file(cfg, run_dir)
@@ -306,7 +327,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
 
     inputs = {f"data/{name}": path for name, path in paths.items()}
     inputs.update({"catalog": catalog_path, "index": index_dir / "index.faiss"})
-    if use_lossy:
+    if use_lossy or tc.lossy_pairs:
         inputs["data/lossy_dialogues"] = lossy_path
     if tc.cross_dataset is not None:
         for path in [*tc.cross_dataset.files, tc.cross_dataset.movie_names_file, tc.cross_dataset.lossy_file]:

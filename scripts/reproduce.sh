@@ -249,7 +249,13 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
   for d in "${DATASETS[@]}"; do
     local base="$RUNS/$d-signals"   # ReDial: built by the study (no Query Expert); INSPIRED: cross_dataset's run
     [ "$d" = "$LAST" ] && base="$RUNS/$LAST-nocross"
-    OUT="$RESULTS/signals_$d.md" OUT_LOSSY="$RESULTS/signals_${d}_lossy.md" BOOTSTRAP=$BOOTSTRAP REGES=$REGES PY=$PY bash scripts/signal_study.sh "$d" "$base"
+    OUT="$RESULTS/signals_$d.md" OUT_LOSSY="$RESULTS/signals_${d}_lossy.md" BOOTSTRAP=$BOOTSTRAP REGES=$REGES PY=$PY \
+      bash scripts/signal_study.sh "$d" "$base"
+    # two co-mention variants as extra features of the people variant (no new run: minutes)
+    if [ "$d" = "$FIRST" ]; then
+      $PY benchmarks/comention_variants.py --run-dir "$base-people" --bootstrap "$BOOTSTRAP" \
+        --out "$RESULTS/comention_variants_$d.md"
+    fi
   done
 }
 

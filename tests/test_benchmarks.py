@@ -557,7 +557,8 @@ def test_reproduce_smoke(tiny_run, tmp_path):
                  "serving_trained.json", "serving_trained_fast.json", "retrieval_baselines.md", "retrieval_speed.md",
                  "retrieval_speed_synthetic.json", "distill_stats_tiny.json", "encoder_finetune.json",
                  "llm_training_run.md", "llm_inference.md", "catalog_cleaning_counts.json", "serving.json",
-                 "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json"):
+                 "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json",
+                 "comention_variants_tiny.json"):
         assert (results / name).is_file(), name
     # the exported bundle retrieves what its run retrieves (float16 embeddings, the encoder rebuilt from its adapter)
     shipped = json.loads((results / "shipped_tiny.json").read_text())

@@ -611,7 +611,7 @@ class GroundedTeacher:
                 if item is None:
                     continue
                 if turn.role == "user":
-                    if _disliked_in(turn.content, item):
+                    if disliked_in(turn.content, item):
                         disliked.add(item_id)
                 elif i + 1 < len(context) and context[i + 1].role == "user":
                     # The user's answer to a suggestion: a dislike in its first clause rejects the suggestion.
@@ -701,7 +701,7 @@ def _without_titles(turn: Turn, items: dict[str, Item]) -> str:
     return _YEAR_PAREN.sub(" ", text)
 
 
-def _disliked_in(text: str, item: Item) -> bool:
+def disliked_in(text: str, item: Item) -> bool:
     """Whether the clause of `text` that names `item` (or the whole text) has a dislike cue."""
     name, _ = split_year(item.title)
     for clause in _CLAUSE.split(text):

@@ -245,7 +245,7 @@ cross_dataset() {  # ~15 min: cross_dataset.md (INSPIRED with and without ReDial
     --bootstrap "$BOOTSTRAP" --out "$RESULTS/cross_dataset_$LAST.md"
 }
 
-retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-dataset and lossy pairs, each next to a base)
+retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-dataset and lossy pairs, each vs a base)
   for d in "${DATASETS[@]}"; do
     local base="$RUNS/$d-signals"   # ReDial: built by the study (no Query Expert); INSPIRED: cross_dataset's run
     [ "$d" = "$LAST" ] && base="$RUNS/$LAST-nocross"
@@ -255,6 +255,11 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
     if [ "$d" = "$FIRST" ]; then
       $PY benchmarks/comention_variants.py --run-dir "$base-people" --bootstrap "$BOOTSTRAP" \
         --out "$RESULTS/comention_variants_$d.md"
+      # the trained run (what ships) next to the best signal run
+      $PY benchmarks/compare_runs.py --split dev \
+        --runs "best signal run (people, full fine-tuning, no query)=$base-people" \
+        "shipped (${CONFIG[$d]}: LoRA, people, student query)=$RUNS/$d" --bootstrap "$BOOTSTRAP" \
+        --out "$RESULTS/shipped_vs_signals_$d.md"
     fi
   done
 }

@@ -390,6 +390,21 @@ def test_every_benchmark_script_has_a_smoke_test_and_a_reproduce_part():
 
 
 @pytest.mark.slow
+def test_comention_variants_smoke(tiny_run, tmp_path):
+    out = tmp_path / "variants.md"
+    _python(["benchmarks/comention_variants.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert list(result["table"]) == ["run's features", "+ two_hop", "+ liked", "liked in place of comention"]
+    assert "two_hop" in result["weights"]["+ two_hop"] and "liked" in result["weights"]["+ liked"]
+    for label, row in result["table"].items():
+        for cell in row.values():
+            assert 0.0 <= cell["mean"] <= 1.0
+            if label == "run's features":
+                assert cell["diff"] == 0.0  # the baseline against itself
+    assert "| + two_hop |" in out.read_text()
+
+
+@pytest.mark.slow
 def test_retrieval_ablation_smoke(tiny_run, tmp_path):
     out = tmp_path / "ablation.md"
     _python(["benchmarks/retrieval_ablation.py", str(tiny_run), "--split", "dev", "--bootstrap", "20",
@@ -558,7 +573,7 @@ def test_reproduce_smoke(tiny_run, tmp_path):
                  "retrieval_speed_synthetic.json", "distill_stats_tiny.json", "encoder_finetune.json",
                  "llm_training_run.md", "llm_inference.md", "catalog_cleaning_counts.json", "serving.json",
                  "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json",
-                 "comention_variants_tiny.json"):
+                 "comention_variants_tiny.json", "shipped_vs_signals_tiny.json"):
         assert (results / name).is_file(), name
     # the exported bundle retrieves what its run retrieves (float16 embeddings, the encoder rebuilt from its adapter)
     shipped = json.loads((results / "shipped_tiny.json").read_text())

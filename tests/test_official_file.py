@@ -15,13 +15,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from retrieval_fakes import build_tiny_sentence_transformer
 from tiny_models import build_tiny_llama
 
 from reges.cli import main
 from reges.config import PipelineConfig, load_config
-from reges.errors import StageNotReadyError
 from reges.eval.official_file import child_run_dir, evaluate_file, served_fusion_alpha
 from reges.io import RunDir, read_jsonl, read_trec
 from reges.item_expert.generate import fuse_scores
@@ -190,12 +190,14 @@ def test_a_bundle_without_index_gets_one_from_the_retriever_embeddings(
     metrics = json.loads((child / "evaluate" / "metrics.json").read_text())
     assert {"retrieve", "dense_full"} <= set(metrics["splits"]["test"])  # the dense baselines search the new index
 
-    # a fine-tuned encoder's embeddings are not what `reges index` builds: say so instead of guessing
+    # a fine-tuned encoder's embeddings are not what `reges index` builds: the index stage embeds the catalog itself
     no_index = tmp_path / "no-index"
     shutil.copytree(run_dir, no_index, ignore=shutil.ignore_patterns("eval-*"))
     shutil.rmtree(no_index / "index")
-    with pytest.raises(StageNotReadyError, match="reges index"):
-        evaluate_file(cfg, RunDir(no_index), _held_out_file(tmp_path / "held_out.jsonl"))
+    child = evaluate_file(cfg, RunDir(no_index), _held_out_file(tmp_path / "held_out.jsonl"))
+    index = RunDir(child).manifest("index")
+    assert "built_from" not in index and index["outputs"]["item_ids.txt"]["rows"] == 20
+    assert np.load(child / "index" / "embeddings.npy").shape[0] == 20
 
 
 def test_pytest_collects_no_test_from_the_package() -> None:
@@ -226,10 +228,14 @@ def test_the_shipped_redial_bundle_on_a_redial_file(tmp_path: Path, in_repo: Non
     child = evaluate_file(cfg, RunDir(bundle), test_file)
 
     assert child == bundle / "eval-test-data"
-    assert RunDir(child).manifest("index")["built_from"] == str(bundle / "train-retriever" / "index")
+    # the bundle's retriever holds the LoRA-tuned encoder's embeddings, so the index stage embedded the catalog with
+    # the frozen encoder itself (the dense baselines search it)
+    assert "built_from" not in RunDir(child).manifest("index")
+    catalog_size = len(read_jsonl(bundle / "catalog" / "items.jsonl"))
+    assert RunDir(child).manifest("index")["outputs"]["item_ids.txt"]["rows"] == catalog_size
     trained_alpha = RunDir(bundle).manifest("generate")["fusion_alpha"]
     manifest = RunDir(child).manifest("generate")
-    assert manifest["fusion_alpha"] == trained_alpha == 0.05
+    assert manifest["fusion_alpha"] == trained_alpha == 0.35
     assert manifest["fusion_alpha_from"].startswith(f"the trained run's {bundle / 'generate' / 'manifest.json'}")
     assert RunDir(child).manifest("retrieve")["mode"] == "fused"
     _assert_picks_fused_with(child, trained_alpha)
@@ -237,4 +243,4 @@ def test_the_shipped_redial_bundle_on_a_redial_file(tmp_path: Path, in_repo: Non
     examples = len(read_jsonl(child / "data" / "test.jsonl"))
     assert examples > 0 and metrics["splits"]["test"]["retrieve"]["all"]["n_examples"] == examples
     assert metrics["end_to_end"]["test"]["methods"]["item_expert"]["all"]["n_examples"] == examples
-    assert "fusion alpha 0.05" in (child / "evaluate" / "report.md").read_text()
+    assert "fusion alpha 0.35" in (child / "evaluate" / "report.md").read_text()

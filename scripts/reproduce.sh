@@ -133,17 +133,11 @@ random_negatives() {  # ~1.5 h ReDial, ~45 min INSPIRED: the Item Expert trained
   done
 }
 
-shipped_bundle() {  # ~10 min: shipped_<first>.md: the trained run exported as a bundle (what scripts/ship_redial.sh
-  # writes into src/reges/shipped/), retrieving dev with the bundle's files next to the run, paired
-  $PY - "$RUNS/$FIRST" "$RUNS/$FIRST-bundle" <<'PY'
-import sys
-from pathlib import Path
-from reges.io import RunDir
-from reges.shipped import export_run
-export_run(RunDir(sys.argv[1]), Path(sys.argv[2]), Path("scripts/shipped_sources.md").read_text())
-PY
-  CONFIG="${CONFIG[$FIRST]}" REGES=$REGES PY=$PY bash scripts/shipped_check.sh "$RUNS/$FIRST" "$RUNS/$FIRST-bundle" \
-    "$RUNS/$FIRST-bundle-check" "$RESULTS/shipped_$FIRST.md"
+shipped_bundle() {  # ~10 min: shipped_<first>.md: scripts/ship_redial.sh on the trained run (complete: nothing is
+  # retrained), exporting into RUNS/<first>-bundle instead of src/reges/shipped/, then its check (dev retrieval with
+  # the bundle's files next to the run, paired)
+  CONFIG="${CONFIG[$FIRST]}" BUNDLE="$RUNS/$FIRST-bundle" RESULT="$RESULTS/shipped_$FIRST.md" REGES=$REGES PY=$PY \
+    bash scripts/ship_redial.sh "$RUNS/$FIRST"
 }
 
 end_to_end_report() {  # ~1 min: the README's Results tables come from this page

@@ -7,12 +7,19 @@
 #        (train_retriever.lora_rank), and the bundle carries the 2.7 MB adapter next to the bundled MiniLM instead of
 #        a 90 MB encoder; serving rebuilds the tuned encoder from the two (reges.shipped).
 #   NO_ITEM_EXPERT=1  ship without the Item Expert (no mine, train-item, generate).
-# Then scripts/shipped_check.sh retrieves dev with the bundle's files and compares it with the run, paired
-# (docs/results/shipped_redial.md): float16 embeddings and the rebuilt encoder must not change what it retrieves.
+#   CONFIG, BUNDLE, RESULT: the config (default configs/redial.yaml), the bundle folder (default
+#        src/reges/shipped/redial) and the check's page (default docs/results/shipped_redial.md); scripts/reproduce.sh
+#        sets them to export its own run into its own folder.
+# Then scripts/shipped_check.sh retrieves dev with the bundle's files and compares it with the run, paired: float16
+# embeddings and the rebuilt encoder must not change what it retrieves.
 set -euo pipefail
+cd "${REGES_ROOT:-$(dirname "$0")/..}"
 RUN=${1:-runs/redial}
 REGES=${REGES:-.venv/bin/reges}
-R=(--config configs/redial.yaml --run-dir "$RUN")
+PY=${PY:-.venv/bin/python}
+export CONFIG=${CONFIG:-configs/redial.yaml}
+BUNDLE=${BUNDLE:-src/reges/shipped/redial}
+R=(--config "$CONFIG" --run-dir "$RUN")
 if [ "${NO_ITEM_EXPERT:-0}" = 1 ]; then
   for st in data catalog index distill train-query rewrite train-retriever retrieve evaluate; do
     # a stage command refuses to redo a complete stage: skip those
@@ -21,11 +28,12 @@ if [ "${NO_ITEM_EXPERT:-0}" = 1 ]; then
 else
   $REGES all "${R[@]}"   # ... train-retriever, retrieve, mine, train-item, generate (alpha tuned on tune), evaluate
 fi
-.venv/bin/python - "$RUN" <<'PY'
+"$PY" - "$RUN" "$BUNDLE" <<'PY'
 import sys
 from pathlib import Path
 from reges.io import RunDir
-from reges.shipped import SHIPPED_ROOT, export_run
-export_run(RunDir(sys.argv[1]), SHIPPED_ROOT / "redial", Path("scripts/shipped_sources.md").read_text())
+from reges.shipped import export_run
+export_run(RunDir(sys.argv[1]), Path(sys.argv[2]), Path("scripts/shipped_sources.md").read_text())
 PY
-bash scripts/shipped_check.sh "$RUN" src/reges/shipped/redial "$RUN-bundle-check" docs/results/shipped_redial.md
+REGES=$REGES PY=$PY bash scripts/shipped_check.sh "$RUN" "$BUNDLE" "$RUN-bundle-check" \
+  "${RESULT:-docs/results/shipped_redial.md}"

@@ -337,7 +337,8 @@ def lossy_examples(dialogues: Sequence[Dialogue], max_chars: int) -> tuple[list[
             undecided += 1
             continue
         seeker, recommender = d.turns[side], d.turns[1 - side]
-        targets = [i for i in dict.fromkeys(recommender.item_ids) if i not in set(seeker.item_ids)]
+        named = set(seeker.item_ids)
+        targets = [i for i in dict.fromkeys(recommender.item_ids) if i not in named]
         if not targets:
             empty += 1
             continue

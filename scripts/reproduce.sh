@@ -245,10 +245,14 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
     [ "$d" = "$LAST" ] && base="$RUNS/$LAST-nocross"
     OUT="$RESULTS/signals_$d.md" OUT_LOSSY="$RESULTS/signals_${d}_lossy.md" BOOTSTRAP=$BOOTSTRAP REGES=$REGES PY=$PY \
       bash scripts/signal_study.sh "$d" "$base"
-    # two co-mention variants as extra features of the people variant (no new run: minutes)
+    # variants of the collaborative signal as extra features of the config's retriever (no new run: minutes), and
+    # where that retriever misses (by the target's training mentions)
+    local best="$base-people"; [ "$d" = "$LAST" ] && [ "$d" != "$FIRST" ] && best="$base-cross-people"
+    $PY benchmarks/comention_variants.py --run-dir "$best" --bootstrap "$BOOTSTRAP" \
+      --out "$RESULTS/comention_variants_$d.md"
+    $PY benchmarks/recall_headroom.py --run-dir "$best" --bootstrap "$BOOTSTRAP" \
+      --out "$RESULTS/recall_headroom_$d.md"
     if [ "$d" = "$FIRST" ]; then
-      $PY benchmarks/comention_variants.py --run-dir "$base-people" --bootstrap "$BOOTSTRAP" \
-        --out "$RESULTS/comention_variants_$d.md"
       # the trained run (what ships) next to the best signal run
       $PY benchmarks/compare_runs.py --split dev \
         --runs "best signal run (people, full fine-tuning, no query)=$base-people" \

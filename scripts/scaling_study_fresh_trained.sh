@@ -8,6 +8,9 @@
 #   GEN_EXAMPLES=0 bash scripts/scaling_study_fresh_trained.sh inspired BASE sft all   # every mined example, whole
 #       tune and dev splits (generate.max_examples=0); FUSION_ALPHA=1.0 scores dev only, the expert alone (the fused
 #       pick at every alpha then comes from benchmarks/expert_diagnostics.py)
+#   RETRIEVER=config THREADS=2 GEN_EXAMPLES=500 INSERT_MISSING=false bash scripts/scaling_study_fresh_trained.sh \
+#       redial runs/redial sft 400   # on the shipped ReDial run: its retriever as configs/redial.yaml builds it (no
+#       AS_MEASURED pins), both cores
 # BASE is a run of scripts/scaling_study_fresh.sh (its upstream stages are copied, never rebuilt); the overrides
 # below are the whole difference to configs/<ds>.yaml. Every stage resumes (train-item checkpoints every 2 steps).
 set -euo pipefail
@@ -18,6 +21,7 @@ OBJECTIVE=${3:-sft}
 N_TRAIN=${4:-200}   # "all": every mined example (train_item.max_examples=0)
 GEN_EXAMPLES=${GEN_EXAMPLES:-120}
 INSERT_MISSING=${INSERT_MISSING:-true}
+THREADS=${THREADS:-1}
 REGES=${REGES:-.venv/bin/reges}
 CONFIG=configs/$DS.yaml
 RUN=${BASE%-1.5b}-1.5b-$OBJECTIVE$N_TRAIN; [ "$INSERT_MISSING" = true ] || RUN=$RUN-retrieved
@@ -27,7 +31,8 @@ MAX_TRAIN=$N_TRAIN; [ "$N_TRAIN" != all ] || MAX_TRAIN=0
 # became its default (2026-12-06, docs/results/signals.md); harmless for ReDial.
 AS_MEASURED=(train_retriever.people=false train_retriever.cross_dataset=null train_retriever.lora_rank=0
              train_retriever.lr=5e-5)
-OVERRIDES=(mine.exclude_named=true generate.mode=rank generate.max_examples=$GEN_EXAMPLES run.threads=1
+[ "${RETRIEVER:-as_measured}" != config ] || AS_MEASURED=()   # BASE built with the config's own retriever
+OVERRIDES=(mine.exclude_named=true generate.mode=rank generate.max_examples=$GEN_EXAMPLES run.threads=$THREADS
            item_llm.model=qwen2.5-coder-1.5b-instruct item_llm.dtype=bfloat16 item_llm.batch_size=4
            train_item.objective=$OBJECTIVE train_item.max_examples=$MAX_TRAIN train_item.batch_size=1
            train_item.grad_accum=8 train_item.save_every_steps=2 mine.insert_missing=$INSERT_MISSING "${AS_MEASURED[@]}")

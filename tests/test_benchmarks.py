@@ -19,7 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from reges.errors import ConfigError
 
@@ -389,13 +391,56 @@ def test_every_benchmark_script_has_a_smoke_test_and_a_reproduce_part():
             assert f"benchmarks/{script.name}" in reproduce, f"scripts/reproduce.sh does not run {script.name}"
 
 
+def test_ease_matrix_is_the_ridge_regression_of_each_item_on_the_others():
+    variants = _load("comention_variants")
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 6)) < 0.4).astype(np.float64)  # 40 dialogues' mention sets over 6 items
+    lam = 3.0
+    b = variants.ease_matrix(sp.csr_matrix(x.T @ x), lam)
+    assert np.allclose(np.diag(b), 0.0)
+    for j in range(6):
+        others = [i for i in range(6) if i != j]
+        a = x[:, others]
+        ridge = np.linalg.solve(a.T @ a + lam * np.eye(5), a.T @ x[:, j])
+        assert np.allclose(b[others, j], ridge)
+
+
+def test_recall_headroom_buckets_cover_every_count():
+    headroom = _load("recall_headroom")
+    assert [headroom.bucket_of(c) for c in (0, 1, 4, 5, 19, 20, 99, 100, 5000)] == \
+        ["0", "1-4", "1-4", "5-19", "5-19", "20-99", "20-99", "100+", "100+"]
+
+
+@pytest.mark.slow
+def test_recall_headroom_smoke(tiny_run, tmp_path):
+    out = tmp_path / "headroom.md"
+    _python(["benchmarks/recall_headroom.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())["result"]
+    for protocol in ("all", "novel"):
+        res = result[protocol]
+        for key in ("by_train_dialogues", "by_context"):
+            assert sum(c["pairs"] for c in res[key]) == res["pairs"] > 0  # every pair in exactly one bucket
+            assert abs(sum(c["share_of_misses@50"] for c in res[key]) - 1.0) < 1e-3 or \
+                all(c["recall@50"]["mean"] == 1.0 for c in res[key])
+            for c in res[key]:
+                assert c["recall@10"]["mean"] <= c["recall@50"]["mean"]
+    assert result["novel"]["pairs"] <= result["all"]["pairs"]
+    assert "## Protocol novel" in out.read_text()
+
+
 @pytest.mark.slow
 def test_comention_variants_smoke(tiny_run, tmp_path):
     out = tmp_path / "variants.md"
     _python(["benchmarks/comention_variants.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
-    assert list(result["table"]) == ["run's features", "+ two_hop", "+ liked", "liked in place of comention"]
-    assert "two_hop" in result["weights"]["+ two_hop"] and "liked" in result["weights"]["+ liked"]
+    # the tiny run is not in ReDial's format: no form labels, so no oracle rows
+    assert list(result["table"]) == ["run's features", "+ two_hop", "+ liked", "liked in place of comention",
+                                     "+ ease", "ease in place of comention", "+ directed", "+ recpop",
+                                     "+ directed + recpop", "directed in place of comention"]
+    for feature in ("two_hop", "liked", "ease", "directed", "recpop"):
+        assert feature in result["weights"][f"+ {feature}"]
+    assert "comention" not in result["weights"]["ease in place of comention"]
+    assert result["ease_lambda"] in (20.0, 100.0, 500.0) and result["directed_sources"]["train_examples"] > 0
     for label, row in result["table"].items():
         for cell in row.values():
             assert 0.0 <= cell["mean"] <= 1.0
@@ -573,7 +618,8 @@ def test_reproduce_smoke(tiny_run, tmp_path):
                  "retrieval_speed_synthetic.json", "distill_stats_tiny.json", "encoder_finetune.json",
                  "llm_training_run.md", "llm_inference.md", "catalog_cleaning_counts.json", "serving.json",
                  "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json",
-                 "comention_variants_tiny.json", "shipped_vs_signals_tiny.json"):
+                 "comention_variants_tiny.json", "shipped_vs_signals_tiny.json",
+                 "recall_headroom_tiny.json"):
         assert (results / name).is_file(), name
     # the exported bundle retrieves what its run retrieves (float16 embeddings, the encoder rebuilt from its adapter)
     shipped = json.loads((results / "shipped_tiny.json").read_text())

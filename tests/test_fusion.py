@@ -134,6 +134,12 @@ def test_tune_weights_picks_the_informative_feature() -> None:
     table = recall_table(pair_ranks(fuse(z, weights, tie), pairs, id_rank), pairs)
     assert table == report["fused"]
     assert 0 < table["novel"]["recall@10"] <= 1
+    # another start: the named anchor keeps a positive weight, and the search never ends below where it started
+    other, report2 = tune_weights(z, pairs, tie, id_rank, grid=(-0.5, 0.0, 0.5, 1.0, 2.0), passes=2, anchor="noise")
+    assert report2["anchor"] == "noise" and other["noise"] > 0
+    assert report2["fused"]["objective"] >= report2["alone"]["noise"]["objective"]
+    with pytest.raises(ConfigError, match="anchor 'nope'"):
+        tune_weights(z, pairs, tie, id_rank, anchor="nope")
 
 
 def test_pair_ranks_by_hand() -> None:

@@ -45,6 +45,15 @@ def test_names_are_matched_whole_in_any_turn_and_weighted_by_rarity() -> None:
     assert name_tokens("Michael Clarke-Duncan") == ("michael", "clarke", "duncan")
 
 
+def test_two_spellings_of_one_name_pool_their_films() -> None:
+    films = [_film("a", "X Y", "Robert Downey Jr."), _film("b", "X Y", "Robert Downey Jr"),
+             _film("c", "Z W", "Robert Downey Jr."), _film("d", "Z W", "Someone Else")]
+    people = PeopleIndex.from_items(films)
+    scores = people.scores([[Turn("user", "anything with robert downey jr?")]])[0]
+    # one person on 3 of the 4 films, whichever spelling each card uses (before: the last spelling read won)
+    assert scores.tolist() == pytest.approx([math.log1p(4 / 3)] * 3 + [0.0])
+
+
 def test_people_file_round_trip_and_clear_errors(tmp_path: Path) -> None:
     people = PeopleIndex.from_items(FILMS, item_ids=list(reversed(IDS)))
     assert people.save(tmp_path) == 11  # every name of two or more tokens (not Madonna, Cher)

@@ -192,12 +192,14 @@ def tune_weights(
     id_rank: np.ndarray,
     grid: Sequence[float] = DEFAULT_GRID,
     passes: int = 3,
+    anchor: str | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Coordinate search for the fusion weights on a tune split.
 
-    The feature that is best alone starts at weight 1 (the scale is arbitrary: only ratios matter), the others
-    at 0. Each pass tries every grid value for each feature in turn and keeps a change only when it raises the
-    objective (mean of R@10 and R@50 under "all" and "novel"); it stops after `passes` or a pass without change.
+    The feature that is best alone (or `anchor`) starts at weight 1 (the scale is arbitrary: only ratios matter),
+    the others at 0. Each pass tries every grid value for each feature in turn and keeps a change only when it
+    raises the objective (mean of R@10 and R@50 under "all" and "novel"); it stops after `passes` or a pass
+    without change.
     The anchor feature may move only among positive grid values, so the scale can never collapse to all zeros.
 
     Args:
@@ -207,6 +209,8 @@ def tune_weights(
         id_rank: (num_items,) rank of each item id in sorted order (the final tie-break).
         grid: Candidate weights.
         passes: Most coordinate passes.
+        anchor: The feature to start from instead of the best one alone (another start of the same search:
+            benchmarks/comention_variants.py compares starts to see how flat the objective is).
 
     Returns:
         (weights for every feature in `zfeatures`, report with each feature alone and the fused result).
@@ -214,13 +218,16 @@ def tune_weights(
     if not zfeatures:
         raise ConfigError("no fusion feature to tune; enable at least one of the train_retriever features")
     names = list(zfeatures)
+    if anchor is not None and anchor not in zfeatures:
+        raise ConfigError(f"anchor {anchor!r} is not among the fusion features {names}")
 
     def objective(weights: dict[str, float]) -> tuple[float, dict[str, Any]]:
         table = recall_table(pair_ranks(fuse(zfeatures, weights, tie), pairs, id_rank), pairs)
         return table["objective"], table
 
     alone = {name: objective({name: 1.0})[1] for name in names}
-    anchor = max(names, key=lambda n: (alone[n]["objective"], -names.index(n)))
+    if anchor is None:
+        anchor = max(names, key=lambda n: (alone[n]["objective"], -names.index(n)))
     weights = {name: (1.0 if name == anchor else 0.0) for name in names}
     best, best_table = objective(weights)
     history = [{"pass": 0, "objective": best}]

@@ -55,12 +55,17 @@ class PeopleIndex:
         self.item_ids = list(item_ids)
         column = {item_id: j for j, item_id in enumerate(self.item_ids)}
         n = max(len(self.item_ids), 1)
-        self._entries: dict[tuple[str, ...], tuple[np.ndarray, float]] = {}
+        # Spellings with the same tokens ("Robert Downey Jr." / "Robert Downey Jr") are one person: their films
+        # are pooled under the one key the dialogue's text maps to, and the weight counts the pooled films.
+        pooled: dict[tuple[str, ...], set[int]] = {}
         for name, ids in names.items():
-            cols = np.array(sorted({column[i] for i in ids if i in column}), dtype=np.int64)
             key = name_tokens(name)
-            if len(cols) and 2 <= len(key) <= MAX_NAME_TOKENS:
-                self._entries[key] = (cols, math.log1p(n / len(cols)))
+            if 2 <= len(key) <= MAX_NAME_TOKENS:
+                pooled.setdefault(key, set()).update(column[i] for i in ids if i in column)
+        self._entries: dict[tuple[str, ...], tuple[np.ndarray, float]] = {
+            key: (np.array(sorted(cols), dtype=np.int64), math.log1p(n / len(cols)))
+            for key, cols in pooled.items() if cols
+        }
 
     @classmethod
     def from_items(cls, items: Iterable[Item], item_ids: Sequence[str] | None = None,

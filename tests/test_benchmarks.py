@@ -436,11 +436,15 @@ def test_comention_variants_smoke(tiny_run, tmp_path):
     # the tiny run is not in ReDial's format: no form labels, so no oracle rows
     assert list(result["table"]) == ["run's features", "+ two_hop", "+ liked", "liked in place of comention",
                                      "+ ease", "ease in place of comention", "+ directed", "+ recpop",
-                                     "+ directed + recpop", "directed in place of comention"]
+                                     "+ directed + recpop", "directed in place of comention",
+                                     "run's features, best of every start (search from each feature)"]
     for feature in ("two_hop", "liked", "ease", "directed", "recpop"):
         assert feature in result["weights"][f"+ {feature}"]
     assert "comention" not in result["weights"]["ease in place of comention"]
     assert result["ease_lambda"] in (20.0, 100.0, 500.0) and result["directed_sources"]["train_examples"] > 0
+    starts = result["search_starts"]  # one search per feature of the run; the row keeps the best start on tune
+    best = max(starts.values(), key=lambda v: v["tune_objective"])
+    assert result["weights"]["run's features, best of every start (search from each feature)"] == best["weights"]
     for label, row in result["table"].items():
         for cell in row.values():
             assert 0.0 <= cell["mean"] <= 1.0

@@ -9,9 +9,11 @@
 # The variants (scripts/retrieval_variant.sh: train-retriever, retrieve, evaluate redone with the overrides shown):
 #   content      train_retriever.content=true (the mean named card as a fusion feature; the encoder is reused)
 #   people       train_retriever.people=true (the films of the directors and stars the dialogue names)
-#   cross        INSPIRED only: ReDial's dialogues in the co-mention prior (train_retriever.cross_dataset)
+#   cross        INSPIRED: ReDial's dialogues in the co-mention prior (train_retriever.cross_dataset); ReDial: the
+#                converse, INSPIRED's 801 train dialogues (the encoder is reused)
 #   crosspairs   INSPIRED only: cross + ReDial's ordered dialogues as encoder pairs (the encoder is retrained)
-#   cross-people, crosspairs-people   INSPIRED only: the combinations with people
+#   cross-people, crosspairs-people   the combinations with people (ReDial: cross-people, also compared with
+#                people itself: OUT_CROSS, default docs/results/signals_redial_cross.md)
 #   lora         not a signal: the encoder trained as a rank-16 LoRA adapter (lr 5e-4), the form a bundle can ship
 #   lossy        ReDial only: lora + 8,000 order-free encoder pairs from the lossy file (train_retriever.lossy_pairs);
 #                also compared with lora itself (OUT_LOSSY, default docs/results/signals_redial_lossy.md)
@@ -29,7 +31,7 @@ OUT=${OUT:-docs/results/signals_$DS.md}
 BOOTSTRAP=${BOOTSTRAP:-1000}
 export CONFIG=configs/$DS.yaml
 if [ "$DS" = inspired ]; then VARIANTS=${VARIANTS:-content people cross crosspairs cross-people crosspairs-people}
-elif [ "$DS" = redial ]; then VARIANTS=${VARIANTS:-content people lora lossy}
+elif [ "$DS" = redial ]; then VARIANTS=${VARIANTS:-content people lora lossy cross-people}
 else VARIANTS=${VARIANTS:-content people lora}; fi
 FULL=(train_retriever.lora_rank=0 train_retriever.lr=5e-5)
 OFF=(train_retriever.people=false train_retriever.content=false train_retriever.cross_pairs=false
@@ -46,6 +48,10 @@ CROSS=(train_retriever.cross_dataset.format=redial
        "train_retriever.cross_dataset.files=[$S/Lancelot39__KGSF/data/valid_data.jsonl, $S/txy77__iEvaLM-CRS/data/redial/valid_data.jsonl]"
        train_retriever.cross_dataset.movie_names_file=$S/Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv
        train_retriever.cross_dataset.lossy_file=$S/MarkystarkDotCO__Redial-QA-System/src/download_data/precessed.json.zip)
+if [ "$DS" = redial ]; then  # the converse: INSPIRED's train dialogues (its dev and test files never)
+  CROSS=(train_retriever.cross_dataset.format=inspired
+         "train_retriever.cross_dataset.files=[../shared/data/inspired/BitbanChou__LLMKB/data/inspired/train_data_dbpedia.jsonl]")
+fi
 RUNS=("base=$BASE")
 for variant in $VARIANTS; do
   case $variant in
@@ -64,6 +70,10 @@ for variant in $VARIANTS; do
   RUNS+=("$variant=$BASE-$variant")
 done
 "$PY" benchmarks/compare_runs.py --split dev --runs "${RUNS[@]}" --bootstrap "$BOOTSTRAP" --out "$OUT"
+if [[ "$DS" = redial && " $VARIANTS " == *" people "* && " $VARIANTS " == *" cross-people "* ]]; then
+  "$PY" benchmarks/compare_runs.py --split dev --runs "people=$BASE-people" "cross-people=$BASE-cross-people" \
+    --bootstrap "$BOOTSTRAP" --out "${OUT_CROSS:-docs/results/signals_${DS}_cross.md}"
+fi
 if [[ " $VARIANTS " == *" lora "* && " $VARIANTS " == *" lossy "* ]]; then
   "$PY" benchmarks/compare_runs.py --split dev --runs "lora=$BASE-lora" "lossy=$BASE-lossy" --bootstrap "$BOOTSTRAP" \
     --out "${OUT_LOSSY:-docs/results/signals_${DS}_lossy.md}"

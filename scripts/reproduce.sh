@@ -243,7 +243,8 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
   for d in "${DATASETS[@]}"; do
     local base="$RUNS/$d-signals"   # ReDial: built by the study (no Query Expert); INSPIRED: cross_dataset's run
     [ "$d" = "$LAST" ] && base="$RUNS/$LAST-nocross"
-    OUT="$RESULTS/signals_$d.md" OUT_LOSSY="$RESULTS/signals_${d}_lossy.md" BOOTSTRAP=$BOOTSTRAP REGES=$REGES PY=$PY \
+    OUT="$RESULTS/signals_$d.md" OUT_LOSSY="$RESULTS/signals_${d}_lossy.md" OUT_CROSS="$RESULTS/signals_${d}_cross.md" \
+      BOOTSTRAP=$BOOTSTRAP REGES=$REGES PY=$PY \
       bash scripts/signal_study.sh "$d" "$base"
     # variants of the collaborative signal as extra features of the config's retriever (no new run: minutes), and
     # where that retriever misses (by the target's training mentions)

@@ -237,18 +237,19 @@ def main(argv: list[str] | None = None) -> int:
         feats["directed"], feats["recpop"] = directed_features(fr, recs, named[split])
         z[split] = {name: zscore_rows(x) for name, x in feats.items()}
         data[split] = (examples, TunePairs.from_examples(examples, fr.item_ids))
-    ease_objective = {}
-    for lam in EASE_LAMBDAS:  # lambda: the best EASE feature alone on tune
+    ease_objective: dict[float, float] = {}
+    best: tuple[float, np.ndarray] | None = None  # lambda and its B: the first best EASE feature alone on tune
+    for lam in EASE_LAMBDAS:
         b = ease_matrix(fr.counts.counts, lam)
-        zs = {split: zscore_rows(on_catalog(fr, named[split], lambda rows, b=b: b[rows].sum(0)))
-              for split in ("tune", "dev")}
-        scores_alone = fuse({"ease": zs["tune"]}, {"ease": 1.0}, fr.tie)
+        zs = zscore_rows(on_catalog(fr, named["tune"], lambda rows, b=b: b[rows].sum(0)))
+        scores_alone = fuse({"ease": zs}, {"ease": 1.0}, fr.tie)
         ease_objective[lam] = recall_table(pair_ranks(scores_alone, data["tune"][1], fr.id_rank),
                                            data["tune"][1])["objective"]
-        if ease_objective[lam] == max(ease_objective.values()):
-            for split in ("tune", "dev"):
-                z[split]["ease"] = zs[split]
-    lam = max(ease_objective, key=ease_objective.get)
+        if best is None or ease_objective[lam] > ease_objective[best[0]]:
+            best, z["tune"]["ease"] = (lam, b), zs
+    assert best is not None
+    lam, b = best
+    z["dev"]["ease"] = zscore_rows(on_catalog(fr, named["dev"], lambda rows: b[rows].sum(0)))
     logger.info("EASE lambda %g (tune objective alone: %s)", lam, ease_objective)
 
     def instead(new: str) -> list[str]:

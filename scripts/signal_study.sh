@@ -44,13 +44,14 @@ for stage in data catalog index distill train-retriever retrieve evaluate; do
   fi
 done
 S=../shared/data/redial
-CROSS=(train_retriever.cross_dataset.format=redial
-       "train_retriever.cross_dataset.files=[$S/Lancelot39__KGSF/data/valid_data.jsonl, $S/txy77__iEvaLM-CRS/data/redial/valid_data.jsonl]"
-       train_retriever.cross_dataset.movie_names_file=$S/Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv
-       train_retriever.cross_dataset.lossy_file=$S/MarkystarkDotCO__Redial-QA-System/src/download_data/precessed.json.zip)
 if [ "$DS" = redial ]; then  # the converse: INSPIRED's train dialogues (its dev and test files never)
   CROSS=(train_retriever.cross_dataset.format=inspired
          "train_retriever.cross_dataset.files=[../shared/data/inspired/BitbanChou__LLMKB/data/inspired/train_data_dbpedia.jsonl]")
+else
+  CROSS=(train_retriever.cross_dataset.format=redial
+         "train_retriever.cross_dataset.files=[$S/Lancelot39__KGSF/data/valid_data.jsonl, $S/txy77__iEvaLM-CRS/data/redial/valid_data.jsonl]"
+         train_retriever.cross_dataset.movie_names_file=$S/Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv
+         train_retriever.cross_dataset.lossy_file=$S/MarkystarkDotCO__Redial-QA-System/src/download_data/precessed.json.zip)
 fi
 RUNS=("base=$BASE")
 for variant in $VARIANTS; do

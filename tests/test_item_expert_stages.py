@@ -93,6 +93,7 @@ def test_train_item_writes_adapters_and_resumes_after_a_kill(trained: tuple[RunD
     rd, _ = trained
     out = rd.path / "train-item"
     assert (out / "adapter" / "adapter_config.json").is_file()
+    assert not (out / "adapter" / "README.md").exists()  # no PEFT model card (it holds a local path)
     assert (out / "adapter.gguf").is_file()  # the base model is a GGUF file
     assert not (out / "checkpoints").exists()
     state = json.loads((out / "trainer_state.json").read_text())

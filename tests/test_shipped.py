@@ -26,6 +26,7 @@ def _fake_trained_run(root: Path, encoder: str) -> RunDir:
                 path.mkdir(exist_ok=True)
                 (path / "adapter_model.safetensors").write_bytes(b"weights")
                 (path / "adapter.gguf").write_bytes(b"not shipped")
+                (path / "README.md").write_text("PEFT's model card of an adapter trained before save_adapter\n")
             elif name.endswith(".npy"):
                 np.save(path, np.arange(6, dtype=np.float32).reshape(2, 3))
             elif name == "items.jsonl":
@@ -49,6 +50,8 @@ def test_export_copies_what_serving_reads_with_float16_embeddings(tmp_path: Path
     assert emb.dtype == np.float16 and emb.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert (out / "train-item" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (out / "train-item" / "adapter" / "adapter.gguf").exists()
+    assert not (out / "train-item" / "adapter" / "README.md").exists()
+    assert "adapter/README.md" not in json.loads((out / "train-item" / MANIFEST).read_text())["files"]
     shipped_item = json.loads((out / "catalog" / "items.jsonl").read_text())
     assert shipped_item["text"] == "Alien (1979). Genre: horror." and "plot" not in shipped_item["meta"]
     assert (out / "SOURCES.md").read_text().startswith("# Sources") and (out / "config.yaml").is_file()

@@ -359,6 +359,7 @@ def test_a_lora_tuned_encoder_ships_as_its_adapter(tmp_path: Path) -> None:
     spec = read_json(out / "fusion.json")
     assert spec["encoder_adapter"] == "encoder_adapter" and spec["base_encoder"] == cfg.index.encoder
     assert (out / "encoder_adapter" / "adapter_config.json").is_file()
+    assert not (out / "encoder_adapter" / "README.md").exists()  # no PEFT model card
     assert not (out / "encoder" / "encoder_adapter").exists()
     adapter_bytes = sum(f.stat().st_size for f in (out / "encoder_adapter").iterdir())
     encoder_bytes = sum(f.stat().st_size for f in (out / "encoder").rglob("*") if f.is_file())

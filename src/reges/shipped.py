@@ -123,7 +123,9 @@ def export_run(run_dir: RunDir, out: Path, sources_note: str) -> Path:
             if name in OPTIONAL_FILES and not (src / name).exists():
                 continue
             if (src / name).is_dir():
-                shutil.copytree(src / name, dst / name, ignore=shutil.ignore_patterns("*.gguf", "checkpoints"))
+                # README.md: the model card PEFT wrote into adapters trained before `save_adapter` dropped it
+                shutil.copytree(src / name, dst / name,
+                                ignore=shutil.ignore_patterns("*.gguf", "checkpoints", "README.md"))
             elif stage == "catalog" and name == "items.jsonl":
                 write_jsonl(dst / name, [_without_plot(it) for it in read_items(src / name)])
             elif name.endswith(".npy"):

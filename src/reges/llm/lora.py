@@ -502,7 +502,7 @@ def _save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(tmp / ADAPTER, save_embedding_layers=False)
+    save_adapter(model, tmp / ADAPTER)
     opt_tensors, opt_groups = _optimizer_state(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     extra: dict[str, Any] = {}
@@ -876,9 +876,7 @@ def _train_lora(
     for path in (tmp, adapter_dir):
         if path.exists():
             shutil.rmtree(path)
-    # save_embedding_layers=False: PEFT would otherwise store a full copy of lm_head/embeddings whenever they are
-    # LoRA targets; that copy is only needed after resizing the vocabulary, which we never do.
-    peft_model.save_pretrained(tmp, save_embedding_layers=False)
+    save_adapter(peft_model, tmp)
     os.replace(tmp, adapter_dir)
     figures: dict[str, Any] = {}
     if ctx.enabled:
@@ -922,6 +920,18 @@ def peft_quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
+
+
+def save_adapter(model: Any, folder: Path) -> None:
+    """`model.save_pretrained(folder)` of a PEFT model: the adapter weights and config, without a model card.
+
+    PEFT writes a README.md template next to the weights whose front matter holds the base model's local path (a
+    cache folder on the training machine). Nothing reads it, and a shipped adapter would carry it, so it goes.
+    save_embedding_layers=False: PEFT would otherwise store a full copy of lm_head/embeddings whenever they are
+    LoRA targets; that copy is only needed after resizing the vocabulary, which we never do.
+    """
+    model.save_pretrained(str(folder), save_embedding_layers=False)
+    (Path(folder) / "README.md").unlink(missing_ok=True)
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:

@@ -20,6 +20,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from reges.errors import ModelError
+from reges.llm.lora import save_adapter
 from reges.llm.models import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def add_lora(model: SentenceTransformer, rank: int) -> None:
 def save_and_merge_lora(model: SentenceTransformer, adapter_dir: Path) -> None:
     """Save the LoRA adapter of `add_lora` to `adapter_dir`, then merge it into the weights (a plain encoder)."""
     module, attr = _transformer(model)
-    getattr(module, attr).save_pretrained(str(adapter_dir))
+    save_adapter(getattr(module, attr), adapter_dir)
     setattr(module, attr, getattr(module, attr).merge_and_unload())
 
 

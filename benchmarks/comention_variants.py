@@ -49,7 +49,7 @@ import scipy.sparse as sp
 import yaml
 
 from reges.catalog import read_catalog
-from reges.data.lossy import seeker_turn
+from reges.data.lossy import LOSSY_DIALOGUES_FILE, seeker_turn
 from reges.eval.metrics import paired_bootstrap_diff
 from reges.io import machine_info, now_iso, write_json
 from reges.query_expert.teacher import disliked_in
@@ -124,7 +124,7 @@ def recommendations(run_dir: Path, fr: FusedRetriever) -> tuple[list[tuple[list[
     for ex in read_examples(run_dir / "data" / "train.jsonl"):
         named = set(context_item_ids(ex.context))
         out.append((rows(list(named)), rows([t for t in ex.target_item_ids if t not in named])))
-    lossy = run_dir / "data" / "lossy_dialogues.jsonl"
+    lossy = run_dir / "data" / LOSSY_DIALOGUES_FILE
     n_lossy = 0
     for d in read_dialogues(lossy) if lossy.is_file() else []:
         side = seeker_turn(d)

@@ -57,6 +57,7 @@ import torch
 
 from reges.catalog import read_catalog
 from reges.config import IndexConfig
+from reges.data.lossy import LOSSY_DIALOGUES_FILE
 from reges.io import RunDir, machine_info, now_iso, read_json, read_jsonl
 from reges.records import Dialogue, Turn
 from reges.retrieval.comention import CoMention, context_item_ids
@@ -375,7 +376,7 @@ class MentionStats:
 def mention_stats(run_dir: RunDir, catalog_ids: list[str], split: str) -> MentionStats:
     """Fit the co-mention prior on train + lossy dialogues (as `train-retriever` does) and read its shape."""
     data = run_dir.require("data")
-    dialogues = [Dialogue.from_dict(d) for name in ("train_dialogues.jsonl", "lossy_dialogues.jsonl")
+    dialogues = [Dialogue.from_dict(d) for name in ("train_dialogues.jsonl", LOSSY_DIALOGUES_FILE)
                  if (data / name).is_file() for d in read_jsonl(data / name)]
     cm = CoMention.fit(dialogues)
     counts = np.array([cm.item_counts[cm.row[i]] if i in cm.row else 0.0 for i in catalog_ids])

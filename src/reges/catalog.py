@@ -35,6 +35,7 @@ from typing import Any
 from rapidfuzz import fuzz
 
 from reges.config import CatalogConfig, PipelineConfig
+from reges.data.lossy import LOSSY_DIALOGUES_FILE
 from reges.data.redial import read_movie_names
 from reges.errors import CatalogError, DataError
 from reges.io import RunDir, iter_jsonl, now_iso, read_json, read_jsonl, write_json, write_jsonl
@@ -935,8 +936,8 @@ def train_mention_counts(data_dir: Path) -> tuple[dict[str, float], list[Path]]:
     if not paths[0].is_file():
         raise DataError(f"{paths[0]} is missing from a complete data stage; rerun `reges data` with "
                         "run.overwrite=true")
-    if (data_dir / "lossy_dialogues.jsonl").is_file():
-        paths.append(data_dir / "lossy_dialogues.jsonl")
+    if (data_dir / LOSSY_DIALOGUES_FILE).is_file():
+        paths.append(data_dir / LOSSY_DIALOGUES_FILE)
     counts: Counter[str] = Counter()
     for path in paths:
         for row in read_jsonl(path):

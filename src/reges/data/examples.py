@@ -254,14 +254,14 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if dcfg.lossy_file:
         # Written by the lossy-file reconstruction (reges.data.lossy); held-out dialogues are excluded so
         # nothing of dev/test leaks into what train-time statistics are built from.
-        from reges.data.lossy import lossy_dialogues
+        from reges.data.lossy import LOSSY_DIALOGUES_FILE, lossy_dialogues
 
         inputs[f"lossy:{dcfg.lossy_file}"] = Path(dcfg.lossy_file)
         # tune is held out like dev: it measures (and tunes) what train-time statistics predict.
         held_out = [d for split in ("tune", "dev", "test") for d in splits.get(split, [])]
         lossy = lossy_dialogues(Path(dcfg.lossy_file), held_out, movie_names, known=splits["train"])
         lossy = sorted(lossy, key=lambda d: d.dialogue_id)
-        outputs["lossy_dialogues.jsonl"] = write_jsonl(out / "lossy_dialogues.jsonl", lossy)
+        outputs[LOSSY_DIALOGUES_FILE] = write_jsonl(out / LOSSY_DIALOGUES_FILE, lossy)
         mentions["lossy"] = Counter(i for d in lossy for t in d.turns for i in t.item_ids)
         titles.update({i: movie_names[i] for i in mentions["lossy"] if i not in titles and i in movie_names})
         stats["lossy_dialogues"] = len(lossy)

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 MEMBER = "precessed.json"
 """The member of the zip that holds the dialogues."""
+LOSSY_DIALOGUES_FILE = "lossy_dialogues.jsonl"
+"""What the data stage writes them to (`data/`), for the co-mention prior, the catalog statistics and the pairs."""
 MISSING_TITLE = "a movie"
 """Stands in for the title of an `@id` that `movie_names` lacks (the id stays in `Turn.item_ids`)."""
 FIRST_SPEAKER_ROLE: Role = "assistant"

@@ -48,7 +48,7 @@ import numpy as np
 from reges.catalog import read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
 from reges.data.cross import cross_examples, cross_title_sets, match_title_sets
-from reges.data.lossy import lossy_examples
+from reges.data.lossy import LOSSY_DIALOGUES_FILE, lossy_examples
 from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_json, write_json
@@ -130,7 +130,7 @@ def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item],
 
 def lossy_pairs(run_dir: RunDir, items: dict[str, Item], tc: TrainRetrieverConfig) -> list[Pair]:
     """Every order-free pair of `data/lossy_dialogues.jsonl` (`reges.data.lossy.lossy_examples`), source "lossy"."""
-    examples, _ = lossy_examples(read_dialogues(run_dir.stage_dir("data") / "lossy_dialogues.jsonl"),
+    examples, _ = lossy_examples(read_dialogues(run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE),
                                  tc.max_query_chars)
     return build_pairs(examples, items, "full", tc.max_query_chars, source="lossy")
 
@@ -147,7 +147,7 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
     ckpt = out / "checkpoints"
     done = ckpt / ENCODER_DIR
     fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, train_path, distill_path,
-                                        run_dir.stage_dir("data") / "lossy_dialogues.jsonl")
+                                        run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE)
     if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
         logger.info("reusing the fine-tuned encoder in %s", done)
     else:
@@ -238,7 +238,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         if not path.is_file():
             fix = "set data.tune_fraction > 0 (e.g. 0.1), then rerun `reges data`" if name == "tune" else "run it"
             raise DataError(f"{path} not found; train-retriever needs it: {fix}")
-    lossy_path = data_dir / "lossy_dialogues.jsonl"
+    lossy_path = data_dir / LOSSY_DIALOGUES_FILE
     use_lossy = tc.use_lossy and lossy_path.is_file()
     if tc.lossy_pairs and not lossy_path.is_file():
         raise ConfigError(f"train_retriever.lossy_pairs={tc.lossy_pairs} needs {lossy_path}, which the data stage "

@@ -1,4 +1,5 @@
-"""PEFT LoRA -> GGUF LoRA conversion: llama.cpp's layout, the q/k permutation, refusals, and llama.cpp itself."""
+"""PEFT LoRA -> GGUF LoRA conversion: llama.cpp's layout, the q/k permutation (llama only), refusals, and llama.cpp
+itself with both real models (SmolLM2: llama, Qwen2.5-Coder: qwen2)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,19 @@ def test_convert_writes_llama_cpp_names_shapes_and_metadata(tiny: dict[str, Path
             np.testing.assert_array_equal(np.asarray(gb.data).reshape(b.shape), expected_b)
 
 
+def test_qwen2_keeps_q_and_k_rows_as_they_are(tiny: dict[str, Path], tmp_path: Path) -> None:
+    # llama.cpp converts Qwen2's q/k weights unpermuted (it runs them with NEOX RoPE, as HF does): so must we.
+    model = model_like(tiny["folder"], num_attention_heads=4, num_key_value_heads=2, head_dim=4)
+    qwen = write_base_gguf(model, tmp_path / "qwen.gguf", arch="qwen2")
+    reader = gguf.GGUFReader(str(convert_lora_to_gguf(tiny["adapter"], qwen, tmp_path / "a.gguf")))
+    assert field(reader, "general.architecture") == "qwen2"
+    tensors = {t.name: t for t in reader.tensors}
+    peft = load_file(str(tiny["adapter"] / "adapter_model.safetensors"))
+    for module, short in (("q_proj", "attn_q"), ("k_proj", "attn_k")):
+        b = peft[f"base_model.model.model.layers.1.self_attn.{module}.lora_B.weight"]
+        np.testing.assert_array_equal(np.asarray(tensors[f"blk.1.{short}.weight.lora_b"].data).reshape(b.shape), b)
+
+
 def test_rslora_alpha_is_rescaled(tiny: dict[str, Path], tmp_path: Path) -> None:
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -140,9 +154,9 @@ def test_refuses_what_llama_cpp_cannot_apply(tiny: dict[str, Path], tmp_path: Pa
     with pytest.raises(ModelError, match="not a PEFT adapter"):
         convert_lora_to_gguf(tmp_path, tiny["base"], tmp_path / "x.gguf")
     model = model_like(tiny["folder"], num_attention_heads=4, num_key_value_heads=2, head_dim=4)
-    qwen = write_base_gguf(model, tmp_path / "qwen.gguf", arch="qwen2")
-    with pytest.raises(ModelError, match="'qwen2' model"):
-        convert_lora_to_gguf(tiny["adapter"], qwen, tmp_path / "x.gguf")
+    gpt2 = write_base_gguf(model, tmp_path / "gpt2.gguf", arch="gpt2")
+    with pytest.raises(ModelError, match="'gpt2' model; GGUF LoRA conversion supports llama, qwen2"):
+        convert_lora_to_gguf(tiny["adapter"], gpt2, tmp_path / "x.gguf")
     no_q = write_base_gguf(model, tmp_path / "no_q.gguf", skip=("blk.0.attn_q.weight",))
     with pytest.raises(ModelError, match="no tensor blk.0.attn_q.weight"):
         convert_lora_to_gguf(tiny["adapter"], no_q, tmp_path / "x.gguf")
@@ -191,14 +205,19 @@ def test_llama_cpp_applies_the_converted_adapter_like_peft(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_adapter_matches_peft_greedy_output(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [("smollm2-135m-instruct", "float32"),
+     pytest.param("qwen2.5-coder-1.5b-instruct", "bfloat16", marks=pytest.mark.qwen)],  # bf16: what its configs train
+)
+def test_real_gguf_adapter_matches_peft_greedy_output(tmp_path: Path, name: str, dtype: str) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
     from reges.config import LLMConfig
     from reges.llm.llamacpp import extra_buffer_types
     from reges.llm.lora import LoraTrainConfig, train_lora
-    from reges.llm.models import bundled_gguf_path, load_hf
+    from reges.llm.models import load_hf, resolve_model
 
-    model, tokenizer = load_hf(LLMConfig(device="cpu", dtype="float32"))
+    model, tokenizer = load_hf(LLMConfig(model=name, device="cpu", dtype=dtype))
     questions = [
         "Hello!",
         "Can you recommend a movie?",
@@ -222,10 +241,11 @@ def test_smollm2_gguf_adapter_matches_peft_greedy_output(tmp_path: Path) -> None
         save_every_steps=0,
         device="cpu",
         log_every=0,
+        dtype=dtype,
     )
     result = train_lora(model, tokenizer, examples, cfg, tmp_path, False)
 
-    base_gguf = bundled_gguf_path("smollm2-135m-instruct")
+    base_gguf = Path(resolve_model(name).location)
     adapter_gguf = convert_lora_to_gguf(result.adapter_dir, base_gguf, tmp_path / "adapter.gguf")
     prompt_ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Any good shark movie?"}], add_generation_prompt=True, return_dict=True
@@ -234,9 +254,9 @@ def test_smollm2_gguf_adapter_matches_peft_greedy_output(tmp_path: Path) -> None
     probe_ids = prompt_ids + tokenizer("I recommend The Shining (1980), a classic horror movie.")["input_ids"]
     with torch.no_grad():
         hf_ids = result.model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False)
-        hf_lora = result.model(input_ids=torch.tensor([probe_ids])).logits[0].numpy()
+        hf_lora = result.model(input_ids=torch.tensor([probe_ids])).logits[0].float().numpy()
         with result.model.disable_adapter():
-            hf_base = result.model(input_ids=torch.tensor([probe_ids])).logits[0].numpy()
+            hf_base = result.model(input_ids=torch.tensor([probe_ids])).logits[0].float().numpy()
     hf_text = tokenizer.decode(hf_ids[0, len(prompt_ids) :], skip_special_tokens=True)
 
     def run_llama_cpp(lora_path: Path | None) -> tuple[str, np.ndarray]:

@@ -1,12 +1,12 @@
-"""Convert a PEFT LoRA adapter of a Llama model to a GGUF LoRA adapter for llama.cpp.
+"""Convert a PEFT LoRA adapter of a Llama or Qwen2 model to a GGUF LoRA adapter for llama.cpp.
 
 `llama_cpp.Llama(model_path=base.gguf, lora_path=adapter.gguf)` then applies the adapter at run time, so the fast
 CPU backend serves fine-tuned experts without merging and re-quantizing the base model.
 
 Why our own converter and not llama.cpp's `convert_lora_to_gguf.py`: that script ships only in the llama.cpp
 source tree (and llama-cpp-python's sdist), imports the 10k-line `convert_hf_to_gguf.py`, and needs the base
-model's HF folder; users who `pip install reges` have none of these. A Llama LoRA adapter needs only three things,
-all done here with the `gguf` package:
+model's HF folder; users who `pip install reges` have none of these. A LoRA adapter of the two architectures our
+LLMs have (SmolLM2: llama; Qwen2.5: qwen2) needs only three things, all done here with the `gguf` package:
 
 - tensor names: HF module `model.layers.{i}.self_attn.q_proj` -> `blk.{i}.attn_q.weight`, with `.lora_a` /
   `.lora_b` suffixes (gguf's own name map, the one llama.cpp's converter uses);
@@ -14,7 +14,8 @@ all done here with the `gguf` package:
   shapes reversed, which is the ggml layout llama.cpp checks (`a.ne = [in, rank]`, `b.ne = [rank, out]`);
 - the q/k row permutation: llama.cpp's HF->GGUF conversion permutes the rows of each head of q_proj and k_proj
   (HF's RoPE rotates the two halves of a head, ggml's rotates adjacent pairs). The LoRA update B @ A of those
-  layers must have its rows permuted the same way, and permuting the rows of B does exactly that.
+  layers must have its rows permuted the same way, and permuting the rows of B does exactly that. Llama only:
+  Qwen2 rotates halves in both (llama.cpp's `Qwen2Model` converts q/k unchanged, and runs it with NEOX RoPE).
 
 The metadata is what llama.cpp's adapter loader reads: `general.architecture` (must equal the base model's),
 `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha` (llama.cpp scales by alpha / rank, as
@@ -36,7 +37,9 @@ from reges.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+# general.architecture -> (gguf.MODEL_ARCH member whose tensor names it uses, whether q/k rows are permuted)
+_ARCHITECTURES = {"llama": ("LLAMA", True), "qwen2": ("QWEN2", False)}
+SUPPORTED_ARCHITECTURES = tuple(_ARCHITECTURES)
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
 
@@ -98,7 +101,7 @@ def _adapter_alpha(config: dict, adapter_dir: Path) -> float:
 
 
 def convert_lora_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path) -> Path:
-    """Write a PEFT LoRA adapter of a Llama model as a GGUF LoRA adapter for llama.cpp.
+    """Write a PEFT LoRA adapter of a Llama or Qwen2 model as a GGUF LoRA adapter for llama.cpp.
 
     Args:
         adapter_dir: A PEFT adapter folder (adapter_config.json, adapter_model.safetensors), e.g. `adapter/`
@@ -144,7 +147,8 @@ def convert_lora_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_pat
     n_layer = _field_value(reader, f"{arch}.block_count")
     base_shapes = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}  # ggml order: (in, out)
     del reader
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(n_layer))
+    model_arch, permute_qk = _ARCHITECTURES[arch]
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[model_arch], int(n_layer))
 
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, value in load_file(str(weights_path)).items():
@@ -169,9 +173,9 @@ def convert_lora_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_pat
             raise ModelError(f"{base_gguf} has no tensor {target} for the adapter's {module}{hint}")
         lora_a = part["A"].astype(np.float32)  # (rank, in_features)
         lora_b = part["B"].astype(np.float32)  # (out_features, rank)
-        if module.endswith("q_proj"):
+        if permute_qk and module.endswith("q_proj"):
             lora_b = permute_qk_rows(lora_b, int(n_head))
-        elif module.endswith("k_proj"):
+        elif permute_qk and module.endswith("k_proj"):
             lora_b = permute_qk_rows(lora_b, int(n_head_kv))
         in_features, out_features = base_shapes[target][:2]
         if lora_a.shape[1] != in_features or lora_b.shape[0] != out_features or lora_a.shape[0] != lora_b.shape[1]:

@@ -20,7 +20,6 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from reges.errors import ModelError
-from reges.llm.lora import save_adapter
 from reges.llm.models import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -100,6 +99,8 @@ def add_lora(model: SentenceTransformer, rank: int) -> None:
 
 def save_and_merge_lora(model: SentenceTransformer, adapter_dir: Path) -> None:
     """Save the LoRA adapter of `add_lora` to `adapter_dir`, then merge it into the weights (a plain encoder)."""
+    from reges.llm.lora import save_adapter  # training code: serving, which imports this module, never loads it
+
     module, attr = _transformer(model)
     save_adapter(getattr(module, attr), adapter_dir)
     setattr(module, attr, getattr(module, attr).merge_and_unload())

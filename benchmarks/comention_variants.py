@@ -39,7 +39,6 @@ import json
 import logging
 import shlex
 import sys
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ from reges.retrieval.fusion import (
     NO_QUERY,
     FusedRetriever,
     TunePairs,
+    dialogue_hits,
     fuse,
     pair_ranks,
     recall_table,
@@ -193,18 +193,6 @@ def oracle_contexts(examples: Sequence[RecExample], dislikes: dict[str, set[str]
     return out, changed
 
 
-def hits(scores: np.ndarray, pairs: TunePairs, examples: Sequence[RecExample], fr: FusedRetriever, novel: bool,
-         k: int) -> dict[str, list[float]]:
-    """dialogue id -> hit flags at k of each (example, target) pair of the protocol."""
-    ranks = pair_ranks(scores, pairs, fr.id_rank)
-    out: dict[str, list[float]] = defaultdict(list)
-    for p, q in enumerate(pairs.query_index):
-        if novel and not pairs.novel[p]:
-            continue
-        out[examples[q].dialogue_id].append(float(ranks[p] <= k))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="a run with train-retriever and data complete")
@@ -293,12 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     scores[label] = fuse({f: z["dev"][f] for f in names}, weights[label], fr.tie)
     table: dict[str, Any] = {}
     base = "run's features"
+    dialogue_ids = [ex.dialogue_id for ex in examples]
     for label in variants:
         table[label] = {}
         for protocol in ("all", "novel"):
             for k in CUTOFFS:
-                a = hits(scores[base], pairs, examples, fr, protocol == "novel", k)
-                b = hits(scores[label], pairs, examples, fr, protocol == "novel", k)
+                a, b = (dialogue_hits(pair_ranks(scores[x], pairs, fr.id_rank), pairs, dialogue_ids,
+                                      protocol == "novel", k) for x in (base, label))
                 _, mean, diff, low, high = paired_bootstrap_diff(a, b, args.bootstrap, args.seed)
                 table[label][f"{protocol}/recall@{k}"] = {"mean": round(mean, 4), "diff": round(diff, 4),
                                                          "diff_ci": [round(low, 4), round(high, 4)]}

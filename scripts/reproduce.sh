@@ -253,6 +253,9 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
       --out "$RESULTS/comention_variants_$d.md"
     $PY benchmarks/recall_headroom.py --run-dir "$best" --bootstrap "$BOOTSTRAP" \
       --out "$RESULTS/recall_headroom_$d.md"
+    # the student query's own share of the trained run's fusion (its with_query weights, the query on and off)
+    $PY benchmarks/query_feature_effect.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" \
+      --out "$RESULTS/query_feature_effect_$d.md"
     if [ "$d" = "$FIRST" ]; then
       # the trained run (what ships) next to the best signal run
       $PY benchmarks/compare_runs.py --split dev \

@@ -429,6 +429,26 @@ def test_recall_headroom_smoke(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_query_feature_effect_smoke(tiny_run, tmp_path):
+    out = tmp_path / "query.md"
+    _python(["benchmarks/query_feature_effect.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--threads", "1",
+             "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    run_row, base = "with_query weights and the query (the run)", "with_query weights, query removed"
+    assert list(result["table"]) == [run_row, base, "no_query weights"]
+    assert result["weights"][base]["dense_query"] == 0.0 and "dense_query" in result["weights"][run_row]
+    assert {f: w for f, w in result["weights"][base].items() if f != "dense_query"} == \
+        {f: w for f, w in result["weights"][run_row].items() if f != "dense_query"}
+    assert all(cell["diff"] == 0.0 for cell in result["table"][base].values())
+    # the run's row is what the retrieve stage retrieved (top_k 10 in the tiny config): the same fusion
+    cmp = tmp_path / "cmp.md"
+    _python(["benchmarks/compare_runs.py", "--split", "dev", "--runs", f"same={tiny_run}", f"run={tiny_run}",
+             "--bootstrap", "20", "--out", str(cmp)])
+    retrieved = json.loads(cmp.with_suffix(".json").read_text())["table"]["run"]
+    for cell in ("all/recall@1", "all/recall@10", "novel/recall@10"):
+        assert result["table"][run_row][cell]["mean"] == pytest.approx(retrieved[cell]["mean"], abs=1e-4), cell
+
+
 def test_comention_variants_smoke(tiny_run, tmp_path):
     out = tmp_path / "variants.md"
     _python(["benchmarks/comention_variants.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--out", str(out)])

@@ -1,0 +1,119 @@
+"""What the Query Expert's query itself adds to a trained run's fusion, with the weights held fixed.
+
+Why: a run with `rewrite/` tunes two weight sets on `tune`, one without the query and one with it, and comparing
+them (benchmarks/compare_runs.py against a no-query run) mixes two effects: the query's information and a second,
+differently tuned weight set. On 202-449 tune examples two weight sets of the same features already differ by
+0.01-0.02 in dev recall (docs/results/signals.md), so a gain of that size says nothing about the query. Here the
+run's own "with_query" weights score dev twice, with the query and with its weight set to 0 (everything else
+unchanged): the paired difference is the query's own contribution. The run's "no_query" weights are the third row.
+
+Every row ranks the full catalog for every dev example (`FusedRetriever.features`, z-scored per row and fused as
+the retrieve stage does); recall@k under protocols all and novel, with the paired difference to "with_query
+weights, no query" and its 95 % interval (bootstrap over dialogues).
+
+Usage:
+    .venv/bin/python benchmarks/query_feature_effect.py --run-dir runs/inspired \\
+        --out docs/results/query_feature_effect_inspired.md
+Writes the markdown table to --out and the numbers to the same path with .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reges.errors import DataError
+from reges.eval.metrics import paired_bootstrap_diff
+from reges.io import machine_info, now_iso, write_json
+from reges.retrieval.fusion import (
+    NO_QUERY,
+    WITH_QUERY,
+    FusedRetriever,
+    TunePairs,
+    dialogue_hits,
+    fuse,
+    pair_ranks,
+    zscore_rows,
+)
+from reges.retrieval.queries import read_queries
+from reges.retrieval.retrieve import read_examples
+
+logger = logging.getLogger("query_feature_effect")
+
+CUTOFFS = (1, 10, 50)
+BASE = "with_query weights, query removed"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, required=True, help="a run with train-retriever and rewrite complete")
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    fr = FusedRetriever.load(args.run_dir, device="cpu")
+    if WITH_QUERY not in fr.weights:
+        raise DataError(f"{args.run_dir}/train-retriever has no {WITH_QUERY!r} weights: it was tuned without "
+                        "rewrite/tune.jsonl (run `reges rewrite`, then redo train-retriever)")
+    examples = read_examples(args.run_dir / "data" / f"{args.split}.jsonl")
+    queries = read_queries(args.run_dir / "rewrite" / f"{args.split}.jsonl")
+    texts = [queries.get(ex.example_id) for ex in examples]
+    with_text = sum(1 for t in texts if t and t.strip())
+    names = sorted({f for w in fr.weights.values() for f, v in w.items() if v})
+    z = {name: zscore_rows(x) for name, x in
+         fr.features([ex.context for ex in examples], texts, [None] * len(examples), names).items()}
+    weights = {
+        "with_query weights and the query (the run)": dict(fr.weights[WITH_QUERY]),
+        BASE: {**fr.weights[WITH_QUERY], "dense_query": 0.0},
+        "no_query weights": dict(fr.weights[NO_QUERY]),
+    }
+    pairs = TunePairs.from_examples(examples, fr.item_ids)
+    dialogue_ids = [ex.dialogue_id for ex in examples]
+    ranks = {label: pair_ranks(fuse({f: z[f] for f in w if w[f]}, w, fr.tie), pairs, fr.id_rank)
+             for label, w in weights.items()}
+    table: dict[str, dict[str, Any]] = {}
+    for label in weights:
+        table[label] = {}
+        for protocol in ("all", "novel"):
+            for k in CUTOFFS:
+                a, b = (dialogue_hits(ranks[x], pairs, dialogue_ids, protocol == "novel", k) for x in (BASE, label))
+                _, mean, diff, low, high = paired_bootstrap_diff(a, b, args.bootstrap, args.seed)
+                table[label][f"{protocol}/recall@{k}"] = {"mean": round(mean, 4), "diff": round(diff, 4),
+                                                         "diff_ci": [round(low, 4), round(high, 4)]}
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/query_feature_effect.py", *sys.argv[1:]])
+    m = machine_info()
+    cols = [f"{p}/recall@{k}" for p in ("all", "novel") for k in CUTOFFS]
+    lines = [f"# The query's own effect in the fusion ({args.run_dir}, {args.split}: {len(examples)} examples, "
+             f"{with_text} with a query)", "",
+             f"Generated by `{command}` on {now_iso()} ({m['cpu_model']}, {m['cores']} cores). Each cell: recall, "
+             f"then the paired difference to **{BASE}** (the run's with_query weights with dense_query set to 0) "
+             "with its 95 % interval (bootstrap over dialogues). Why: the script's docstring.", "",
+             "| weights | " + " | ".join(cols) + " | weights |", "|---|" + "---:|" * len(cols) + "---|"]
+    for label, w in weights.items():
+        cells = [f"{table[label][c]['mean']:.3f}" if label == BASE else
+                 f"{table[label][c]['mean']:.3f} ({table[label][c]['diff']:+.3f} "
+                 f"[{table[label][c]['diff_ci'][0]:+.3f}, {table[label][c]['diff_ci'][1]:+.3f}])" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + ", ".join(f"{f} {v:g}" for f, v in w.items() if v)
+                     + " |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(args.out.with_suffix(".json"), {"run_dir": str(args.run_dir), "split": args.split,
+                                               "examples": len(examples), "with_query": with_text,
+                                               "table": table, "weights": weights, "command": command,
+                                               "machine": m, "date": now_iso()})
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

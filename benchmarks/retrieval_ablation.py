@@ -131,7 +131,10 @@ def main() -> None:
 
     # the learned retriever's parts
     no_query = [None] * len(contexts)
-    names = ["dense_dialogue", "comention", "popularity", "mentioned"]
+    # every feature the run's weights use (people, content, ...): `fuse` skips absent ones silently, so a fixed list
+    # here scored the fused rows without the newer features
+    names = sorted({"dense_dialogue", "comention"}
+                   | {f for w in retriever.weights.values() for f, v in w.items() if v and f != "dense_query"})
     rewrite_path = rd.stage_dir("rewrite") / f"{args.split}.jsonl"
     teacher_rd = RunDir(args.teacher_run) if args.teacher_run else rd
     distill_path = teacher_rd.stage_dir("distill") / f"{args.split}.jsonl"

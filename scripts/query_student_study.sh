@@ -9,8 +9,9 @@
 #                              train-retriever's fingerprint does not change), train-query and rewrite at 1.5B
 #   RUNS/<ds>-no-query         its train-retriever redone with train_retriever.query_feature=false
 # then benchmarks/compare_runs.py pairs them on dev (the no-query run first), benchmarks/retrieval_ablation.py says
-# what each student's query retrieves alone, and benchmarks/turn_latency.py times a served turn with each student
-# on both backends (hf: the PEFT adapter in the config's dtype; llamacpp: the GGUF file plus the adapter's GGUF copy).
+# what each student's query retrieves alone, benchmarks/query_feature_effect.py what it adds with the weights held,
+# and benchmarks/turn_latency.py times a served turn with each student on both backends (hf: the PEFT adapter in
+# the config's dtype; llamacpp: the GGUF file plus the adapter's GGUF copy).
 #   bash scripts/query_student_study.sh inspired [RUNS]      # needs `bash scripts/install.sh --qwen`
 # THREADS (default 2). Every stage resumes; a complete stage is kept.
 set -euo pipefail
@@ -44,6 +45,9 @@ for run in "$BASE" "$BIG"; do
   "$PY" benchmarks/retrieval_ablation.py "$run" --split dev --threads "$THREADS" \
     --out "docs/results/query_student_ablation_$(basename "$run").md"
 done
+# the query's own share: each run's with_query weights, the query on and off
+"$PY" benchmarks/query_feature_effect.py --run-dir "$BASE" --out "docs/results/query_feature_effect_${DS}_135m.md"
+"$PY" benchmarks/query_feature_effect.py --run-dir "$BIG" --out "docs/results/query_feature_effect_${DS}_1.5b.md"
 TURNS=${TURNS:-30}
 for backend in hf llamacpp; do
   "$PY" benchmarks/turn_latency.py --run-dir "$BASE" --split dev --turns "$TURNS" --threads "$THREADS" \

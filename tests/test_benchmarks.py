@@ -488,6 +488,15 @@ def test_retrieval_ablation_smoke(tiny_run, tmp_path):
         assert all(0.0 <= r <= 1.0 for r in recalls)
         assert recalls[:4] == sorted(recalls[:4])  # recall@k grows with k
     assert "| fused_student_query |" in out.read_text()
+    # the fused row with the student query is the run's own retrieval (what retrieve wrote; its top_k is 10)
+    cmp = tmp_path / "cmp.md"
+    _python(["benchmarks/compare_runs.py", "--split", "dev", "--runs", f"same={tiny_run}", f"run={tiny_run}",
+             "--bootstrap", "20", "--out", str(cmp)])
+    retrieved = json.loads(cmp.with_suffix(".json").read_text())["table"]["run"]
+    for protocol in ("all", "novel"):
+        for k in (1, 10):
+            got = result["results"]["fused_student_query"][protocol][f"recall@{k}"]["mean"]
+            assert got == pytest.approx(retrieved[f"{protocol}/recall@{k}"]["mean"], abs=1e-4), (protocol, k)
 
 
 @pytest.mark.slow

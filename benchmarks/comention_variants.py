@@ -49,7 +49,7 @@ import yaml
 
 from reges.catalog import read_catalog
 from reges.data.lossy import LOSSY_DIALOGUES_FILE, seeker_turn
-from reges.eval.metrics import paired_bootstrap_diff
+from reges.eval.metrics import paired_recall_table
 from reges.io import machine_info, now_iso, write_json
 from reges.query_expert.teacher import disliked_in
 from reges.records import RecExample, Turn
@@ -58,7 +58,6 @@ from reges.retrieval.fusion import (
     NO_QUERY,
     FusedRetriever,
     TunePairs,
-    dialogue_hits,
     fuse,
     pair_ranks,
     recall_table,
@@ -279,18 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     variants[label] = names
     weights[label] = starts[best_start]["weights"]
     scores[label] = fuse({f: z["dev"][f] for f in names}, weights[label], fr.tie)
-    table: dict[str, Any] = {}
     base = "run's features"
-    dialogue_ids = [ex.dialogue_id for ex in examples]
-    for label in variants:
-        table[label] = {}
-        for protocol in ("all", "novel"):
-            for k in CUTOFFS:
-                a, b = (dialogue_hits(pair_ranks(scores[x], pairs, fr.id_rank), pairs, dialogue_ids,
-                                      protocol == "novel", k) for x in (base, label))
-                _, mean, diff, low, high = paired_bootstrap_diff(a, b, args.bootstrap, args.seed)
-                table[label][f"{protocol}/recall@{k}"] = {"mean": round(mean, 4), "diff": round(diff, 4),
-                                                         "diff_ci": [round(low, 4), round(high, 4)]}
+    ranks = {label: pair_ranks(scores[label], pairs, fr.id_rank) for label in variants}
+    table = paired_recall_table(ranks, base, pairs, [ex.dialogue_id for ex in examples], CUTOFFS, args.bootstrap,
+                                args.seed)
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/comention_variants.py", *sys.argv[1:]])
     m = machine_info()
     cols = [f"{p}/recall@{k}" for p in ("all", "novel") for k in CUTOFFS]

@@ -24,19 +24,17 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from reges.errors import DataError
-from reges.eval.metrics import paired_bootstrap_diff
+from reges.eval.metrics import paired_recall_table
 from reges.io import machine_info, now_iso, write_json
 from reges.retrieval.fusion import (
     NO_QUERY,
     WITH_QUERY,
     FusedRetriever,
     TunePairs,
-    dialogue_hits,
     fuse,
     pair_ranks,
     zscore_rows,
@@ -81,15 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     dialogue_ids = [ex.dialogue_id for ex in examples]
     ranks = {label: pair_ranks(fuse({f: z[f] for f in w if w[f]}, w, fr.tie), pairs, fr.id_rank)
              for label, w in weights.items()}
-    table: dict[str, dict[str, Any]] = {}
-    for label in weights:
-        table[label] = {}
-        for protocol in ("all", "novel"):
-            for k in CUTOFFS:
-                a, b = (dialogue_hits(ranks[x], pairs, dialogue_ids, protocol == "novel", k) for x in (BASE, label))
-                _, mean, diff, low, high = paired_bootstrap_diff(a, b, args.bootstrap, args.seed)
-                table[label][f"{protocol}/recall@{k}"] = {"mean": round(mean, 4), "diff": round(diff, 4),
-                                                         "diff_ci": [round(low, 4), round(high, 4)]}
+    table = paired_recall_table(ranks, BASE, pairs, dialogue_ids, CUTOFFS, args.bootstrap, args.seed)
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/query_feature_effect.py", *sys.argv[1:]])
     m = machine_info()
     cols = [f"{p}/recall@{k}" for p in ("all", "novel") for k in CUTOFFS]

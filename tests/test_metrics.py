@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from reges.errors import ConfigError, DataError
 from reges.eval.metrics import (
     TargetRank,
     bootstrap_recall_ci,
+    dialogue_hits,
     hit_at_k,
+    paired_recall_table,
     recall_at_k,
     recall_key,
     select_protocol,
     summarize,
     target_ranks,
 )
+from reges.retrieval.fusion import TunePairs
 
 
 def _pair(dialogue_id: str, rank: int | None, example_id: str = "", mentioned: bool = False) -> TargetRank:
@@ -114,3 +118,14 @@ def test_full_and_fresh_drop_examples_without_context() -> None:
     # e3 has no fresh target, so it is dropped like an example the dedup set never builds
     assert (fresh["n_examples"], fresh["n_targets"], fresh["recall@2"]["mean"]) == (1, 1, 1.0)
     assert summarize(pairs, "full", [1], resamples=0, seed=0)["recall@1"]["mean"] == pytest.approx(1 / 3)
+
+
+def test_paired_recall_table_differences_by_dialogue() -> None:
+    # three pairs: two targets of dialogue d1 (the second one mentioned before), one of d2
+    pairs = TunePairs(np.array([0, 0, 1]), np.array([3, 4, 5]), np.array([True, False, True]))
+    ranks = {"base": np.array([1, 20, 60]), "better": np.array([1, 5, 8])}
+    assert dialogue_hits(ranks["better"], pairs, ["d1", "d2"], novel=True, k=10) == {"d1": [1.0], "d2": [1.0]}
+    table = paired_recall_table(ranks, "base", pairs, ["d1", "d2"], (1, 10), resamples=50, seed=0)
+    assert table["base"]["all/recall@10"] == {"mean": 0.3333, "diff": 0.0, "diff_ci": [0.0, 0.0]}
+    assert table["better"]["all/recall@10"]["mean"] == 1.0 and table["better"]["all/recall@10"]["diff"] == 0.6667
+    assert table["better"]["novel/recall@10"]["diff"] == 0.5 and table["better"]["all/recall@1"]["diff"] == 0.0

@@ -41,13 +41,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from reges.errors import ConfigError, DataError
 from reges.retrieval.recall import PROTOCOLS as PROTOCOLS  # re-exported: evaluate and the benchmarks use it
 from reges.retrieval.recall import EvalProtocol, hit_at_k, recall_at_k, recall_key
+
+if TYPE_CHECKING:
+    from reges.retrieval.fusion import TunePairs
 
 # The evaluate stage's protocols: ours ("all", "novel") and Kostric & Balog's ("full", "fresh"); see the module
 # docstring. Recall only: the end-to-end picks are scored under PROTOCOLS.
@@ -197,6 +200,43 @@ def paired_bootstrap_diff(
     low, high = np.percentile(diff, [2.5, 97.5])
     return float(mean_a), float(mean_b), float(mean_b - mean_a), float(low), float(high)
 
+
+def dialogue_hits(ranks: np.ndarray, pairs: TunePairs, dialogue_ids: Sequence[str | None], novel: bool,
+                  k: int) -> dict[str, list[float]]:
+    """dialogue id -> the hit flag at k of each of its (example, target) pairs (novel targets only when `novel`).
+
+    The form `paired_bootstrap_diff` resamples (whole dialogues). `ranks` are `reges.retrieval.fusion.pair_ranks`
+    of `pairs`; `dialogue_ids[q]` is the dialogue of example row q.
+    """
+    out: dict[str, list[float]] = {}
+    for p, q in enumerate(pairs.query_index):
+        if not novel or pairs.novel[p]:
+            out.setdefault(str(dialogue_ids[q]), []).append(float(ranks[p] <= k))
+    return out
+
+
+def paired_recall_table(ranks: Mapping[str, np.ndarray], base: str, pairs: TunePairs,
+                        dialogue_ids: Sequence[str | None], cutoffs: Sequence[int], resamples: int,
+                        seed: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Recall@k of several rankings of the same pairs, each with its paired difference to `base`.
+
+    Why: variants of one retriever (fusion weights, features) rank the same examples; the interval of the
+    difference, resampled by dialogue, says whether one beats the other.
+
+    Returns:
+        {label: {"all/recall@k" and "novel/recall@k": {"mean", "diff", "diff_ci": [low, high]}}}, rounded to 4
+        places; the base row's differences are 0.
+    """
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for label, r in ranks.items():
+        table[label] = {}
+        for protocol in ("all", "novel"):
+            for k in cutoffs:
+                a, b = (dialogue_hits(x, pairs, dialogue_ids, protocol == "novel", k) for x in (ranks[base], r))
+                _, mean, diff, low, high = paired_bootstrap_diff(a, b, resamples, seed)
+                table[label][f"{protocol}/recall@{k}"] = {"mean": round(mean, 4), "diff": round(diff, 4),
+                                                         "diff_ci": [round(low, 4), round(high, 4)]}
+    return table
 
 def summarize(
     pairs: Sequence[TargetRank], protocol: EvalProtocol | EvalSet, cutoffs: Sequence[int], resamples: int, seed: int

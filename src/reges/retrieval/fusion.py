@@ -170,21 +170,6 @@ def pair_ranks(scores: np.ndarray, pairs: TunePairs, id_rank: np.ndarray) -> np.
     return ranks
 
 
-def dialogue_hits(ranks: np.ndarray, pairs: TunePairs, dialogue_ids: Sequence[str | None], novel: bool,
-                  k: int) -> dict[str, list[float]]:
-    """dialogue id -> the hit flag at k of each of its (example, target) pairs (novel targets only when `novel`).
-
-    The form `reges.eval.metrics.paired_bootstrap_diff` resamples: whole dialogues, so that two variants of the
-    fusion scored on the same pairs (`pair_ranks` of each) compare with the interval of their difference.
-    `dialogue_ids[q]` is the dialogue of row q.
-    """
-    out: dict[str, list[float]] = {}
-    for p, q in enumerate(pairs.query_index):
-        if not novel or pairs.novel[p]:
-            out.setdefault(str(dialogue_ids[q]), []).append(float(ranks[p] <= k))
-    return out
-
-
 def recall_table(ranks: np.ndarray, pairs: TunePairs, cutoffs: Sequence[int] = TUNE_CUTOFFS) -> dict[str, Any]:
     """{"all": {"recall@k": r, ...}, "novel": {...}, "objective": mean of all of them}."""
     out: dict[str, Any] = {}

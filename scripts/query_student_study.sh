@@ -41,8 +41,16 @@ CONFIG=configs/$DS.yaml REGES=$REGES bash scripts/retrieval_variant.sh "$BASE" "
   train_retriever.query_feature=false
 "$PY" benchmarks/compare_runs.py --split dev --runs "no query=$NOQ" "135M student=$BASE" "1.5B student=$BIG" \
   --out "docs/results/query_student_$DS.md"
+# the teacher's own dev queries (evaluation only: what a perfect student of it would retrieve)
+TEACHER=$RUNS/$DS-teacher
+mkdir -p "$TEACHER"
+for stage in data catalog index; do
+  [ -e "$TEACHER/$stage" ] || ln -s "$(realpath "$BASE/$stage")" "$TEACHER/$stage"
+done
+[ -f "$TEACHER/distill/manifest.json" ] || "$REGES" distill --config "configs/$DS.yaml" --run-dir "$TEACHER" \
+  'distill.splits=[dev]' run.threads=$THREADS
 for run in "$BASE" "$BIG"; do
-  "$PY" benchmarks/retrieval_ablation.py "$run" --split dev --threads "$THREADS" \
+  "$PY" benchmarks/retrieval_ablation.py "$run" --split dev --teacher-run "$TEACHER" --threads "$THREADS" \
     --out "docs/results/query_student_ablation_$(basename "$run").md"
 done
 # the query's own share: each run's with_query weights, the query on and off

@@ -238,6 +238,7 @@ def paired_recall_table(ranks: Mapping[str, np.ndarray], base: str, pairs: TuneP
                                                          "diff_ci": [round(low, 4), round(high, 4)]}
     return table
 
+
 def summarize(
     pairs: Sequence[TargetRank], protocol: EvalProtocol | EvalSet, cutoffs: Sequence[int], resamples: int, seed: int
 ) -> dict[str, object]:

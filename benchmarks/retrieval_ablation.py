@@ -131,8 +131,7 @@ def main() -> None:
 
     # the learned retriever's parts
     no_query = [None] * len(contexts)
-    # every feature the run's weights use (people, content, ...): `fuse` skips absent ones silently, so a fixed list
-    # here scored the fused rows without the newer features
+    # every feature the run's weights use (people, content, ...), not a fixed list that goes stale with new ones
     names = sorted({"dense_dialogue", "comention"}
                    | {f for w in retriever.weights.values() for f, v in w.items() if v and f != "dense_query"})
     rewrite_path = rd.stage_dir("rewrite") / f"{args.split}.jsonl"

@@ -138,6 +138,10 @@ def test_tune_weights_picks_the_informative_feature() -> None:
     other, report2 = tune_weights(z, pairs, tie, id_rank, grid=(-0.5, 0.0, 0.5, 1.0, 2.0), passes=2, anchor="noise")
     assert report2["anchor"] == "noise" and other["noise"] > 0
     assert report2["fused"]["objective"] >= report2["alone"]["noise"]["objective"]
+    # a weighted feature that was not computed is refused, not silently left out of the ranking
+    with pytest.raises(DataError, match=r"features \['people'\] that were not computed"):
+        fuse(z, {**weights, "people": 0.5}, tie)
+    np.testing.assert_array_equal(fuse(z, {**weights, "people": 0.0}, tie), fuse(z, weights, tie))
     with pytest.raises(ConfigError, match="anchor 'nope'"):
         tune_weights(z, pairs, tie, id_rank, anchor="nope")
 

@@ -103,12 +103,21 @@ def tiebreak(item_ids: Sequence[str], seed: int) -> np.ndarray:
 def fuse(zfeatures: dict[str, np.ndarray], weights: dict[str, float], tie: np.ndarray) -> np.ndarray:
     """Weighted sum of z-scored features plus the tie-break: (num_queries, num_items) float64.
 
-    Features with weight 0, or absent from `zfeatures`, are skipped.
+    Features with weight 0 are skipped (they need not be computed); a weighted feature missing from `zfeatures` is
+    refused: skipping it scored a ranking without it and looked like a result (benchmarks/retrieval_ablation.py
+    once left out `people` that way).
+
+    Raises:
+        DataError: a feature with a nonzero weight is not in `zfeatures`.
     """
+    missing = sorted(name for name, w in weights.items() if w and name not in zfeatures)
+    if missing:
+        raise DataError(f"fusion weights use features {missing} that were not computed (got {sorted(zfeatures)}); "
+                        "compute every feature the weights name, or give it weight 0")
     shape = next(iter(zfeatures.values())).shape
     score = np.zeros(shape, dtype=np.float64)
     for name, w in weights.items():
-        if w and name in zfeatures:
+        if w:
             score += w * zfeatures[name]
     return score + TIE_SCALE * tie[None, :]
 

@@ -432,10 +432,15 @@ def test_recall_headroom_smoke(tiny_run, tmp_path):
 def test_query_feature_effect_smoke(tiny_run, tmp_path):
     out = tmp_path / "query.md"
     _python(["benchmarks/query_feature_effect.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--threads", "1",
-             "--out", str(out)])
+             "--early-turns", "1", "100", "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
     run_row, base = "with_query weights and the query (the run)", "with_query weights, query removed"
-    assert list(result["table"]) == [run_row, base, "no_query weights"]
+    retuned, gated, never = ("re-tuned here, every turn", "query only up to 1 user turns, re-tuned",
+                             "query only up to 100 user turns, re-tuned")
+    assert list(result["table"]) == [run_row, base, "no_query weights", retuned, gated, never]
+    # the same search as the stage's gives the run's weights, and a gate that keeps every context changes nothing
+    assert result["weights"][retuned] == result["weights"][run_row]
+    assert result["weights"][never] == result["weights"][run_row] and result["table"][never] == result["table"][run_row]
     assert result["weights"][base]["dense_query"] == 0.0 and "dense_query" in result["weights"][run_row]
     assert {f: w for f, w in result["weights"][base].items() if f != "dense_query"} == \
         {f: w for f, w in result["weights"][run_row].items() if f != "dense_query"}
@@ -447,6 +452,29 @@ def test_query_feature_effect_smoke(tiny_run, tmp_path):
     retrieved = json.loads(cmp.with_suffix(".json").read_text())["table"]["run"]
     for cell in ("all/recall@1", "all/recall@10", "novel/recall@10"):
         assert result["table"][run_row][cell]["mean"] == pytest.approx(retrieved[cell]["mean"], abs=1e-4), cell
+
+
+@pytest.mark.slow
+def test_weight_stability_smoke(tiny_run, tmp_path):
+    out = tmp_path / "stability.md"
+    _python(["benchmarks/weight_stability.py", "--run-dir", str(tiny_run), "--resamples", "3", "--bootstrap", "20",
+             "--threads", "1", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["weights_set"] == "with_query" and result["retuned_equals_run"]
+    assert len(result["resamples"]) == 3 and all("dev" in r for r in result["resamples"])
+    base, bagged = "the run's weights (one search on all of tune)", "bagged: mean of the resamples' weights"
+    assert list(result["table"]) == [base, bagged]
+    assert set(result["bagged"]) == set(result["run_weights"]) and max(result["bagged"].values()) == 1.0
+    for cell, spread in result["spread"].items():
+        low, high = spread["range95"]
+        assert low <= spread["median"] <= high, cell
+    # the run's dev row is what its retrieve stage retrieved (the same fusion; tiny config: top_k 10)
+    cmp = tmp_path / "cmp.md"
+    _python(["benchmarks/compare_runs.py", "--split", "dev", "--runs", f"same={tiny_run}", f"run={tiny_run}",
+             "--bootstrap", "20", "--out", str(cmp)])
+    retrieved = json.loads(cmp.with_suffix(".json").read_text())["table"]["run"]
+    for cell in ("all/recall@1", "all/recall@10"):
+        assert result["table"][base][cell]["mean"] == pytest.approx(retrieved[cell]["mean"], abs=1e-4), cell
 
 
 def test_comention_variants_smoke(tiny_run, tmp_path):

@@ -150,6 +150,8 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
     (["train_retriever.max_seq_length=0"], ["train_retriever.max_seq_length must be >= 1", "got 0"]),
     (["train_retriever.weight_grid=[]"], ["train_retriever.weight_grid is empty"]),
     (["train_retriever.tune_passes=0"], ["train_retriever.tune_passes must be >= 1", "got 0"]),
+    (["train_retriever.weight_resamples=1"], ["train_retriever.weight_resamples must be 0 (one search) or at least 2",
+                                               "got 1"]),
     (["mine.splits=[]"], ["mine.splits is empty"]),
     (["mine.top_k=0"], ["mine.top_k must be >= 1", "got 0"]),
     (["mine.max_card_chars=0"], ["mine.max_card_chars must be >= 1", "got 0"]),

@@ -13,9 +13,12 @@ from reges.retrieval.fusion import (
     FusedRetriever,
     FusionSettings,
     TunePairs,
+    bagged_weights,
     fuse,
     pair_ranks,
     recall_table,
+    resample_rows,
+    subset_pairs,
     tiebreak,
     top_hits,
     tune_weights,
@@ -144,6 +147,50 @@ def test_tune_weights_picks_the_informative_feature() -> None:
     np.testing.assert_array_equal(fuse(z, {**weights, "people": 0.0}, tie), fuse(z, weights, tie))
     with pytest.raises(ConfigError, match="anchor 'nope'"):
         tune_weights(z, pairs, tie, id_rank, anchor="nope")
+
+
+def test_resample_rows_draws_whole_dialogues_and_subset_pairs_renumbers() -> None:
+    dialogue_ids = ["a", "a", "b", None, "c", "c", "c"]
+    rows = resample_rows(dialogue_ids, np.random.default_rng(1))
+    groups = [[0, 1], [2], [3], [4, 5, 6]]
+    # the draw is a sequence of whole dialogues, as many as there are dialogues (the id-less row is its own)
+    i, drawn = 0, 0
+    while i < len(rows):
+        group = next(g for g in groups if g[0] == rows[i])
+        assert list(rows[i:i + len(group)]) == group
+        i, drawn = i + len(group), drawn + 1
+    assert drawn == len(groups)
+    examples = [RecExample("e0", "d0", [], ["x", "y"], [False, True]), RecExample("e1", "d1", [], ["z"], [False])]
+    pairs = TunePairs.from_examples(examples, ["x", "y", "z"])
+    sub = subset_pairs(pairs, np.array([1, 1, 0]))
+    assert sub.query_index.tolist() == [0, 1, 2, 2] and sub.item_index.tolist() == [2, 2, 0, 1]
+    assert sub.novel.tolist() == [True, True, True, False]
+
+
+def test_bagged_weights_average_the_resamples() -> None:
+    rng = np.random.default_rng(0)
+    num_queries, num_items = 40, 60
+    item_ids = [f"i{j:02d}" for j in range(num_items)]
+    examples = [RecExample(f"e{q}", f"d{q // 2}", [], [item_ids[q]], [q % 4 == 0]) for q in range(num_queries)]
+    pairs = TunePairs.from_examples(examples, item_ids)
+    good = rng.normal(size=(num_queries, num_items))
+    good[np.arange(num_queries), np.arange(num_queries)] += 2.5
+    z = {"noise": zscore_rows(rng.normal(size=(num_queries, num_items))), "good": zscore_rows(good)}
+    tie, id_rank = tiebreak(item_ids, 0), np.arange(num_items)
+    grid = (-0.5, 0.0, 0.5, 1.0, 2.0)
+    dialogue_ids = [ex.dialogue_id for ex in examples]
+    weights, report = bagged_weights(z, pairs, dialogue_ids, tie, id_rank, resamples=5, seed=3, grid=grid, passes=2)
+    runs = report["resamples"]
+    assert len(runs) == 5 and all(r["out_of_bag_objective"] is not None for r in runs)
+    # the mean of the unit-L1 resample weights, rescaled so that the largest is 1
+    mean = {n: np.mean([r["weights"][n] / sum(abs(v) for v in r["weights"].values()) for r in runs]) for n in z}
+    top = max(abs(v) for v in mean.values())
+    assert weights == {n: round(mean[n] / top, 4) for n in z} and weights["good"] == 1.0
+    assert report["fused"] == recall_table(pair_ranks(fuse(z, weights, tie), pairs, id_rank), pairs)
+    # seeded: the same call gives the same weights
+    assert bagged_weights(z, pairs, dialogue_ids, tie, id_rank, resamples=5, seed=3, grid=grid, passes=2)[0] == weights
+    with pytest.raises(ConfigError, match="at least 2 resamples"):
+        bagged_weights(z, pairs, dialogue_ids, tie, id_rank, resamples=1, seed=0)
 
 
 def test_pair_ranks_by_hand() -> None:

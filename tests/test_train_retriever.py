@@ -171,6 +171,26 @@ def test_query_feature_without_finetune(tmp_path: Path) -> None:
     assert manifest["splits"]["dev"]["with_query"] == 1 and "rewrite/dev" in manifest["inputs"]
 
 
+def test_bagged_weights_are_what_the_stage_tunes_and_serves(tmp_path: Path) -> None:
+    run_dir, cfg = _run_dir(tmp_path)
+    _write_stage(run_dir, "rewrite", {
+        "tune.jsonl": [{"example_id": "u1_1", "query": "horror space"}, {"example_id": "u2_1", "query": "crime"}],
+    })
+    tc = dataclasses.replace(cfg.train_retriever, finetune=False, weight_resamples=4)
+    train_stage.run(dataclasses.replace(cfg, train_retriever=tc), run_dir)
+    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
+    for which in ("no_query", "with_query"):
+        runs = spec["tune"][which]["resamples"]
+        assert len(runs) == 4 and spec["tune"][which]["seed"] == cfg.run.seed
+        # the served weights are the resamples' average (unit L1 each, then the largest scaled to 1)
+        mean = {n: sum(r["weights"][n] / sum(abs(v) for v in r["weights"].values()) for r in runs) / 4
+                for n in spec["features"] if n in runs[0]["weights"]}
+        top = max(abs(v) for v in mean.values())
+        assert spec["weights"][which] == {n: round(v / top, 4) for n, v in mean.items()}
+    retriever = FusedRetriever.load(run_dir.path, device="cpu")
+    assert retriever.weights["with_query"] == spec["weights"]["with_query"]
+
+
 def test_finished_encoder_is_not_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir, cfg = _run_dir(tmp_path)
 

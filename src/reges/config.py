@@ -536,6 +536,10 @@ class TrainRetrieverConfig:
     mentioned: Use "already mentioned in the context" as a fusion feature.
     weight_grid: Candidate fusion weights of the coordinate search on the tune split.
     tune_passes: Most coordinate-search passes.
+    weight_resamples: 0: one coordinate search on the whole tune split. N >= 2: the search runs on N bootstrap
+        resamples of the tune dialogues and the weights are their average (`fusion.bagged_weights`): steadier on
+        200-450 tune examples, whose single search lands on one of several near-equal optima
+        (docs/results/weight_stability_*.md).
     """
 
     finetune: bool = True
@@ -568,9 +572,12 @@ class TrainRetrieverConfig:
         default_factory=lambda: [-0.5, -0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0]
     )
     tune_passes: int = 3
+    weight_resamples: int = 0
 
     def __post_init__(self) -> None:
         where = "train_retriever"
+        _require(self.weight_resamples == 0 or self.weight_resamples >= 2, f"{where}.weight_resamples",
+                 "0 (one search) or at least 2", self.weight_resamples, "e.g. 30")
         _at_least(self, where, 1, ("epochs", "max_query_chars", "max_seq_length", "tune_passes"))
         _at_least(self, where, 2, ("batch_size",), "in-batch negatives need two pairs per batch")
         _at_least(self, where, 0, ("hard_negatives",), "0 = in-batch negatives only")

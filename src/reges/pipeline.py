@@ -144,7 +144,8 @@ ADDED_KEYS: dict[str, dict[str, Any]] = {
     "retrieve": {"nprobe": 0, "ef_search": 0, "candidate_pool": 300},
     "mine": {"exclude_named": False, "insert_missing": True},
     "train_retriever": {"cross_dataset": None, "cross_pairs": False, "content": False,
-                        "people": False, "lora_rank": 0, "lossy_pairs": 0},
+                        "people": False, "lora_rank": 0, "lossy_pairs": 0,
+                        "weight_resamples": 0},
 }
 
 # Keys that change nothing unless another key of their section has a given value, left out of the hash otherwise:

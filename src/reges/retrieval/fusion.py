@@ -258,6 +258,83 @@ def tune_weights(
     return weights, {"alone": alone, "fused": best_table, "anchor": anchor, "history": history}
 
 
+def resample_rows(dialogue_ids: Sequence[str | None], rng: np.random.Generator) -> np.ndarray:
+    """Row indices of one bootstrap resample by dialogue: dialogues drawn with replacement, all their rows kept.
+
+    Why by dialogue: the examples of one dialogue share most of their context, so they are not independent draws.
+    An example without a dialogue id is its own dialogue.
+    """
+    groups: dict[str, list[int]] = {}
+    for row, d in enumerate(dialogue_ids):
+        groups.setdefault(d if d is not None else f"\0row{row}", []).append(row)
+    keys = list(groups)
+    drawn = rng.integers(0, len(keys), size=len(keys))
+    return np.array([row for k in drawn for row in groups[keys[k]]], dtype=np.int64)
+
+
+def subset_pairs(pairs: TunePairs, rows: np.ndarray) -> TunePairs:
+    """The pairs of `rows` (repeats allowed), renumbered so that row i of the subset is `rows[i]`."""
+    by_row: dict[int, list[int]] = {}
+    for p, r in enumerate(pairs.query_index):
+        by_row.setdefault(int(r), []).append(p)
+    picked = [(i, p) for i, r in enumerate(rows) for p in by_row.get(int(r), [])]
+    q = np.array([i for i, _ in picked], dtype=np.int64)
+    p_idx = np.array([p for _, p in picked], dtype=np.int64)
+    return TunePairs(q, pairs.item_index[p_idx], pairs.novel[p_idx])
+
+
+def bagged_weights(
+    zfeatures: dict[str, np.ndarray],
+    pairs: TunePairs,
+    dialogue_ids: Sequence[str | None],
+    tie: np.ndarray,
+    id_rank: np.ndarray,
+    resamples: int,
+    seed: int,
+    grid: Sequence[float] = DEFAULT_GRID,
+    passes: int = 3,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fusion weights averaged over `tune_weights` on bootstrap resamples of the tune dialogues ("bagging").
+
+    Why: on 200-450 tune examples the coordinate search lands on one of several near-equal optima, and which one
+    depends on a handful of examples (two weight sets of the same features differ by 0.01-0.03 in dev recall,
+    docs/results/signals.md). Averaging the weights found on many resamples keeps what most resamples agree on.
+    Only ratios of weights matter, so each resample's weights are scaled to unit L1 norm before averaging; the mean
+    is then rescaled so that its largest weight is 1. Each resample's weights are also scored on the tune
+    dialogues it did not draw (out of bag): an estimate of how a single search generalises, without dev.
+
+    Returns:
+        (the averaged weights, report with every resample's weights and out-of-bag objective, the averaged
+        weights' tune table).
+    """
+    if resamples < 2:
+        raise ConfigError(f"bagged fusion weights need at least 2 resamples, got {resamples}")
+    names = list(zfeatures)
+    rng = np.random.default_rng(seed)
+    total = dict.fromkeys(names, 0.0)
+    runs = []
+    for _ in range(resamples):
+        rows = resample_rows(dialogue_ids, rng)
+        weights, _ = tune_weights({n: z[rows] for n, z in zfeatures.items()}, subset_pairs(pairs, rows), tie,
+                                  id_rank, grid, passes)
+        norm = sum(abs(w) for w in weights.values()) or 1.0
+        for n in names:
+            total[n] += weights[n] / norm / resamples
+        out_of_bag = np.setdiff1d(np.arange(len(dialogue_ids)), rows)
+        oob = None
+        if len(out_of_bag):
+            oob_pairs = subset_pairs(pairs, out_of_bag)
+            oob_z = {n: z[out_of_bag] for n, z in zfeatures.items()}
+            oob = recall_table(pair_ranks(fuse(oob_z, weights, tie), oob_pairs, id_rank), oob_pairs)["objective"]
+        runs.append({"weights": weights, "out_of_bag_objective": oob})
+    top = max(abs(w) for w in total.values()) or 1.0
+    averaged = {n: round(total[n] / top, 4) for n in names}
+    table = recall_table(pair_ranks(fuse(zfeatures, averaged, tie), pairs, id_rank), pairs)
+    logger.info("bagged fusion weights over %d resamples %s: tune objective %.4f", resamples, averaged,
+                table["objective"])
+    return averaged, {"resamples": runs, "fused": table, "seed": seed}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The retriever
 

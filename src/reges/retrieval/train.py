@@ -68,6 +68,7 @@ from reges.retrieval.fusion import (
     FusedRetriever,
     FusionSettings,
     TunePairs,
+    bagged_weights,
     tune_weights,
     zscore_rows,
 )
@@ -200,7 +201,7 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
 
 
 def _tune(retriever: FusedRetriever, examples: list[RecExample], queries: dict[str, str] | None,
-          tc: TrainRetrieverConfig, enabled: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+          tc: TrainRetrieverConfig, enabled: list[str], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Tune the no-query (and with-query) weight sets on the tune examples; returns (weights, report)."""
     contexts = [ex.context for ex in examples]
     qs: list[str | None] = [queries.get(ex.example_id) for ex in examples] if queries else [None] * len(examples)
@@ -211,14 +212,18 @@ def _tune(retriever: FusedRetriever, examples: list[RecExample], queries: dict[s
     weights: dict[str, Any] = {}
     report: dict[str, Any] = {"examples": len(examples), "pairs": len(pairs.query_index),
                               "novel_pairs": int(pairs.novel.sum())}
-    weights[NO_QUERY], report[NO_QUERY] = tune_weights(
-        {n: z[n] for n in enabled}, pairs, retriever.tie, retriever.id_rank, tc.weight_grid, tc.tune_passes
-    )
+    dialogue_ids = [ex.dialogue_id for ex in examples]
+
+    def search(zs: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
+        if tc.weight_resamples:
+            return bagged_weights(zs, pairs, dialogue_ids, retriever.tie, retriever.id_rank, tc.weight_resamples,
+                                  seed, tc.weight_grid, tc.tune_passes)
+        return tune_weights(zs, pairs, retriever.tie, retriever.id_rank, tc.weight_grid, tc.tune_passes)
+
+    weights[NO_QUERY], report[NO_QUERY] = search({n: z[n] for n in enabled})
     weights[WITH_QUERY] = None
     if queries:
-        weights[WITH_QUERY], report[WITH_QUERY] = tune_weights(
-            z, pairs, retriever.tie, retriever.id_rank, tc.weight_grid, tc.tune_passes
-        )
+        weights[WITH_QUERY], report[WITH_QUERY] = search(z)
     return weights, report
 
 
@@ -306,7 +311,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
                                people=people)
     tune_examples = read_examples(paths["tune"])
     t0 = time.perf_counter()
-    weights, report = _tune(retriever, tune_examples, read_queries(rewrite_path) if use_query else None, tc, enabled)
+    weights, report = _tune(retriever, tune_examples, read_queries(rewrite_path) if use_query else None, tc, enabled,
+                            cfg.run.seed)
     tune_s = time.perf_counter() - t0
     spec = {
         "encoder": encoder_spec,

@@ -47,27 +47,13 @@ from reges.retrieval.fusion import (
     fuse,
     pair_ranks,
     tune_weights,
-    zscore_rows,
 )
-from reges.retrieval.queries import read_queries
-from reges.retrieval.retrieve import read_examples
+from reges.retrieval.retrieve import split_features
 
 logger = logging.getLogger("query_feature_effect")
 
 CUTOFFS = (1, 10, 50)
 BASE = "with_query weights, query removed"
-
-
-def split_features(fr: FusedRetriever, run_dir: Path, split: str, names: list[str]
-                   ) -> tuple[list[RecExample], list[str | None], dict[str, np.ndarray]]:
-    """(examples, their queries, z-scored features) of one split of the run."""
-    examples = read_examples(run_dir / "data" / f"{split}.jsonl")
-    queries = read_queries(run_dir / "rewrite" / f"{split}.jsonl")
-    texts = [queries.get(ex.example_id) for ex in examples]
-    # each example's own dialogue left out of the counts, as the train-retriever stage tunes (tune dialogues may
-    # be counted; dev dialogues never are)
-    raw = fr.features([ex.context for ex in examples], texts, [ex.dialogue_id for ex in examples], names)
-    return examples, texts, {name: zscore_rows(x) for name, x in raw.items()}
 
 
 def gate_query(z: dict[str, np.ndarray], examples: list[RecExample], max_user_turns: int | None

@@ -45,28 +45,14 @@ from reges.retrieval.fusion import (
     pair_ranks,
     recall_table,
     tune_weights,
-    zscore_rows,
 )
-from reges.retrieval.queries import read_queries
-from reges.retrieval.retrieve import read_examples
+from reges.retrieval.retrieve import split_features
 
 logger = logging.getLogger("weight_stability")
 
 CUTOFFS = (1, 10, 50)
 BASE = "the run's weights (one search on all of tune)"
 BAGGED = "bagged: mean of the resamples' weights"
-
-
-def split_features(fr: FusedRetriever, run_dir: Path, split: str, names: list[str], with_query: bool
-                   ) -> tuple[list, dict[str, np.ndarray], TunePairs]:
-    """(examples, z-scored features, pairs) of one split of the run."""
-    examples = read_examples(run_dir / "data" / f"{split}.jsonl")
-    texts: list[str | None] = [None] * len(examples)
-    if with_query:
-        queries = read_queries(run_dir / "rewrite" / f"{split}.jsonl")
-        texts = [queries.get(ex.example_id) for ex in examples]
-    raw = fr.features([ex.context for ex in examples], texts, [ex.dialogue_id for ex in examples], names)
-    return examples, {n: zscore_rows(x) for n, x in raw.items()}, TunePairs.from_examples(examples, fr.item_ids)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"`reges rewrite` or pass --weights {NO_QUERY}")
     run_weights = dict(fr.weights[which])
     names = list(run_weights)
-    tune_ex, tune_z, tune_pairs = split_features(fr, args.run_dir, "tune", names, which == WITH_QUERY)
-    dev_ex, dev_z, dev_pairs = split_features(fr, args.run_dir, "dev", names, which == WITH_QUERY)
+    tune_ex, _, tune_z = split_features(fr, args.run_dir, "tune", names, which == WITH_QUERY)
+    dev_ex, _, dev_z = split_features(fr, args.run_dir, "dev", names, which == WITH_QUERY)
+    tune_pairs, dev_pairs = (TunePairs.from_examples(ex, fr.item_ids) for ex in (tune_ex, dev_ex))
     retuned, _ = tune_weights(tune_z, tune_pairs, fr.tie, fr.id_rank, tc.weight_grid, tc.tune_passes)
     same = all(abs(retuned[n] - run_weights[n]) < 1e-9 for n in names)
     bagged, report = bagged_weights(tune_z, tune_pairs, [ex.dialogue_id for ex in tune_ex], fr.tie, fr.id_rank,

@@ -253,9 +253,13 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
       --out "$RESULTS/comention_variants_$d.md"
     $PY benchmarks/recall_headroom.py --run-dir "$best" --bootstrap "$BOOTSTRAP" \
       --out "$RESULTS/recall_headroom_$d.md"
-    # the student query's own share of the trained run's fusion (its with_query weights, the query on and off)
-    $PY benchmarks/query_feature_effect.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" \
+    # the student query's own share of the trained run's fusion (its with_query weights, the query on and off),
+    # and the query kept only in the first 1-3 user turns (weights re-tuned on tune)
+    $PY benchmarks/query_feature_effect.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" --early-turns 1 2 3 \
       --out "$RESULTS/query_feature_effect_$d.md"
+    # how far dev moves with the tune examples the weight search sees, and the search bagged over 30 resamples
+    $PY benchmarks/weight_stability.py --run-dir "$RUNS/$d" --resamples 30 --bootstrap "$BOOTSTRAP" \
+      --out "$RESULTS/weight_stability_$d.md"
     if [ "$d" = "$FIRST" ]; then
       # the trained run (what ships) next to the best signal run
       $PY benchmarks/compare_runs.py --split dev \

@@ -440,7 +440,8 @@ def test_query_feature_effect_smoke(tiny_run, tmp_path):
     assert list(result["table"]) == [run_row, base, "no_query weights", retuned, gated, never]
     # the same search as the stage's gives the run's weights, and a gate that keeps every context changes nothing
     assert result["weights"][retuned] == result["weights"][run_row]
-    assert result["weights"][never] == result["weights"][run_row] and result["table"][never] == result["table"][run_row]
+    assert result["weights"][never] == result["weights"][run_row]
+    assert result["table"][never] == result["table"][run_row]
     assert result["weights"][base]["dense_query"] == 0.0 and "dense_query" in result["weights"][run_row]
     assert {f: w for f, w in result["weights"][base].items() if f != "dense_query"} == \
         {f: w for f, w in result["weights"][run_row].items() if f != "dense_query"}
@@ -680,7 +681,7 @@ def test_reproduce_smoke(tiny_run, tmp_path):
                  "llm_training_run.md", "llm_inference.md", "catalog_cleaning_counts.json", "serving.json",
                  "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json",
                  "comention_variants_tiny.json", "shipped_vs_signals_tiny.json",
-                 "recall_headroom_tiny.json"):
+                 "recall_headroom_tiny.json", "query_feature_effect_tiny.json", "weight_stability_tiny.json"):
         assert (results / name).is_file(), name
     # the exported bundle retrieves what its run retrieves (float16 embeddings, the encoder rebuilt from its adapter)
     shipped = json.loads((results / "shipped_tiny.json").read_text())

@@ -32,7 +32,7 @@ from reges.io import RunDir, now_iso, read_jsonl, write_trec
 from reges.llm.models import resolve_device
 from reges.records import Dialogue, Hit, RecExample
 from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder
-from reges.retrieval.fusion import FusedRetriever
+from reges.retrieval.fusion import FusedRetriever, zscore_rows
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.queries import context_to_query, read_queries
 
@@ -179,6 +179,28 @@ def read_examples(path: str | Path) -> list[RecExample]:
             raise DataError(f"{path}: example_id {ex.example_id!r} is empty or contains whitespace")
         seen.add(ex.example_id)
     return examples
+
+
+def split_features(fr: FusedRetriever, run_dir: str | Path, split: str, names: Sequence[str], with_query: bool = True
+                   ) -> tuple[list[RecExample], list[str | None], dict[str, np.ndarray]]:
+    """One split of a run scored as the train-retriever stage tunes it: (examples, queries, z-scored features).
+
+    Why here: the benchmarks that re-tune or re-weight a run's fusion (query_feature_effect, weight_stability) must
+    see the features the stage tuned on, each example's own dialogue left out of the counts (tune dialogues may be
+    counted; dev dialogues never are).
+
+    Args:
+        names: The features to compute (`fusion.FEATURES`).
+        with_query: Read the Query Expert's queries from `rewrite/{split}.jsonl` (False: none).
+    """
+    run_dir = Path(run_dir)
+    examples = read_examples(run_dir / "data" / f"{split}.jsonl")
+    texts: list[str | None] = [None] * len(examples)
+    if with_query:
+        queries = read_queries(run_dir / "rewrite" / f"{split}.jsonl")
+        texts = [queries.get(ex.example_id) for ex in examples]
+    raw = fr.features([ex.context for ex in examples], texts, [ex.dialogue_id for ex in examples], names)
+    return examples, texts, {name: zscore_rows(x) for name, x in raw.items()}
 
 
 def read_dialogues(path: str | Path) -> list[Dialogue]:

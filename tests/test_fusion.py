@@ -117,17 +117,26 @@ def test_query_weights_apply_only_where_a_query_is_given() -> None:
         _retriever({"no_query": {"bm25": 1.0}})
 
 
-def test_tune_weights_picks_the_informative_feature() -> None:
+def _tuning_problem(examples_per_dialogue: int = 1
+                    ) -> tuple[list[RecExample], TunePairs, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """40 examples over 60 items, one target each: a "good" feature where the target stands out and a "noise" one.
+
+    Returns:
+        (examples, pairs, z-scored features, tie-break, id ranks).
+    """
     rng = np.random.default_rng(0)
     num_queries, num_items = 40, 60
     item_ids = [f"i{j:02d}" for j in range(num_items)]
-    examples = [RecExample(f"e{q}", f"d{q}", [], [item_ids[q]], [q % 4 == 0]) for q in range(num_queries)]
-    pairs = TunePairs.from_examples(examples, item_ids)
+    examples = [RecExample(f"e{q}", f"d{q // examples_per_dialogue}", [], [item_ids[q]], [q % 4 == 0])
+                for q in range(num_queries)]
     good = rng.normal(size=(num_queries, num_items))
     good[np.arange(num_queries), np.arange(num_queries)] += 2.5  # the target stands out, not always at rank 1
     z = {"noise": zscore_rows(rng.normal(size=(num_queries, num_items))), "good": zscore_rows(good)}
-    tie = tiebreak(item_ids, 0)
-    id_rank = np.arange(num_items)
+    return examples, TunePairs.from_examples(examples, item_ids), z, tiebreak(item_ids, 0), np.arange(num_items)
+
+
+def test_tune_weights_picks_the_informative_feature() -> None:
+    _, pairs, z, tie, id_rank = _tuning_problem()
     weights, report = tune_weights(z, pairs, tie, id_rank, grid=(-0.5, 0.0, 0.5, 1.0, 2.0), passes=2)
     assert report["anchor"] == "good" and weights["good"] > 0
     assert abs(weights["noise"]) < weights["good"]
@@ -168,15 +177,7 @@ def test_resample_rows_draws_whole_dialogues_and_subset_pairs_renumbers() -> Non
 
 
 def test_bagged_weights_average_the_resamples() -> None:
-    rng = np.random.default_rng(0)
-    num_queries, num_items = 40, 60
-    item_ids = [f"i{j:02d}" for j in range(num_items)]
-    examples = [RecExample(f"e{q}", f"d{q // 2}", [], [item_ids[q]], [q % 4 == 0]) for q in range(num_queries)]
-    pairs = TunePairs.from_examples(examples, item_ids)
-    good = rng.normal(size=(num_queries, num_items))
-    good[np.arange(num_queries), np.arange(num_queries)] += 2.5
-    z = {"noise": zscore_rows(rng.normal(size=(num_queries, num_items))), "good": zscore_rows(good)}
-    tie, id_rank = tiebreak(item_ids, 0), np.arange(num_items)
+    examples, pairs, z, tie, id_rank = _tuning_problem(examples_per_dialogue=2)
     grid = (-0.5, 0.0, 0.5, 1.0, 2.0)
     dialogue_ids = [ex.dialogue_id for ex in examples]
     weights, report = bagged_weights(z, pairs, dialogue_ids, tie, id_rank, resamples=5, seed=3, grid=grid, passes=2)

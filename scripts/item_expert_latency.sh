@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the Item Expert costs per served turn at 135M and at 1.5B, on both local backends (docs/results/scaling.md,
-# issue 15's cost row; the Query Expert's rows come from scripts/query_student_study.sh).
+# section "Seventh session"; the Query Expert's rows come from scripts/query_student_study.sh).
 #   bash scripts/item_expert_latency.sh inspired [BASE] [N-TRAIN]     # needs `bash scripts/install.sh --qwen`
 # BASE (default runs/<ds>) is a run of configs/<ds>.yaml with its 135M experts (`reges all`); the 1.5B expert is
 # trained on a copy of it by scripts/scaling_study_fresh_trained.sh (served setting, retrieved targets only, SFT on a

@@ -4,7 +4,7 @@
 # trains on N of the distilled train examples instead of the config's train_query.max_examples (240 on INSPIRED),
 # everything else the same: data, catalog, index and distill copied, the fine-tuned encoder's checkpoint reused
 # (the train-retriever stage is redone: its weights are re-tuned with the new queries). Then the two students side
-# by side: compare_runs (paired), each query alone (retrieval_ablation) and the query's own share in each fusion
+# by side: compare_runs (paired), the new query alone (retrieval_ablation) and the query's own share in each fusion
 # (query_feature_effect).
 #   bash scripts/query_student_more_data.sh inspired 960 [RUNS]     # ~25 min on this CPU for 960
 set -euo pipefail
@@ -28,8 +28,7 @@ for stage in train-query rewrite train-retriever retrieve evaluate; do
 done
 "$PY" benchmarks/compare_runs.py --split dev --runs "student on the config's examples=$BASE" \
   "student on $N examples=$RUN" --out "docs/results/query_student_${DS}_$N.md"
-for run in "$BASE" "$RUN"; do
-  "$PY" benchmarks/retrieval_ablation.py "$run" --split dev --threads "$THREADS" \
-    --out "docs/results/query_student_ablation_$(basename "$run")_more_data.md"
-done
+# the base run's query alone: query_student_ablation_<ds>.md (scripts/query_student_study.sh, the same run)
+"$PY" benchmarks/retrieval_ablation.py "$RUN" --split dev --threads "$THREADS" \
+  --out "docs/results/query_student_ablation_$(basename "$RUN")_more_data.md"
 "$PY" benchmarks/query_feature_effect.py --run-dir "$RUN" --out "docs/results/query_feature_effect_${DS}_135m_$N.md"

@@ -227,12 +227,12 @@ def paired_recall_table(ranks: Mapping[str, np.ndarray], base: str, pairs: TuneP
         {label: {"all/recall@k" and "novel/recall@k": {"mean", "diff", "diff_ci": [low, high]}}}, rounded to 4
         places; the base row's differences are 0.
     """
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for label, r in ranks.items():
-        table[label] = {}
-        for protocol in ("all", "novel"):
-            for k in cutoffs:
-                a, b = (dialogue_hits(x, pairs, dialogue_ids, protocol == "novel", k) for x in (ranks[base], r))
+    table: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in ranks}
+    for protocol in ("all", "novel"):
+        for k in cutoffs:
+            a = dialogue_hits(ranks[base], pairs, dialogue_ids, protocol == "novel", k)
+            for label, r in ranks.items():
+                b = dialogue_hits(r, pairs, dialogue_ids, protocol == "novel", k)
                 _, mean, diff, low, high = paired_bootstrap_diff(a, b, resamples, seed)
                 table[label][f"{protocol}/recall@{k}"] = {"mean": round(mean, 4), "diff": round(diff, 4),
                                                          "diff_ci": [round(low, 4), round(high, 4)]}

@@ -24,7 +24,7 @@ from reges.llm.hf import HFLLM
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from reges.llm.llamacpp import LlamaCppLLM  # noqa: E402
+from reges.llm.llamacpp import LlamaCppLLM, SequenceScorer  # noqa: E402
 
 PROMPTS = [
     [{"role": "user", "content": "I loved The Matrix"}],
@@ -80,6 +80,28 @@ def test_rank_matches_transformers(tiny_cpp: LlamaCppLLM, tiny_hf: HFLLM) -> Non
         assert tiny_cpp.rank(messages, candidates, length_normalized=True) == pytest.approx(
             tiny_hf.rank(messages, candidates, length_normalized=True), abs=1e-3
         )
+
+
+
+def test_rank_scores_alike_in_one_batch_and_in_groups(tiny_gguf: Path, tiny_cpp: LlamaCppLLM) -> None:
+    # All candidates in one decode (the default), one candidate per decode (2 sequences: the prompt and one), and
+    # groups cut by a small batch: the same scores (F32 weights, so to float precision).
+    candidates = ["The Matrix", "The Matrix Reloaded", "Jaws", "Amélie (2001)", "Heat", "Alien"]
+    together = tiny_cpp.rank(PROMPTS[1], candidates)
+    one_by_one = LlamaCppLLM(str(tiny_gguf), n_ctx=256, threads=1)
+    one_by_one._scorer = SequenceScorer(one_by_one.llm, max_seqs=2)
+    assert one_by_one.rank(PROMPTS[1], candidates) == pytest.approx(together, abs=1e-4)
+    # Batches of 12 tokens: the prompt goes through in chunks, the candidates' 22 tokens in groups of <= 12.
+    small = LlamaCppLLM(str(tiny_gguf), n_ctx=256, threads=1)
+    small._scorer = SequenceScorer(small.llm)
+    small._scorer.n_batch = 12
+    groups: list[list[int]] = []
+    score_group = small._scorer._score_group
+    small._scorer._score_group = lambda group, *rest: (groups.append(list(group)), score_group(group, *rest))[1]
+    assert small.rank(PROMPTS[1], candidates) == pytest.approx(together, abs=1e-4)
+    assert len(groups) >= 2 and sorted(sum(groups, [])) == list(range(len(candidates)))
+    with pytest.raises(ModelError, match="max_seqs must be >= 2"):
+        SequenceScorer(tiny_cpp.llm, max_seqs=1)
 
 
 def test_choose_returns_candidates_verbatim(tiny_cpp: LlamaCppLLM, tiny_hf: HFLLM) -> None:

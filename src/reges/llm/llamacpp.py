@@ -2,14 +2,16 @@
 
 Prompts are rendered with the chat template stored in the GGUF metadata. `choose` restricts sampling with a GBNF
 grammar whose only sentences are the candidate strings; `rank` evaluates prompt + candidate tokens and reads the
-log-probabilities of the candidate's tokens. llama-cpp-python decodes one sequence at a time, so batches are loops;
-its prefix cache reuses the key/value cache when consecutive prompts share a beginning (the system message).
+log-probabilities of the candidate's tokens, all candidates in one decode (`SequenceScorer`: one sequence each, sharing
+the prompt's key/value cache). Generation decodes one sequence at a time, so batches are loops; llama-cpp-python's
+prefix cache reuses the key/value cache when consecutive prompts share a beginning (the system message).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -73,6 +75,146 @@ def extra_buffer_types(enabled: bool) -> Iterator[None]:
         lib.llama_model_default_params = default
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities of a (rows, vocabulary) logit array, in float64."""
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class SequenceScorer:
+    """Log-likelihoods of many continuations of one prompt, in one llama.cpp decode.
+
+    Why: `Llama` keeps one sequence per context, so scoring k candidates after a prompt took k decodes of a few
+    tokens each, one after another: with a 1.5B model 6-7 s of a 10-13 s rank call (docs/results/scaling.md).
+    Here a second context over the same weights holds up to `max_seqs` sequences in one unified key/value cache:
+    the prompt is decoded once as sequence 0 (a logit row for its last token only), every candidate gets a
+    sequence that shares the prompt's cached keys and values (`llama_memory_seq_cp`, no copy), and all candidates'
+    tokens go through one batch. Candidates that do not fit one batch, the cache or `max_seqs` go in further groups.
+
+    Args:
+        llm: The loaded model (its weights, context size, batch size and threads are reused).
+        lora_path: The GGUF LoRA adapter `llm` was loaded with, or None.
+        max_seqs: Sequences the context holds (the prompt's included).
+    """
+
+    def __init__(self, llm: Llama, lora_path: str | None = None, max_seqs: int = 32) -> None:
+        from llama_cpp import llama_cpp as lib
+        from llama_cpp._internals import LlamaContext
+
+        if max_seqs < 2:
+            raise ModelError(f"max_seqs must be >= 2 (the prompt and one candidate), got {max_seqs}")
+        self._lib = lib
+        params = type(llm.context_params).from_buffer_copy(llm.context_params)
+        params.n_seq_max = max_seqs
+        params.kv_unified = True  # the candidates share the prompt's cells instead of each holding n_ctx / n_seq_max
+        self.max_seqs = max_seqs
+        self.n_ctx = llm.n_ctx()
+        self.n_batch = int(params.n_batch)
+        self.n_vocab = llm.n_vocab()
+        self._batch = None
+        # llama-cpp-python's own context wrapper: it is freed before the model it runs on (`Llama` has no argument
+        # for the sequence count, hence its private `_model`). A LoRA adapter is freed with the model, never here.
+        try:
+            self._context = LlamaContext(model=llm._model, params=params, verbose=False)
+        except ValueError as e:
+            raise ModelError(f"llama.cpp could not create a {max_seqs}-sequence context of {self.n_ctx} tokens") from e
+        self._ctx = self._context.ctx
+        if lora_path is not None:
+            adapter = lib.llama_adapter_lora_init(llm.model, lora_path.encode("utf-8"))
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(1.0)
+            if not adapter or lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales):
+                raise ModelError(f"llama.cpp could not apply the LoRA adapter {lora_path} to the scoring context")
+        self._memory = lib.llama_get_memory(self._ctx)
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+
+    def close(self) -> None:
+        """Free the batch and the context (the adapter goes with the model)."""
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+        self._context.close()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_context"):
+            self.close()
+
+    def _decode(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int],
+                outputs: Sequence[bool]) -> None:
+        b = self._batch
+        for i, (token, pos, seq, out) in enumerate(zip(tokens, positions, seqs, outputs, strict=True)):
+            b.token[i] = token
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = out
+        b.n_tokens = len(tokens)
+        code = self._lib.llama_decode(self._ctx, b)
+        if code != 0:
+            raise ModelError(f"llama_decode returned {code} for a batch of {len(tokens)} tokens")
+
+    def _logits(self, rows: Sequence[int]) -> np.ndarray:
+        return np.stack([
+            np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,)) for i in rows
+        ])
+
+    def score(self, prompt: Sequence[int], answers: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Per-token log-probabilities of each answer (token ids, EOS included) after `prompt`."""
+        n = len(prompt)
+        if n == 0:
+            raise ModelError("SequenceScorer.score needs a non-empty prompt")
+        longest = max((len(a) for a in answers), default=0)
+        if n + longest > self.n_ctx or longest - 1 > self.n_batch:
+            raise ModelError(f"a prompt of {n} tokens and an answer of {longest} do not fit a context of "
+                             f"{self.n_ctx} tokens and batches of {self.n_batch}; raise llm.n_ctx")
+        self._lib.llama_memory_clear(self._memory, True)
+        for start in range(0, n, self.n_batch):
+            chunk = prompt[start : start + self.n_batch]
+            last = start + len(chunk) == n
+            self._decode(chunk, range(start, start + len(chunk)), [0] * len(chunk),
+                         [False] * (len(chunk) - 1) + [last])
+        first = log_softmax(self._logits([len(chunk) - 1]))[0]  # predicts every answer's first token
+        scores: list[np.ndarray] = [np.empty(0)] * len(answers)
+        room = min(self.n_batch, self.n_ctx - n)  # cells and batch slots for the candidates' own tokens
+        group: list[int] = []
+        used = 0
+        for i, answer in enumerate([*answers, None]):
+            fed = len(answer) - 1 if answer is not None else 0  # the last token (EOS) is predicted, never fed
+            if answer is None or len(group) == self.max_seqs - 1 or used + fed > room:
+                if group:
+                    self._score_group(group, answers, n, first, scores)
+                group, used = [], 0
+            if answer is not None:
+                group.append(i)
+                used += fed
+        return scores
+
+    def _score_group(self, group: list[int], answers: Sequence[Sequence[int]], n: int, first: np.ndarray,
+                     scores: list[np.ndarray]) -> None:
+        tokens: list[int] = []
+        positions: list[int] = []
+        seqs: list[int] = []
+        for seq, i in enumerate(group, start=1):
+            self._lib.llama_memory_seq_cp(self._memory, 0, seq, -1, -1)
+            fed = answers[i][:-1]
+            tokens += fed
+            positions += range(n, n + len(fed))
+            seqs += [seq] * len(fed)
+        if tokens:
+            self._decode(tokens, positions, seqs, [True] * len(tokens))
+            logprobs = log_softmax(self._logits(range(len(tokens))))
+        row = 0
+        for i in group:
+            answer = answers[i]
+            rest = len(answer) - 1
+            later = logprobs[np.arange(row, row + rest), answer[1:]] if rest else np.empty(0)
+            scores[i] = np.concatenate([[first[answer[0]]], later])
+            row += rest
+        for seq in range(1, len(group) + 1):
+            self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+
 class LlamaCppLLM:
     """An `LLM` over a GGUF model run by llama.cpp, optionally with a LoRA adapter converted to GGUF.
 
@@ -116,8 +258,8 @@ class LlamaCppLLM:
         self.lora_path = lora_path
         self.seed = seed
         self.extra_buffers = extra_buffers
-        self.llm = self._load(logits_all=False)
-        self._scorer: Llama | None = None  # a second context that keeps the logits of every token, for `rank`
+        self.llm = self._load()
+        self._scorer: SequenceScorer | None = None  # a second, many-sequence context for `rank`
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ModelError(f"{model_path} has no chat template in its GGUF metadata; use an instruct/chat model")
@@ -130,7 +272,7 @@ class LlamaCppLLM:
         bos_id = self.llm.token_bos()
         self.bos_token = self.llm.detokenize([bos_id], special=True).decode("utf-8") if bos_id >= 0 else ""
 
-    def _load(self, logits_all: bool) -> Llama:
+    def _load(self) -> Llama:
         llama = _import_llama()
         try:
             with extra_buffer_types(self.extra_buffers):
@@ -140,7 +282,6 @@ class LlamaCppLLM:
                     n_threads=self.threads,
                     n_threads_batch=self.threads,
                     lora_path=self.lora_path,
-                    logits_all=logits_all,
                     seed=self.seed,
                     verbose=False,
                 )
@@ -233,13 +374,10 @@ class LlamaCppLLM:
         return chosen
 
     def rank(self, prompt: Messages, candidates: list[str], length_normalized: bool = False) -> list[float]:
-        """See `LLM.rank`: evaluate the prompt once, then each candidate + EOS after it, reading every logit."""
+        """See `LLM.rank`: the prompt once, then every candidate + EOS in one batch (`SequenceScorer`)."""
         check_candidates(candidates)
         if self._scorer is None:
-            # logits_all keeps one logit row per evaluated token, which `rank` needs and generation does not
-            # (it costs a vocabulary-sized output projection per prompt token), hence a second context.
-            self._scorer = self._load(logits_all=True)
-        scorer = self._scorer
+            self._scorer = SequenceScorer(self.llm, self.lora_path)
         text = self.prompt_text(prompt, max(len(self.encode(c)) for c in candidates) + 8)
         prompt_ids = self.encode(text)
         n = len(prompt_ids)
@@ -248,16 +386,5 @@ class LlamaCppLLM:
             (ids[n:] if ids[:n] == prompt_ids else self.encode(c)) + [self.eos_id]
             for ids, c in zip(full, candidates, strict=True)
         ]
-        scorer.reset()
-        scorer.eval(prompt_ids)
-        scores = []
-        for answer in answers:
-            scorer.n_tokens = n  # drop the previous candidate from the key/value cache, keep the prompt
-            scorer.eval(answer)
-            logits = scorer.scores[n - 1 : n - 1 + len(answer)].astype(np.float64)  # (len(answer), V)
-            logits -= logits.max(axis=1, keepdims=True)
-            logprobs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-            token_logprobs = logprobs[np.arange(len(answer)), answer]
-            total = float(token_logprobs.sum())
-            scores.append(total / len(answer) if length_normalized else total)
-        return scores
+        token_logprobs = self._scorer.score(prompt_ids, answers)
+        return [float(t.sum()) / (len(t) if length_normalized else 1) for t in token_logprobs]

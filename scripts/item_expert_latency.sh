@@ -33,3 +33,9 @@ for backend in hf llamacpp; do
     --override generate.mode=rank generate.fusion_alpha=1.0 item_llm.backend=$backend "${BIG_ITEM[@]}" \
     --out "docs/results/turn_latency_item_1.5b_${backend}_$DS.md"
 done
+# llama.cpp rank mode, all candidates in one batch against one decode per candidate (the procedure before
+# 2026-12-07, kept in the benchmark as its reference), on the same served prompts
+"$PY" benchmarks/rank_batching.py --run-dir "$BASE" --prompts 20 --threads "$THREADS" \
+  --override mine.exclude_named=true --out "docs/results/rank_batching_135m_$DS.md"
+"$PY" benchmarks/rank_batching.py --run-dir "$BIG" --prompts 20 --threads "$THREADS" \
+  --override "${BIG_ITEM[@]}" --out "docs/results/rank_batching_1.5b_$DS.md"

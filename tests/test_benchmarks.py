@@ -357,7 +357,8 @@ NOT_REPRODUCED = {"gpu_check": "needs a GPU: scripts/gpu_check.sh runs it and wr
                   "scaling_report": "scripts/scaling_study.sh runs it (needs the opt-in 1.5B model)",
                   "expert_diagnostics": "scaling.md's runs need the opt-in 1.5B model, as scaling_report",
                   "scale_catalog": "~1 h on one thread at 1e6 items; docs/results/scale.md names its command",
-                  "fused_scale": "~40 min on one thread at 1e6 items; docs/results/scale_fusion.md names its command"}
+                  "fused_scale": "~40 min on one thread at 1e6 items; docs/results/scale_fusion.md names its command",
+                  "rank_batching": "scripts/item_expert_latency.sh runs it (its 1.5B rows need the opt-in model)"}
 
 
 def _python(args: list[str], timeout: float = 900) -> str:
@@ -454,6 +455,27 @@ def test_query_feature_effect_smoke(tiny_run, tmp_path):
     for cell in ("all/recall@1", "all/recall@10", "novel/recall@10"):
         assert result["table"][run_row][cell]["mean"] == pytest.approx(retrieved[cell]["mean"], abs=1e-4), cell
 
+
+
+def test_dialogue_neighbours_votes_by_similarity_among_the_nearest():
+    neighbours = _load("dialogue_neighbours")
+    sims = np.array([[0.9, 0.5, 0.8, 0.1]])  # one query, four train examples
+    targets = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # their targets
+    scores = neighbours.neighbour_scores(sims, targets, m=2, tau=0.1)  # the two nearest: examples 0 and 2
+    w0, w2 = np.exp((0.9 - 1.0) / 0.1), np.exp((0.8 - 1.0) / 0.1)
+    assert scores == pytest.approx(np.array([[w0 + w2, 0.0, w2]]))
+    assert neighbours.neighbour_scores(sims, targets, m=10, tau=0.1).shape == (1, 3)  # m beyond the train examples
+
+
+@pytest.mark.slow
+def test_dialogue_neighbours_smoke(tiny_run, tmp_path):
+    out = tmp_path / "neighbours.md"
+    _python(["benchmarks/dialogue_neighbours.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--threads", "1",
+             "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["reproduces_run_weights"]  # the base row is the run's own fusion
+    assert list(result["table"]) == ["run's features", "+ neighbours", "neighbours alone"]
+    assert result["train_examples"] > 0 and f"{result['neighbours']}/{result['tau']:g}" in result["objective_alone"]
 
 @pytest.mark.slow
 def test_weight_stability_smoke(tiny_run, tmp_path):
@@ -681,7 +703,8 @@ def test_reproduce_smoke(tiny_run, tmp_path):
                  "llm_training_run.md", "llm_inference.md", "catalog_cleaning_counts.json", "serving.json",
                  "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json",
                  "comention_variants_tiny.json", "shipped_vs_signals_tiny.json",
-                 "recall_headroom_tiny.json", "query_feature_effect_tiny.json", "weight_stability_tiny.json"):
+                 "recall_headroom_tiny.json", "query_feature_effect_tiny.json", "weight_stability_tiny.json",
+                 "dialogue_neighbours_tiny.json"):
         assert (results / name).is_file(), name
     # the exported bundle retrieves what its run retrieves (float16 embeddings, the encoder rebuilt from its adapter)
     shipped = json.loads((results / "shipped_tiny.json").read_text())

@@ -7,6 +7,7 @@ weights in fp32: they agree closely, not exactly (see docs/results/llm.md).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from reges.llm.base import gbnf_choice
 from reges.llm.hf import HFLLM
 
 llama_cpp = pytest.importorskip("llama_cpp")
+REPO = Path(__file__).resolve().parents[1]
 
 from reges.llm.llamacpp import LlamaCppLLM, SequenceScorer  # noqa: E402
 
@@ -102,6 +104,19 @@ def test_rank_scores_alike_in_one_batch_and_in_groups(tiny_gguf: Path, tiny_cpp:
     assert len(groups) >= 2 and sorted(sum(groups, [])) == list(range(len(candidates)))
     with pytest.raises(ModelError, match="max_seqs must be >= 2"):
         SequenceScorer(tiny_cpp.llm, max_seqs=1)
+
+
+
+def test_rank_equals_the_one_decode_per_candidate_reference(tiny_cpp: LlamaCppLLM) -> None:
+    # benchmarks/rank_batching.py times the procedure rank used before against rank: on F32 weights they agree
+    spec = importlib.util.spec_from_file_location("rank_batching", REPO / "benchmarks" / "rank_batching.py")
+    assert spec is not None and spec.loader is not None
+    rank_batching = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rank_batching)
+    candidates = ["The Matrix", "The Matrix Reloaded", "Jaws", "Amélie (2001)"]
+    reference = rank_batching.SequentialRank(tiny_cpp)
+    for messages in PROMPTS:
+        assert reference.rank(messages, candidates) == pytest.approx(tiny_cpp.rank(messages, candidates), abs=1e-4)
 
 
 def test_choose_returns_candidates_verbatim(tiny_cpp: LlamaCppLLM, tiny_hf: HFLLM) -> None:

@@ -1,0 +1,169 @@
+"""The nearest training dialogues as a fusion feature: what recommenders suggested to seekers who wrote alike.
+
+Why: the run's features reach an item through the films the dialogue names (co-mention prior), the people it names,
+or one text-to-card encoder trained on a few thousand (dialogue, card) pairs. A request that names no film ("a sad
+drama", "something funny with Jim Carrey, I hate horror") has only the last, and long-tail films are the misses
+(docs/results/signals.md: targets talked about in fewer than 20 training dialogues are 57 % of ReDial's misses at
+50). A non-parametric route from text to items: embed the context with the run's own tuned encoder (the text the
+dense_dialogue feature embeds), find the M most similar train contexts, and let each vote for the films its
+recommender then suggested, weighted by similarity:
+
+    neighbours_j = sum over the M nearest train examples e of exp((cos(q, e) - 1) / tau) * [j is a target of e]
+
+(M, tau) from a small grid, chosen by the feature's own objective alone on tune (as comention_variants picks EASE's
+lambda). Train examples only: tune and dev dialogues are never neighbours, and their targets are never read. The
+feature is added to the run's features (no-query weight set), the weights re-tuned on tune with the stage's
+coordinate search; recall@10/50 on dev under protocols all and novel, paired with the run's features re-tuned the
+same way (95 % interval, bootstrap over dialogues). A single weight search moves dev R@50 by up to 0.03-0.07 between
+resamples of tune (signals.md, last section), so a gain has to be read against that too.
+
+Usage:
+    .venv/bin/python benchmarks/dialogue_neighbours.py --run-dir runs/redial-nq \\
+        --out docs/results/dialogue_neighbours_redial.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reges.config import load_config
+from reges.eval.metrics import paired_recall_table
+from reges.io import machine_info, now_iso, write_json
+from reges.records import RecExample
+from reges.retrieval.fusion import (
+    NO_QUERY,
+    FusedRetriever,
+    TunePairs,
+    fuse,
+    pair_ranks,
+    recall_table,
+    tune_weights,
+    zscore_rows,
+)
+from reges.retrieval.queries import context_to_query
+from reges.retrieval.retrieve import read_examples, split_features
+
+logger = logging.getLogger("dialogue_neighbours")
+
+CUTOFFS = (10, 50)
+NEIGHBOURS = (20, 100, 400, 1000)
+TAUS = (0.02, 0.05, 0.2, 1.0)
+
+
+def embed_contexts(fr: FusedRetriever, examples: list[RecExample]) -> np.ndarray:
+    """(n, dim) the run's tuned encoder over each context's text, as the dense_dialogue feature embeds it."""
+    assert fr.encoder is not None
+    s = fr.settings
+    texts = [context_to_query(list(ex.context), s.query_mode, s.max_query_chars) or " " for ex in examples]
+    return np.asarray(fr.encoder.encode(texts, s.batch_size, False), dtype=np.float32)
+
+
+def neighbour_scores(sims: np.ndarray, targets: np.ndarray, m: int, tau: float) -> np.ndarray:
+    """(q, items) similarity-weighted votes of each query's m nearest train examples for their targets.
+
+    Args:
+        sims: (q, train examples) cosines.
+        targets: (train examples, items) 0/1 matrix of each train example's targets.
+    """
+    m = min(m, sims.shape[1])
+    top = np.argpartition(-sims, m - 1, axis=1)[:, :m]  # (q, m)
+    weights = np.zeros_like(sims)
+    rows = np.arange(sims.shape[0])[:, None]
+    weights[rows, top] = np.exp((sims[rows, top] - 1.0) / tau)
+    return weights @ targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, required=True, help="a run with data and train-retriever complete")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    fr = FusedRetriever.load(args.run_dir, device="cpu")
+    tc = load_config(args.run_dir / "config.yaml").train_retriever  # the stage's grid and passes
+    names = list(fr.weights[NO_QUERY])  # every feature the stage searched, in its order (the search is path-dependent)
+    train = [ex for ex in read_examples(args.run_dir / "data" / "train.jsonl") if ex.target_item_ids]
+    column = {item_id: j for j, item_id in enumerate(fr.item_ids)}
+    targets = np.zeros((len(train), len(fr.item_ids)), dtype=np.float64)
+    for i, ex in enumerate(train):
+        targets[i, [column[t] for t in ex.target_item_ids if t in column]] = 1.0
+    logger.info("embedding %d train contexts", len(train))
+    train_emb = embed_contexts(fr, train)
+    z: dict[str, dict[str, np.ndarray]] = {}
+    data: dict[str, tuple[list[RecExample], TunePairs]] = {}
+    sims: dict[str, np.ndarray] = {}
+    for split in ("tune", "dev"):
+        examples, _, z[split] = split_features(fr, args.run_dir, split, names, with_query=False)
+        data[split] = (examples, TunePairs.from_examples(examples, fr.item_ids))
+        sims[split] = embed_contexts(fr, examples) @ train_emb.T
+    alone: dict[str, float] = {}
+    best: tuple[int, float] | None = None
+    for m in NEIGHBOURS:
+        for tau in TAUS:
+            zs = zscore_rows(neighbour_scores(sims["tune"], targets, m, tau))
+            ranks = pair_ranks(fuse({"neighbours": zs}, {"neighbours": 1.0}, fr.tie), data["tune"][1], fr.id_rank)
+            alone[f"{m}/{tau:g}"] = recall_table(ranks, data["tune"][1])["objective"]
+            if best is None or alone[f"{m}/{tau:g}"] > alone[f"{best[0]}/{best[1]:g}"]:
+                best = (m, tau)
+    assert best is not None
+    m, tau = best
+    logger.info("neighbours: M %d, tau %g (tune objective alone: %s)", m, tau, alone)
+    for split in ("tune", "dev"):
+        z[split]["neighbours"] = zscore_rows(neighbour_scores(sims[split], targets, m, tau))
+    variants = {"run's features": names, "+ neighbours": [*names, "neighbours"], "neighbours alone": ["neighbours"]}
+    examples, pairs = data["dev"]
+    weights, ranks = {}, {}
+    for label, feats in variants.items():
+        if label == "neighbours alone":
+            weights[label] = {"neighbours": 1.0}
+        else:
+            weights[label], _ = tune_weights({f: z["tune"][f] for f in feats}, data["tune"][1], fr.tie, fr.id_rank,
+                                             tc.weight_grid, tc.tune_passes)
+        ranks[label] = pair_ranks(fuse({f: z["dev"][f] for f in feats}, weights[label], fr.tie), pairs, fr.id_rank)
+    base = "run's features"
+    same = all(abs(weights[base][n] - fr.weights[NO_QUERY].get(n, 0.0)) < 1e-9 for n in names)
+    table = paired_recall_table(ranks, base, pairs, [ex.dialogue_id for ex in examples], CUTOFFS, args.bootstrap,
+                                args.seed)
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/dialogue_neighbours.py", *sys.argv[1:]])
+    mi = machine_info()
+    cols = [f"{p}/recall@{k}" for p in ("all", "novel") for k in CUTOFFS]
+    lines = [f"# The nearest training dialogues as a fusion feature ({args.run_dir}, dev: {len(examples)} examples)",
+             "", f"Generated by `{command}` on {now_iso()} ({mi['cpu_model']}, {mi['cores']} cores). What the feature "
+             f"is: the script's docstring. {len(train)} train examples with a target are the neighbours; M {m}, tau "
+             f"{tau:g} chosen on tune by the feature alone (objective, the mean of R@10 and R@50 under all and novel: "
+             + ", ".join(f"{k}: {v:.4f}" for k, v in alone.items()) + "). Weights re-tuned on tune for every row "
+             "(no query) with the stage's grid and passes; the first row's are the run's own: "
+             + ("yes" if same else "**no**") + ". Each cell: recall, then the paired difference to the run's "
+             "features with its 95 % interval (bootstrap over dialogues).", "",
+             "| features | " + " | ".join(cols) + " | weights |", "|---|" + "---:|" * len(cols) + "---|"]
+    for label in variants:
+        cells = []
+        for c in cols:
+            v = table[label][c]
+            cells.append(f"{v['mean']:.3f}" if label == base else
+                         f"{v['mean']:.3f} ({v['diff']:+.3f} [{v['diff_ci'][0]:+.3f}, {v['diff_ci'][1]:+.3f}])")
+        w = ", ".join(f"{f} {v:g}" for f, v in weights[label].items() if v)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {w} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(args.out.with_suffix(".json"), {"run_dir": str(args.run_dir), "table": table, "weights": weights,
+                                               "reproduces_run_weights": same, "neighbours": m, "tau": tau,
+                                               "objective_alone": alone,
+                                               "train_examples": len(train), "command": command, "machine": mi})
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -82,6 +82,16 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def token_logprobs(logits: np.ndarray, tokens: Sequence[int], chunk: int = 32) -> np.ndarray:
+    """log p(tokens[i]) under row i of a (rows, vocabulary) logit array, `chunk` rows at a time (a 150k-token
+    vocabulary makes the whole float64 softmax of 200 rows a quarter of a gigabyte)."""
+    out = np.empty(len(tokens))
+    for start in range(0, len(tokens), chunk):
+        rows = log_softmax(logits[start : start + chunk])
+        out[start : start + chunk] = rows[np.arange(len(rows)), tokens[start : start + chunk]]
+    return out
+
+
 class SequenceScorer:
     """Log-likelihoods of many continuations of one prompt, in one llama.cpp decode.
 
@@ -154,10 +164,10 @@ class SequenceScorer:
         if code != 0:
             raise ModelError(f"llama_decode returned {code} for a batch of {len(tokens)} tokens")
 
-    def _logits(self, rows: Sequence[int]) -> np.ndarray:
-        return np.stack([
-            np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,)) for i in rows
-        ])
+    def _logits(self, n_outputs: int) -> np.ndarray:
+        """(n_outputs, vocabulary) view of the last decode's logit rows, in batch order (llama.cpp keeps them
+        contiguous in the order of the tokens marked as outputs); valid until the next decode."""
+        return np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx), shape=(n_outputs, self.n_vocab))
 
     def score(self, prompt: Sequence[int], answers: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Per-token log-probabilities of each answer (token ids, EOS included) after `prompt`."""
@@ -174,7 +184,7 @@ class SequenceScorer:
             last = start + len(chunk) == n
             self._decode(chunk, range(start, start + len(chunk)), [0] * len(chunk),
                          [False] * (len(chunk) - 1) + [last])
-        first = log_softmax(self._logits([len(chunk) - 1]))[0]  # predicts every answer's first token
+        first = log_softmax(self._logits(1))[0]  # the prompt's last token: predicts every answer's first
         scores: list[np.ndarray] = [np.empty(0)] * len(answers)
         room = min(self.n_batch, self.n_ctx - n)  # cells and batch slots for the candidates' own tokens
         group: list[int] = []
@@ -201,15 +211,16 @@ class SequenceScorer:
             tokens += fed
             positions += range(n, n + len(fed))
             seqs += [seq] * len(fed)
+        predicted = [t for i in group for t in answers[i][1:]]  # what each fed token's logit row predicts
+        logprobs = np.empty(0)
         if tokens:
             self._decode(tokens, positions, seqs, [True] * len(tokens))
-            logprobs = log_softmax(self._logits(range(len(tokens))))
+            logprobs = token_logprobs(self._logits(len(tokens)), predicted)
         row = 0
         for i in group:
             answer = answers[i]
             rest = len(answer) - 1
-            later = logprobs[np.arange(row, row + rest), answer[1:]] if rest else np.empty(0)
-            scores[i] = np.concatenate([[first[answer[0]]], later])
+            scores[i] = np.concatenate([[first[answer[0]]], logprobs[row : row + rest]])
             row += rest
         for seq in range(1, len(group) + 1):
             self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)

@@ -28,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from reges.eval.metrics import paired_bootstrap_diff
+from reges.eval.metrics import paired_bootstrap_diff, paired_cells
 from reges.io import machine_info, now_iso, read_jsonl, read_trec, write_json
 from reges.linking import TitleSpotter
 from reges.records import Item, RecExample, mentioned_item_ids
@@ -132,11 +132,7 @@ def to_markdown(result: dict[str, Any], runs: list[tuple[str, Path]], command: s
         "|---|" + "---:|" * len(cols),
     ]
     for name, _ in runs:
-        cells = []
-        for c in cols:
-            v = result["table"][name][c]
-            cells.append(f"{v['mean']:.3f}" if name == result["baseline"] else
-                         f"{v['mean']:.3f} ({v['diff']:+.3f} [{v['diff_ci'][0]:+.3f}, {v['diff_ci'][1]:+.3f}])")
+        cells = paired_cells(result["table"], name, result["baseline"], cols)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

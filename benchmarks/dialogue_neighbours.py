@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from reges.config import load_config
-from reges.eval.metrics import paired_recall_table
+from reges.eval.metrics import paired_cells, paired_recall_table
 from reges.io import machine_info, now_iso, write_json
 from reges.records import RecExample
 from reges.retrieval.fusion import (
@@ -148,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
              "features with its 95 % interval (bootstrap over dialogues).", "",
              "| features | " + " | ".join(cols) + " | weights |", "|---|" + "---:|" * len(cols) + "---|"]
     for label in variants:
-        cells = []
-        for c in cols:
-            v = table[label][c]
-            cells.append(f"{v['mean']:.3f}" if label == base else
-                         f"{v['mean']:.3f} ({v['diff']:+.3f} [{v['diff_ci'][0]:+.3f}, {v['diff_ci'][1]:+.3f}])")
+        cells = paired_cells(table, label, base, cols)
         w = ", ".join(f"{f} {v:g}" for f, v in weights[label].items() if v)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {w} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

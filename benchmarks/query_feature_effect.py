@@ -36,7 +36,7 @@ import torch
 
 from reges.config import load_config
 from reges.errors import DataError
-from reges.eval.metrics import paired_recall_table
+from reges.eval.metrics import paired_cells, paired_recall_table
 from reges.io import machine_info, now_iso, write_json
 from reges.records import RecExample
 from reges.retrieval.fusion import (
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
              "with its 95 % interval (bootstrap over dialogues). Why: the script's docstring.", "",
              "| weights | " + " | ".join(cols) + " | weights |", "|---|" + "---:|" * len(cols) + "---|"]
     for label, w in weights.items():
-        cells = [f"{table[label][c]['mean']:.3f}" if label == BASE else
-                 f"{table[label][c]['mean']:.3f} ({table[label][c]['diff']:+.3f} "
-                 f"[{table[label][c]['diff_ci'][0]:+.3f}, {table[label][c]['diff_ci'][1]:+.3f}])" for c in cols]
+        cells = paired_cells(table, label, BASE, cols)
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + ", ".join(f"{f} {v:g}" for f, v in w.items() if v)
                      + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ import torch
 
 from reges.config import load_config
 from reges.errors import DataError
-from reges.eval.metrics import paired_recall_table
+from reges.eval.metrics import paired_cells, paired_recall_table
 from reges.io import machine_info, now_iso, write_json
 from reges.retrieval.fusion import (
     NO_QUERY,
@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"over the {args.resamples} resamples' weights.", "",
         "| weights | " + " | ".join(cols) + " | tune objective |", "|---|" + "---:|" * len(cols) + "---:|"]
     for label, key in ((BASE, "run"), (BAGGED, "bagged")):
-        cells = [f"{table[label][c]['mean']:.3f}" if label == BASE else
-                 f"{table[label][c]['mean']:.3f} ({table[label][c]['diff']:+.3f} "
-                 f"[{table[label][c]['diff_ci'][0]:+.3f}, {table[label][c]['diff_ci'][1]:+.3f}])" for c in cols]
+        cells = paired_cells(table, label, BASE, cols)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {tune_objective[key]:.4f} |")
     lines.append(f"| one search on a resample ({args.resamples}): median [range] | " + " | ".join(
         f"{spread_summary[c]['median']:.3f} [{spread_summary[c]['range95'][0]:.3f}, "

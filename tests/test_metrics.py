@@ -11,6 +11,7 @@ from reges.eval.metrics import (
     bootstrap_recall_ci,
     dialogue_hits,
     hit_at_k,
+    paired_cells,
     paired_recall_table,
     recall_at_k,
     recall_key,
@@ -129,3 +130,10 @@ def test_paired_recall_table_differences_by_dialogue() -> None:
     assert table["base"]["all/recall@10"] == {"mean": 0.3333, "diff": 0.0, "diff_ci": [0.0, 0.0]}
     assert table["better"]["all/recall@10"]["mean"] == 1.0 and table["better"]["all/recall@10"]["diff"] == 0.6667
     assert table["better"]["novel/recall@10"]["diff"] == 0.5 and table["better"]["all/recall@1"]["diff"] == 0.0
+
+
+def test_paired_cells_print_the_base_plainly_and_the_others_with_their_difference():
+    table = {"base": {"all/recall@10": {"mean": 0.25, "diff": 0.0, "diff_ci": [0.0, 0.0]}},
+             "variant": {"all/recall@10": {"mean": 0.2812, "diff": 0.0312, "diff_ci": [-0.004, 0.0651]}}}
+    assert paired_cells(table, "base", "base", ["all/recall@10"]) == ["0.250"]
+    assert paired_cells(table, "variant", "base", ["all/recall@10"]) == ["0.281 (+0.031 [-0.004, +0.065])"]

@@ -239,6 +239,19 @@ def paired_recall_table(ranks: Mapping[str, np.ndarray], base: str, pairs: TuneP
     return table
 
 
+
+def paired_cells(table: Mapping[str, Mapping[str, Mapping[str, Any]]], label: str, base: str,
+                 cols: Sequence[str]) -> list[str]:
+    """One row of a paired table (`paired_recall_table`, benchmarks/compare_runs.py) as the result pages print it:
+    each recall, and for rows other than `base` its paired difference with the 95 % interval."""
+    cells = []
+    for c in cols:
+        v = table[label][c]
+        cells.append(f"{v['mean']:.3f}" if label == base else
+                     f"{v['mean']:.3f} ({v['diff']:+.3f} [{v['diff_ci'][0]:+.3f}, {v['diff_ci'][1]:+.3f}])")
+    return cells
+
+
 def summarize(
     pairs: Sequence[TargetRank], protocol: EvalProtocol | EvalSet, cutoffs: Sequence[int], resamples: int, seed: int
 ) -> dict[str, object]:

@@ -25,13 +25,16 @@ import logging
 import shlex
 import sys
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from reges.catalog import alias_map, canonical_example, read_catalog
 from reges.eval.metrics import paired_bootstrap_diff, paired_cells
 from reges.io import machine_info, now_iso, read_jsonl, read_trec, write_json
 from reges.linking import TitleSpotter
 from reges.records import Item, RecExample, mentioned_item_ids
+from reges.retrieval.retrieve import read_examples
 
 logger = logging.getLogger("compare_runs")
 
@@ -39,18 +42,43 @@ PROTOCOLS = ("all", "novel")
 CUTOFFS = (1, 10, 50)
 
 
-def read_ranks(run_dir: Path, split: str, method: str) -> dict[str, tuple[str, list[tuple[int | None, bool]]]]:
-    """example id -> (dialogue id, [(rank or None, mentioned) per target]) of one method on one split."""
+def read_ranks(run_dir: Path, split: str, method: str, aliases: Mapping[str, str] | None = None
+               ) -> dict[str, tuple[str, list[tuple[int | None, bool]]]]:
+    """example id -> (dialogue id, [(rank or None, mentioned) per target]) of one method on one split.
+
+    With `aliases` (a cleaned catalog's folded id -> kept id, `reges.catalog.alias_map`) the targets are those of
+    `canonical_example` on the run's data, one per film (mentioned when the mapped context names it), each at the
+    best rank the run gave any of the film's ids: a run over the uncleaned catalog is then scored on the same
+    targets as a run over the cleaned one, which `reges evaluate` canonicalizes the same way.
+    """
     path = run_dir / "evaluate" / "per_example.jsonl"
     if not path.is_file():
         raise SystemExit(f"{path} not found; run `reges evaluate` in {run_dir} first")
-    out = {}
-    for row in read_jsonl(path):
-        if row["split"] == split and row["method"] == method:
-            out[row["example_id"]] = (row["dialogue_id"], [(t["rank"], bool(t["mentioned"])) for t in row["targets"]])
-    if not out:
+    rows = {row["example_id"]: row for row in read_jsonl(path) if row["split"] == split and row["method"] == method}
+    if not rows:
         raise SystemExit(f"{path} has no rows for split {split!r} and method {method!r}")
+    if not aliases:
+        return {ex: (row["dialogue_id"], [(t["rank"], bool(t["mentioned"])) for t in row["targets"]])
+                for ex, row in rows.items()}
+    examples = {ex.example_id: canonical_example(ex, aliases)
+                for ex in read_examples(run_dir / "data" / f"{split}.jsonl")}
+    out = {}
+    for example_id, row in rows.items():
+        best: dict[str, int | None] = {}
+        for t in row["targets"]:
+            film, rank = aliases.get(t["item_id"], t["item_id"]), t["rank"]
+            known = best.get(film)
+            best[film] = rank if known is None else known if rank is None else min(known, rank)
+        ex = examples[example_id]
+        out[example_id] = (row["dialogue_id"], [(best.get(t), m) for t, m in
+                                                zip(ex.target_item_ids, ex.target_mentioned, strict=True)])
     return out
+
+
+def run_aliases(run_dir: Path) -> dict[str, str]:
+    """The folded id -> kept id map of a run's catalog (empty when it was not cleaned or the run has none)."""
+    path = run_dir / "catalog" / "items.jsonl"
+    return alias_map(read_catalog(path)) if path.is_file() else {}
 
 
 def hits_by_dialogue(ranks: dict[str, tuple[str, list[tuple[int | None, bool]]]], example_ids: list[str],
@@ -66,9 +94,13 @@ def hits_by_dialogue(ranks: dict[str, tuple[str, list[tuple[int | None, bool]]]]
     return out
 
 
-def served_hits(run_dir: Path, split: str, example_ids: list[str], protocol: str) -> dict[str, list[float]]:
-    """dialogue id -> hit flags of the as-served top-1 (module docstring), examples in `example_ids` order."""
-    examples = {ex["example_id"]: RecExample.from_dict(ex) for ex in read_jsonl(run_dir / "data" / f"{split}.jsonl")}
+def served_hits(run_dir: Path, split: str, example_ids: list[str], protocol: str,
+                aliases: Mapping[str, str] | None = None) -> dict[str, list[float]]:
+    """dialogue id -> hit flags of the as-served top-1 (module docstring), examples in `example_ids` order; with
+    `aliases`, targets, named films and the pick are compared as films (`read_ranks`)."""
+    aliases = aliases or {}
+    examples = {ex["example_id"]: canonical_example(RecExample.from_dict(ex), aliases)
+                for ex in read_jsonl(run_dir / "data" / f"{split}.jsonl")}
     spotter = TitleSpotter([Item.from_dict(it) for it in read_jsonl(run_dir / "catalog" / "items.jsonl")])
     trec = read_trec(run_dir / "retrieve" / f"{split}.trec")
     out: dict[str, list[float]] = defaultdict(list)
@@ -78,15 +110,20 @@ def served_hits(run_dir: Path, split: str, example_ids: list[str], protocol: str
         if not targets:
             continue
         named = spotter.same_title_ids(mentioned_item_ids(ex.context))
-        pick = next((h.item_id for h in trec.get(example_id, []) if h.item_id not in named), None)
+        films = (aliases.get(h.item_id, h.item_id) for h in trec.get(example_id, []))
+        pick = next((film for film in films if film not in named), None)
         out[ex.dialogue_id].append(float(pick in targets))
     return out
 
 
-def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int, seed: int) -> dict[str, Any]:
+def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int, seed: int,
+            aliases_from: Path | None = None) -> dict[str, Any]:
     """Per run, protocol and cutoff: recall and the paired difference to the first run (and, for the run's own
-    retrieval, the as-served top-1)."""
-    ranks = {name: read_ranks(path, split, method) for name, path in runs}
+    retrieval, the as-served top-1). `aliases_from`: a run whose cleaned catalog's aliases map every run's ids to
+    films (`read_ranks`), for runs over catalogs cleaned differently."""
+    shared_aliases = run_aliases(aliases_from) if aliases_from is not None else {}
+    aliases = {name: {**run_aliases(path), **shared_aliases} for name, path in runs}
+    ranks = {name: read_ranks(path, split, method, aliases[name]) for name, path in runs}
     base_name = runs[0][0]
     shared = sorted(set.intersection(*(set(r) for r in ranks.values())))
     if len(shared) < len(ranks[base_name]):
@@ -95,7 +132,7 @@ def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int,
     served = method == "retrieve" and all(
         (p / "retrieve" / f"{split}.trec").is_file() and (p / "data" / f"{split}.jsonl").is_file() for _, p in runs)
     # each run's files are read once per protocol, not again for every run compared with the base
-    served_by_run = {(name, protocol): served_hits(path, split, shared, protocol)
+    served_by_run = {(name, protocol): served_hits(path, split, shared, protocol, aliases[name])
                      for name, path in runs for protocol in PROTOCOLS} if served else {}
     for name, _ in runs:
         table[name] = {}
@@ -111,7 +148,8 @@ def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int,
                 _, mean_b, diff, low, high = paired_bootstrap_diff(a, b, samples, seed)
                 table[name][f"{protocol}/served@1"] = {"mean": round(mean_b, 4), "diff": round(diff, 4),
                                                        "diff_ci": [round(low, 4), round(high, 4)]}
-    return {"split": split, "method": method, "examples": len(shared), "baseline": base_name, "table": table}
+    return {"split": split, "method": method, "examples": len(shared), "baseline": base_name, "table": table,
+            "aliases_from": str(aliases_from) if aliases_from is not None else None}
 
 
 def to_markdown(result: dict[str, Any], runs: list[tuple[str, Path]], command: str) -> str:
@@ -154,13 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", default="retrieve", help="method of evaluate/per_example.jsonl")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--aliases-from", type=Path, default=None,
+                        help="a run over a cleaned catalog (catalog.clean=true): score every run on its films")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runs = parse_runs(args.runs)
     if len(runs) < 2:
         raise SystemExit("--runs needs a baseline and at least one other run")
-    result = compare(runs, args.split, args.method, args.bootstrap, args.seed)
+    result = compare(runs, args.split, args.method, args.bootstrap, args.seed, args.aliases_from)
     command = "python benchmarks/compare_runs.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result["command"] = command
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -321,6 +321,39 @@ def test_compare_runs_gives_recall_and_the_paired_difference(tmp_path):
         compare_runs.main(["--runs", f"a={tmp_path / 'a'}", f"c={tmp_path / 'c'}", "--out", str(out)])
 
 
+
+def test_compare_runs_scores_runs_over_differently_cleaned_catalogs_on_the_same_films(tmp_path):
+    """--aliases-from: the uncleaned run's ids mapped to the cleaned catalog's films, ranked at their best id."""
+    from reges.io import write_jsonl
+    from reges.records import Item, RecExample, Turn
+
+    compare_runs = _load("compare_runs")
+    # "2" is a duplicate of film "1" (folded into it by cleaning); the dialogue names "2", and recommends 1, 2 and 3
+    example = RecExample("d1_1", "d1", [Turn("user", "I saw Frozen", ["2"])], ["1", "2", "3"], [False, True, False])
+    for run in ("a", "b"):
+        (tmp_path / run / "data").mkdir(parents=True)
+        write_jsonl(tmp_path / run / "data" / "dev.jsonl", [example.to_dict()])
+    (tmp_path / "b" / "catalog").mkdir()
+    write_jsonl(tmp_path / "b" / "catalog" / "items.jsonl",
+                [Item("1", "Frozen (2013)", "x", meta={"alias_ids": ["2"]}).to_dict(), Item("3", "Up", "x").to_dict()])
+    rows = {"a": [("1", 7), ("2", 3), ("3", None)], "b": [("1", 2), ("3", 9)]}  # b: what evaluate wrote, canonical
+    for run, targets in rows.items():
+        (tmp_path / run / "evaluate").mkdir()
+        row = {"split": "dev", "method": "retrieve", "example_id": "d1_1", "dialogue_id": "d1",
+               "targets": [{"item_id": i, "mentioned": False, "in_catalog": True, "rank": r} for i, r in targets]}
+        (tmp_path / run / "evaluate" / "per_example.jsonl").write_text(json.dumps(row) + "\n")
+    aliases = compare_runs.run_aliases(tmp_path / "b")
+    assert aliases == {"2": "1"} and compare_runs.run_aliases(tmp_path / "a") == {}
+    # film 1 at the better of its two ids' ranks, and mentioned (the dialogue named it under id 2); film 3 missed
+    assert compare_runs.read_ranks(tmp_path / "a", "dev", "retrieve", aliases) == {"d1_1": ("d1", [(3, True),
+                                                                                                (None, False)])}
+    assert compare_runs.read_ranks(tmp_path / "b", "dev", "retrieve", aliases)["d1_1"][1] == [(2, True), (9, False)]
+    out = tmp_path / "cmp.md"
+    compare_runs.main(["--runs", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--aliases-from", str(tmp_path / "b"),
+                       "--bootstrap", "20", "--out", str(out)])
+    table = json.loads(out.with_suffix(".json").read_text())["table"]
+    assert table["a"]["all/recall@10"]["mean"] == 0.5 and table["b"]["all/recall@10"]["mean"] == 1.0
+
 def test_compare_runs_scores_the_top1_as_served(tmp_path):
     """served@1: the first retrieved film the dialogue has not named (nor one of a named title)."""
     from reges.io import write_jsonl, write_trec

@@ -283,7 +283,7 @@ class LlamaCppLLM:
         bos_id = self.llm.token_bos()
         self.bos_token = self.llm.detokenize([bos_id], special=True).decode("utf-8") if bos_id >= 0 else ""
 
-    def _load(self) -> Llama:
+    def _load(self, logits_all: bool = False) -> Llama:
         llama = _import_llama()
         try:
             with extra_buffer_types(self.extra_buffers):
@@ -293,6 +293,7 @@ class LlamaCppLLM:
                     n_threads=self.threads,
                     n_threads_batch=self.threads,
                     lora_path=self.lora_path,
+                    logits_all=logits_all,  # a logit row per evaluated token (teacher-forced checks); rank needs none
                     seed=self.seed,
                     verbose=False,
                 )

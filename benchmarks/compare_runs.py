@@ -48,8 +48,9 @@ def read_ranks(run_dir: Path, split: str, method: str, aliases: Mapping[str, str
 
     With `aliases` (a cleaned catalog's folded id -> kept id, `reges.catalog.alias_map`) the targets are those of
     `canonical_example` on the run's data, one per film (mentioned when the mapped context names it), each at the
-    best rank the run gave any of the film's ids: a run over the uncleaned catalog is then scored on the same
-    targets as a run over the cleaned one, which `reges evaluate` canonicalizes the same way.
+    best rank per_example.jsonl holds for the film's target ids (it holds a rank only for the dataset's own target
+    ids, not for another id of the same film the run may have ranked higher): a run over the uncleaned catalog is
+    then scored on the same targets as a run over the cleaned one, which `reges evaluate` canonicalizes this way.
     """
     path = run_dir / "evaluate" / "per_example.jsonl"
     if not path.is_file():
@@ -73,6 +74,14 @@ def read_ranks(run_dir: Path, split: str, method: str, aliases: Mapping[str, str
         out[example_id] = (row["dialogue_id"], [(best.get(t), m) for t, m in
                                                 zip(ex.target_item_ids, ex.target_mentioned, strict=True)])
     return out
+
+
+def compose(own: Mapping[str, str], shared: Mapping[str, str]) -> dict[str, str]:
+    """A run's own folded id -> kept id map followed by the shared one (`--aliases-from`), so that every id ends
+    at the shared catalog's film even where the run's own cleaning kept another id of it."""
+    out = {i: shared.get(k, k) for i, k in own.items()}
+    out.update({i: k for i, k in shared.items() if i not in out})
+    return {i: k for i, k in out.items() if i != k}
 
 
 def run_aliases(run_dir: Path) -> dict[str, str]:
@@ -109,7 +118,7 @@ def served_hits(run_dir: Path, split: str, example_ids: list[str], protocol: str
         targets = set(ex.novel_target_ids() if protocol == "novel" else ex.target_item_ids)
         if not targets:
             continue
-        named = spotter.same_title_ids(mentioned_item_ids(ex.context))
+        named = {aliases.get(i, i) for i in spotter.same_title_ids(mentioned_item_ids(ex.context))}
         films = (aliases.get(h.item_id, h.item_id) for h in trec.get(example_id, []))
         pick = next((film for film in films if film not in named), None)
         out[ex.dialogue_id].append(float(pick in targets))
@@ -122,7 +131,7 @@ def compare(runs: list[tuple[str, Path]], split: str, method: str, samples: int,
     retrieval, the as-served top-1). `aliases_from`: a run whose cleaned catalog's aliases map every run's ids to
     films (`read_ranks`), for runs over catalogs cleaned differently."""
     shared_aliases = run_aliases(aliases_from) if aliases_from is not None else {}
-    aliases = {name: {**run_aliases(path), **shared_aliases} for name, path in runs}
+    aliases = {name: compose(run_aliases(path), shared_aliases) for name, path in runs}
     ranks = {name: read_ranks(path, split, method, aliases[name]) for name, path in runs}
     base_name = runs[0][0]
     shared = sorted(set.intersection(*(set(r) for r in ranks.values())))

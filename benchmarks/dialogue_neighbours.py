@@ -53,16 +53,21 @@ from reges.retrieval.retrieve import read_examples, split_features
 logger = logging.getLogger("dialogue_neighbours")
 
 CUTOFFS = (10, 50)
-NEIGHBOURS = (20, 100, 400, 1000)
+NEIGHBOURS = (20, 100, 400, 1000, 4000)
 TAUS = (0.02, 0.05, 0.2, 1.0)
 
 
 def embed_contexts(fr: FusedRetriever, examples: list[RecExample]) -> np.ndarray:
-    """(n, dim) the run's tuned encoder over each context's text, as the dense_dialogue feature embeds it."""
-    assert fr.encoder is not None
+    """(n, dim) the run's tuned encoder over each context's text, as the dense_dialogue feature embeds it (an empty
+    context: a zero row, similar to nothing)."""
+    assert fr.encoder is not None and fr.item_embeddings is not None
     s = fr.settings
-    texts = [context_to_query(list(ex.context), s.query_mode, s.max_query_chars) or " " for ex in examples]
-    return np.asarray(fr.encoder.encode(texts, s.batch_size, False), dtype=np.float32)
+    texts = [context_to_query(list(ex.context), s.query_mode, s.max_query_chars) for ex in examples]
+    out = np.zeros((len(texts), fr.item_embeddings.shape[1]), dtype=np.float32)
+    rows = [i for i, t in enumerate(texts) if t.strip()]
+    if rows:
+        out[rows] = fr.encoder.encode([texts[i] for i in rows], s.batch_size, False)
+    return out
 
 
 def neighbour_scores(sims: np.ndarray, targets: np.ndarray, m: int, tau: float) -> np.ndarray:

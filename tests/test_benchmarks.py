@@ -344,6 +344,8 @@ def test_compare_runs_scores_runs_over_differently_cleaned_catalogs_on_the_same_
         (tmp_path / run / "evaluate" / "per_example.jsonl").write_text(json.dumps(row) + "\n")
     aliases = compare_runs.run_aliases(tmp_path / "b")
     assert aliases == {"2": "1"} and compare_runs.run_aliases(tmp_path / "a") == {}
+    # a run's own cleaning, then the shared one: every id ends at the shared catalog's film, none maps to itself
+    assert compare_runs.compose({"5": "6", "1": "2"}, {"2": "1", "7": "8"}) == {"5": "6", "2": "1", "7": "8"}
     # film 1 at the better of its two ids' ranks, and mentioned (the dialogue named it under id 2); film 3 missed
     assert compare_runs.read_ranks(tmp_path / "a", "dev", "retrieve", aliases) == {"d1_1": ("d1", [(3, True),
                                                                                                 (None, False)])}

@@ -41,6 +41,7 @@ from reges.retrieval.fusion import (
     NO_QUERY,
     FusedRetriever,
     TunePairs,
+    bagged_weights,
     fuse,
     pair_ranks,
     recall_table,
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resamples", type=int, default=0,
+                        help="also both feature sets with bagged weights (train_retriever.weight_resamples), N >= 2")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -127,19 +130,30 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("tune", "dev"):
         z[split]["neighbours"] = zscore_rows(neighbour_scores(sims[split], targets, m, tau))
     variants = {"run's features": names, "+ neighbours": [*names, "neighbours"], "neighbours alone": ["neighbours"]}
+    if args.resamples:  # the weight search's own noise: both feature sets with weights bagged over tune resamples
+        variants |= {"run's features, bagged": names, "+ neighbours, bagged": [*names, "neighbours"]}
     examples, pairs = data["dev"]
+    tune_ids = [ex.dialogue_id for ex in data["tune"][0]]
     weights, ranks = {}, {}
     for label, feats in variants.items():
+        zs = {f: z["tune"][f] for f in feats}
         if label == "neighbours alone":
             weights[label] = {"neighbours": 1.0}
+        elif label.endswith(", bagged"):
+            weights[label], _ = bagged_weights(zs, data["tune"][1], tune_ids, fr.tie, fr.id_rank, args.resamples,
+                                               args.seed, tc.weight_grid, tc.tune_passes)
         else:
-            weights[label], _ = tune_weights({f: z["tune"][f] for f in feats}, data["tune"][1], fr.tie, fr.id_rank,
-                                             tc.weight_grid, tc.tune_passes)
+            weights[label], _ = tune_weights(zs, data["tune"][1], fr.tie, fr.id_rank, tc.weight_grid, tc.tune_passes)
         ranks[label] = pair_ranks(fuse({f: z["dev"][f] for f in feats}, weights[label], fr.tie), pairs, fr.id_rank)
     base = "run's features"
     same = all(abs(weights[base][n] - fr.weights[NO_QUERY].get(n, 0.0)) < 1e-9 for n in names)
-    table = paired_recall_table(ranks, base, pairs, [ex.dialogue_id for ex in examples], CUTOFFS, args.bootstrap,
-                                args.seed)
+    dev_ids = [ex.dialogue_id for ex in examples]
+    single = {label: r for label, r in ranks.items() if not label.endswith(", bagged")}
+    table = paired_recall_table(single, base, pairs, dev_ids, CUTOFFS, args.bootstrap, args.seed)
+    bagged_base = "run's features, bagged"  # a bagged row is paired with the run's features bagged the same way
+    if args.resamples:
+        bagged = {label: r for label, r in ranks.items() if label.endswith(", bagged")}
+        table |= paired_recall_table(bagged, bagged_base, pairs, dev_ids, CUTOFFS, args.bootstrap, args.seed)
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/dialogue_neighbours.py", *sys.argv[1:]])
     mi = machine_info()
     cols = [f"{p}/recall@{k}" for p in ("all", "novel") for k in CUTOFFS]
@@ -150,10 +164,13 @@ def main(argv: list[str] | None = None) -> int:
              + ", ".join(f"{k}: {v:.4f}" for k, v in alone.items()) + "). Weights re-tuned on tune for every row "
              "(no query) with the stage's grid and passes; the first row's are the run's own: "
              + ("yes" if same else "**no**") + ". Each cell: recall, then the paired difference to the run's "
-             "features with its 95 % interval (bootstrap over dialogues).", "",
+             "features with its 95 % interval (bootstrap over dialogues)"
+             + (f"; rows marked bagged: weights averaged over {args.resamples} bootstrap resamples of the tune "
+                "dialogues (`train_retriever.weight_resamples`), paired with the run's features bagged the same way"
+                if args.resamples else "") + ".", "",
              "| features | " + " | ".join(cols) + " | weights |", "|---|" + "---:|" * len(cols) + "---|"]
     for label in variants:
-        cells = paired_cells(table, label, base, cols)
+        cells = paired_cells(table, label, bagged_base if label.endswith(", bagged") else base, cols)
         w = ", ".join(f"{f} {v:g}" for f, v in weights[label].items() if v)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {w} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

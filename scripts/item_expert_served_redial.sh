@@ -6,6 +6,7 @@
 # N-TRAIN such ReDial train examples (the config's expert: 320 mined the paper's way).
 #   bash scripts/item_expert_served_redial.sh [N-TRAIN] [RECIPES]   # default 800 "served"; ~1 h 45 min here
 #   RECIPES="served config": also the config's own expert (mined the paper's way), scored on the same fresh lists
+#   GEN_EXAMPLES=500: a seeded sample of that many examples per split for generate (0, the default: all)
 # Base run (RUNS default runs/): redial-nq, configs/redial.yaml through retrieve without the Query Expert (its query
 # moved ReDial dev R@50 by +0.002; leaving it out saves the 1 h 20 min of distill, train-query and rewrite), so the
 # encoder trains on the dialogue pairs only (train_retriever.distill_pairs=false). Every variant copies the base's
@@ -21,7 +22,7 @@ REGES=${REGES:-.venv/bin/reges}
 PY=${PY:-.venv/bin/python}
 BASE=$RUNS/redial-nq
 BASE_OVERRIDES=(run.threads=2 train_retriever.distill_pairs=false)
-COMMON=("${BASE_OVERRIDES[@]}" generate.mode=rank generate.max_examples=0)
+COMMON=("${BASE_OVERRIDES[@]}" generate.mode=rank generate.max_examples=${GEN_EXAMPLES:-0})
 
 mkdir -p "$BASE"
 for stage in data catalog index train-retriever retrieve; do

@@ -261,7 +261,7 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
     $PY benchmarks/weight_stability.py --run-dir "$RUNS/$d" --resamples 30 --bootstrap "$BOOTSTRAP" \
       --out "$RESULTS/weight_stability_$d.md"
     # the nearest training dialogues' recommended films as one more fusion feature (weights re-tuned on tune)
-    $PY benchmarks/dialogue_neighbours.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" \
+    $PY benchmarks/dialogue_neighbours.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" --resamples 30 \
       --out "$RESULTS/dialogue_neighbours_$d.md"
     if [ "$d" = "$FIRST" ]; then
       # the trained run (what ships) next to the best signal run

@@ -506,10 +506,12 @@ def test_dialogue_neighbours_votes_by_similarity_among_the_nearest():
 def test_dialogue_neighbours_smoke(tiny_run, tmp_path):
     out = tmp_path / "neighbours.md"
     _python(["benchmarks/dialogue_neighbours.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--threads", "1",
-             "--out", str(out)])
+             "--resamples", "2", "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["reproduces_run_weights"]  # the base row is the run's own fusion
-    assert list(result["table"]) == ["run's features", "+ neighbours", "neighbours alone"]
+    assert list(result["table"]) == ["run's features", "+ neighbours", "neighbours alone", "run's features, bagged",
+                                     "+ neighbours, bagged"]
+    assert result["table"]["run's features, bagged"]["all/recall@10"]["diff"] == 0.0  # the bagged rows' own base
     assert result["train_examples"] > 0 and f"{result['neighbours']}/{result['tau']:g}" in result["objective_alone"]
 
 @pytest.mark.slow

@@ -11,11 +11,13 @@ recommender then suggested, weighted by similarity:
     neighbours_j = sum over the M nearest train examples e of exp((cos(q, e) - 1) / tau) * [j is a target of e]
 
 (M, tau) from a small grid, chosen by the feature's own objective alone on tune (as comention_variants picks EASE's
-lambda). Train examples only: tune and dev dialogues are never neighbours, and their targets are never read. The
-feature is added to the run's features (no-query weight set), the weights re-tuned on tune with the stage's
-coordinate search; recall@10/50 on dev under protocols all and novel, paired with the run's features re-tuned the
-same way (95 % interval, bootstrap over dialogues). A single weight search moves dev R@50 by up to 0.03-0.07 between
-resamples of tune (signals.md, last section), so a gain has to be read against that too.
+lambda). The feature and that choice are the train-retriever stage's (`train_retriever.neighbours`,
+`reges.retrieval.neighbours`, `reges.retrieval.train.fit_neighbours`); this script adds it to a run trained without
+it, so both feature sets share one encoder. Train examples only: tune and dev dialogues are never neighbours, and
+their targets are never read. The feature is added to the run's features (no-query weight set), the weights re-tuned
+on tune with the stage's coordinate search; recall@10/50 on dev under protocols all and novel, paired with the run's
+features re-tuned the same way (95 % interval, bootstrap over dialogues). A single weight search moves dev R@50 by
+up to 0.03-0.07 between resamples of tune (signals.md, last section), so a gain has to be read against that too.
 
 Usage:
     .venv/bin/python benchmarks/dialogue_neighbours.py --run-dir runs/redial-nq \\
@@ -44,46 +46,15 @@ from reges.retrieval.fusion import (
     bagged_weights,
     fuse,
     pair_ranks,
-    recall_table,
     tune_weights,
     zscore_rows,
 )
-from reges.retrieval.queries import context_to_query
 from reges.retrieval.retrieve import read_examples, split_features
+from reges.retrieval.train import fit_neighbours
 
 logger = logging.getLogger("dialogue_neighbours")
 
 CUTOFFS = (10, 50)
-NEIGHBOURS = (20, 100, 400, 1000, 4000)
-TAUS = (0.02, 0.05, 0.2, 1.0)
-
-
-def embed_contexts(fr: FusedRetriever, examples: list[RecExample]) -> np.ndarray:
-    """(n, dim) the run's tuned encoder over each context's text, as the dense_dialogue feature embeds it (an empty
-    context: a zero row, similar to nothing)."""
-    assert fr.encoder is not None and fr.item_embeddings is not None
-    s = fr.settings
-    texts = [context_to_query(list(ex.context), s.query_mode, s.max_query_chars) for ex in examples]
-    out = np.zeros((len(texts), fr.item_embeddings.shape[1]), dtype=np.float32)
-    rows = [i for i, t in enumerate(texts) if t.strip()]
-    if rows:
-        out[rows] = fr.encoder.encode([texts[i] for i in rows], s.batch_size, False)
-    return out
-
-
-def neighbour_scores(sims: np.ndarray, targets: np.ndarray, m: int, tau: float) -> np.ndarray:
-    """(q, items) similarity-weighted votes of each query's m nearest train examples for their targets.
-
-    Args:
-        sims: (q, train examples) cosines.
-        targets: (train examples, items) 0/1 matrix of each train example's targets.
-    """
-    m = min(m, sims.shape[1])
-    top = np.argpartition(-sims, m - 1, axis=1)[:, :m]  # (q, m)
-    weights = np.zeros_like(sims)
-    rows = np.arange(sims.shape[0])[:, None]
-    weights[rows, top] = np.exp((sims[rows, top] - 1.0) / tau)
-    return weights @ targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,34 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     fr = FusedRetriever.load(args.run_dir, device="cpu")
     tc = load_config(args.run_dir / "config.yaml").train_retriever  # the stage's grid and passes
     names = list(fr.weights[NO_QUERY])  # every feature the stage searched, in its order (the search is path-dependent)
-    train = [ex for ex in read_examples(args.run_dir / "data" / "train.jsonl") if ex.target_item_ids]
-    column = {item_id: j for j, item_id in enumerate(fr.item_ids)}
-    targets = np.zeros((len(train), len(fr.item_ids)), dtype=np.float64)
-    for i, ex in enumerate(train):
-        targets[i, [column[t] for t in ex.target_item_ids if t in column]] = 1.0
-    logger.info("embedding %d train contexts", len(train))
-    train_emb = embed_contexts(fr, train)
+    if "neighbours" in names:
+        parser.error(f"{args.run_dir} was trained with train_retriever.neighbours=true; give a run without it")
     z: dict[str, dict[str, np.ndarray]] = {}
     data: dict[str, tuple[list[RecExample], TunePairs]] = {}
-    sims: dict[str, np.ndarray] = {}
     for split in ("tune", "dev"):
         examples, _, z[split] = split_features(fr, args.run_dir, split, names, with_query=False)
         data[split] = (examples, TunePairs.from_examples(examples, fr.item_ids))
-        sims[split] = embed_contexts(fr, examples) @ train_emb.T
-    alone: dict[str, float] = {}
-    best: tuple[int, float] | None = None
-    for m in NEIGHBOURS:
-        for tau in TAUS:
-            zs = zscore_rows(neighbour_scores(sims["tune"], targets, m, tau))
-            ranks = pair_ranks(fuse({"neighbours": zs}, {"neighbours": 1.0}, fr.tie), data["tune"][1], fr.id_rank)
-            alone[f"{m}/{tau:g}"] = recall_table(ranks, data["tune"][1])["objective"]
-            if best is None or alone[f"{m}/{tau:g}"] > alone[f"{best[0]}/{best[1]:g}"]:
-                best = (m, tau)
-    assert best is not None
-    m, tau = best
-    logger.info("neighbours: M %d, tau %g (tune objective alone: %s)", m, tau, alone)
+    neighbours, report = fit_neighbours(fr, read_examples(args.run_dir / "data" / "train.jsonl"), data["tune"][0])
+    m, tau, alone = report["m"], report["tau"], report["tune_objective"]
     for split in ("tune", "dev"):
-        z[split]["neighbours"] = zscore_rows(neighbour_scores(sims[split], targets, m, tau))
+        examples = data[split][0]
+        z[split]["neighbours"] = zscore_rows(neighbours.scores(fr.dialogue_vectors([ex.context for ex in examples]),
+                                                               [ex.dialogue_id for ex in examples]))
     variants = {"run's features": names, "+ neighbours": [*names, "neighbours"], "neighbours alone": ["neighbours"]}
     if args.resamples:  # the weight search's own noise: both feature sets with weights bagged over tune resamples
         variants |= {"run's features, bagged": names, "+ neighbours, bagged": [*names, "neighbours"]}
@@ -159,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     cols = [f"{p}/recall@{k}" for p in ("all", "novel") for k in CUTOFFS]
     lines = [f"# The nearest training dialogues as a fusion feature ({args.run_dir}, dev: {len(examples)} examples)",
              "", f"Generated by `{command}` on {now_iso()} ({mi['cpu_model']}, {mi['cores']} cores). What the feature "
-             f"is: the script's docstring. {len(train)} train examples with a target are the neighbours; M {m}, tau "
-             f"{tau:g} chosen on tune by the feature alone (objective, the mean of R@10 and R@50 under all and novel: "
+             f"is: the script's docstring. {report['train_examples']} train examples with a target are the "
+             f"neighbours; M {m}, tau {tau:g} chosen on tune by the feature alone (objective, the mean of R@10 and "
+             "R@50 under all and novel: "
              + ", ".join(f"{k}: {v:.4f}" for k, v in alone.items()) + "). Weights re-tuned on tune for every row "
              "(no query) with the stage's grid and passes; the first row's are the run's own: "
              + ("yes" if same else "**no**") + ". Each cell: recall, then the paired difference to the run's "
@@ -178,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out.with_suffix(".json"), {"run_dir": str(args.run_dir), "table": table, "weights": weights,
                                                "reproduces_run_weights": same, "neighbours": m, "tau": tau,
                                                "objective_alone": alone,
-                                               "train_examples": len(train), "command": command, "machine": mi})
+                                               "train_examples": report["train_examples"], "command": command,
+                                               "machine": mi})
     logger.info("wrote %s", args.out)
     return 0
 

@@ -5,6 +5,7 @@
 # (mine.insert_missing=false: no inserted odd-one-out targets, the popularity shortcut the 1.5B study found), on
 # N-TRAIN such ReDial train examples (the config's expert: 320 mined the paper's way).
 #   bash scripts/item_expert_served_redial.sh [N-TRAIN] [RECIPES]   # default 800 "served"; ~1 h 45 min here
+#   N-TRAIN may be a list ("400 800"): one served-setting expert per size, all on one report page
 #   RECIPES="served config": also the config's own expert (mined the paper's way), scored on the same fresh lists
 #   GEN_EXAMPLES=500: a seeded sample of that many examples per split for generate (0, the default: all)
 # Base run (RUNS default runs/): redial-nq, configs/redial.yaml through retrieve without the Query Expert (its query
@@ -14,7 +15,7 @@
 # overrides below are the whole difference to configs/redial.yaml; every stage resumes.
 set -euo pipefail
 cd "${REGES_ROOT:-$(dirname "$0")/..}"
-N_TRAIN=${1:-800}
+N_TRAINS=${1:-800}
 RECIPES=${2:-served}
 RUNS=${RUNS:-runs}
 CONFIG=configs/redial.yaml
@@ -30,7 +31,12 @@ for stage in data catalog index train-retriever retrieve; do
 done
 
 REPORT=()
+VARIANTS=()
 for recipe in $RECIPES; do
+  if [ "$recipe" = served ]; then for n in $N_TRAINS; do VARIANTS+=("served:$n"); done; else VARIANTS+=("$recipe:"); fi
+done
+for variant in "${VARIANTS[@]}"; do
+  recipe=${variant%%:*} N_TRAIN=${variant#*:}
   case $recipe in
     served) run=$BASE-served$N_TRAIN
             overrides=(mine.exclude_named=true mine.insert_missing=false train_item.max_examples=$N_TRAIN)

@@ -492,16 +492,6 @@ def test_query_feature_effect_smoke(tiny_run, tmp_path):
 
 
 
-def test_dialogue_neighbours_votes_by_similarity_among_the_nearest():
-    neighbours = _load("dialogue_neighbours")
-    sims = np.array([[0.9, 0.5, 0.8, 0.1]])  # one query, four train examples
-    targets = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # their targets
-    scores = neighbours.neighbour_scores(sims, targets, m=2, tau=0.1)  # the two nearest: examples 0 and 2
-    w0, w2 = np.exp((0.9 - 1.0) / 0.1), np.exp((0.8 - 1.0) / 0.1)
-    assert scores == pytest.approx(np.array([[w0 + w2, 0.0, w2]]))
-    assert neighbours.neighbour_scores(sims, targets, m=10, tau=0.1).shape == (1, 3)  # m beyond the train examples
-
-
 @pytest.mark.slow
 def test_dialogue_neighbours_smoke(tiny_run, tmp_path):
     out = tmp_path / "neighbours.md"

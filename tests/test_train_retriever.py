@@ -369,6 +369,37 @@ def test_content_and_people_features_are_tuned_and_retrieve_loads_them(tmp_path:
     assert read_trec(run_dir.stage_dir("retrieve") / "dev.trec")
 
 
+def test_neighbours_feature_is_fitted_on_tune_saved_and_served(tmp_path: Path) -> None:
+    """train_retriever.neighbours: (m, tau) chosen on tune by the feature alone, the train contexts saved, the
+    feature tuned last among the fusion features, and retrieve scores with it."""
+    run_dir, cfg = _run_dir(tmp_path)
+    tc = dataclasses.replace(cfg.train_retriever, finetune=False, neighbours=True)
+    cfg = dataclasses.replace(cfg, train_retriever=tc)
+    train_stage.run(cfg, run_dir)
+    out = run_dir.stage_dir("train-retriever")
+    spec = read_json(out / "fusion.json")
+    assert spec["features"][-1] == "neighbours" and "neighbours" in spec["tune"]["no_query"]["alone"]
+    report = spec["neighbours"]
+    assert report["train_examples"] == len(TRAIN_DIALOGUES)
+    best = max(report["tune_objective"].values())
+    assert report["tune_objective"][f"{report['m']}/{report['tau']:g}"] == best
+    assert run_dir.manifest("train-retriever")["outputs"]["neighbours.npz"]["rows"] == len(TRAIN_DIALOGUES)
+    weights = {**spec["weights"], "no_query": {**spec["weights"]["no_query"], "neighbours": 1.0}}  # force its use
+    write_json(out / "fusion.json", {**spec, "weights": weights})
+    retriever = FusedRetriever.load(run_dir.path, "cpu")
+    assert retriever.neighbours is not None and (retriever.neighbours.m, retriever.neighbours.tau) == (
+        report["m"], report["tau"])
+    # a train example never votes with its own dialogue: t4's "love story" has no other neighbour recommending
+    # Notting Hill, so the feature gives it nothing there
+    t4 = next(ex for ex in retrieve_stage.read_examples(run_dir.stage_dir("data") / "train.jsonl")
+              if ex.dialogue_id == "t4")
+    own = retriever.features([t4.context], [None], ["t4"], ["neighbours"])["neighbours"][0]
+    assert own[retriever.column["15"]] == 0.0
+    assert retriever.features([t4.context], [None], [None], ["neighbours"])["neighbours"][0][retriever.column["15"]] > 0
+    retrieve_stage.run(cfg, run_dir)
+    assert read_trec(run_dir.stage_dir("retrieve") / "dev.trec")
+
+
 def test_a_lora_tuned_encoder_ships_as_its_adapter(tmp_path: Path) -> None:
     """train_retriever.lora_rank: only adapters train; encoder_adapter/ is saved next to the merged encoder, and
     without encoder/ (a shipped bundle) the base model plus the adapter give the same scores."""

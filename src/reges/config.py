@@ -522,6 +522,10 @@ class TrainRetrieverConfig:
         dialogue names (same director, stars, genres, plot), for films too rare to have co-mentions.
     people: Use the directors and stars the dialogue names as a fusion feature (`reges.retrieval.people`): their
         films, idf-weighted, for "something with Jim Carrey".
+    neighbours: Use the nearest train contexts as a fusion feature (`reges.retrieval.neighbours`): the films
+        recommended to the seekers who wrote most alike, by the run's encoder; its neighbour count and temperature
+        are chosen on the tune split by the feature alone. Helped INSPIRED's R@50, not ReDial's
+        (docs/results/dialogue_neighbours_*.md).
     comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
     use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.
     cross_dataset: Also count another dataset's train dialogues, mapped to this catalog by title (null: none).
@@ -560,6 +564,7 @@ class TrainRetrieverConfig:
     comention: bool = True
     content: bool = False
     people: bool = False
+    neighbours: bool = False
     comention_normalization: Literal["count", "log", "conditional", "cosine", "pmi"] = "conditional"
     use_lossy: bool = True
     cross_dataset: CrossDatasetConfig | None = None

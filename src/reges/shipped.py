@@ -43,14 +43,16 @@ DEFAULT_NAME = "redial"
 SERVING_FILES: dict[str, tuple[str, ...]] = {
     "catalog": ("items.jsonl",),
     "train-retriever": ("fusion.json", "comention.npz", "comention_ids.txt", "comention_dialogues.jsonl",
-                        "index/item_ids.txt", "index/embeddings.npy", "people.json", "encoder_adapter"),
+                        "index/item_ids.txt", "index/embeddings.npy", "people.json", "neighbours.npz",
+                        "encoder_adapter"),
     "train-query": ("adapter",),
     "train-item": ("adapter",),
     "generate": (),  # its manifest only: the fusion alpha rank mode tuned (the picks are not needed)
 }
 
-# written only when their feature is on (people.json: train_retriever.people; encoder_adapter: lora_rank > 0)
-OPTIONAL_FILES: frozenset[str] = frozenset({"people.json", "encoder_adapter"})
+# written only when their feature is on (people.json: train_retriever.people; neighbours.npz:
+# train_retriever.neighbours; encoder_adapter: lora_rank > 0)
+OPTIONAL_FILES: frozenset[str] = frozenset({"people.json", "neighbours.npz", "encoder_adapter"})
 
 REQUIRED_STAGES: tuple[str, ...] = ("catalog", "train-retriever")
 

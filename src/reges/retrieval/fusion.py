@@ -8,6 +8,8 @@ Features, for each (query, catalog item):
                     too rare to have co-mentions (`train_retriever.content`)
     people          the directors and stars the context names that the card lists, idf-weighted (`people.py`;
                     `train_retriever.people`)
+    neighbours      similarity-weighted votes of the most similar train contexts (the dense_dialogue text, same
+                    encoder) for the films recommended there (`neighbours.py`; `train_retriever.neighbours`)
     comention       the co-mention prior (`comention.CoMention.scores`)
     popularity      log(1 + number of counted dialogues of this dataset mentioning the item; not cross_dataset ones)
     mentioned       1 when the item is already mentioned in the context (under protocol "all" a recommender
@@ -23,19 +25,19 @@ Ties: a seeded tie-break in [0, 0.5) (the one `popularity_ranking` uses), times 
 so equal fused scores come out in a reproducible random order that survives the (-score, item_id) re-sort of
 TREC files.
 
-Cost. With a flat index, `search` scores the whole catalog (a matrix product per batch): ~1 ms per query for
-7k items, but ~140 ms at a million (docs/results/scale_notes.md). With an approximate index (ivf or hnsw built by
+Cost. With a flat index, `search` scores the whole catalog (a matrix product per batch): ~1 ms per query for 7k
+items, but ~140 ms at a million (docs/results/scale_notes.md). With an approximate index (ivf or hnsw built by
 train-retriever), `search` scores candidates only: the index's top `candidate_pool` for each dense feature, the
-`candidate_pool` most popular items, every item with a co-mention for the context, every film of a person it
-names, and the context's own items. The z-scores still use whole-catalog statistics, exactly: a dense feature's
-mean and variance over the catalog are q.mu and q'Mq - (q.mu)^2 (mu, M: the card embeddings' mean and second
-moment, computed once), popularity's come from catalog-wide sums corrected at the excluded dialogue's items, and
-co-mention, people and mentioned are zero outside the candidates; content is a dense feature whose vector is the
-mean card, so it is read from the index like the others. Any other item then scores at most what the
-`candidate_pool`-th index hit's cosine and the `candidate_pool`-th most popular item allow; a query whose k-th
-candidate does not beat that bound reads twice as deep (Fagin's threshold algorithm), up to `MAX_DEEPENING` times
-the pool, then is scored over the whole catalog. So the candidate path returns the whole-catalog top-k up to the
-index's recall (docs/results/scale_fusion.md).
+`candidate_pool` most popular items, every item with a co-mention for the context, every film of a person it names,
+and the context's own items. The z-scores still use whole-catalog statistics, exactly: a dense feature's mean and
+variance over the catalog are q.mu and q'Mq - (q.mu)^2 (mu, M: the card embeddings' mean and second moment,
+computed once), popularity's come from catalog-wide sums corrected at the excluded dialogue's items, and
+co-mention, people, neighbours and mentioned are zero outside the candidates (every item a neighbour's recommender
+suggested is one); content is a dense feature whose vector is the mean card, so it is read from the index like the
+others. Any other item then scores at most what the `candidate_pool`-th index hit's cosine and the
+`candidate_pool`-th most popular item allow; a query whose k-th candidate does not beat that bound reads twice as
+deep (Fagin's threshold algorithm), up to `MAX_DEEPENING` times the pool, then is scored over the whole catalog. So
+the candidate path returns the whole-catalog top-k up to the index's recall (docs/results/scale_fusion.md).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from reges.records import CROSS_DIALOGUE_PREFIX, Hit, RecExample, Turn
 from reges.retrieval.comention import CoMention, Normalization, context_item_ids
 from reges.retrieval.encoder import Encoder, SentenceEncoder, load_encoder
 from reges.retrieval.index import ItemIndex
+from reges.retrieval.neighbours import DialogueNeighbours
 from reges.retrieval.people import PeopleIndex
 from reges.retrieval.queries import QueryMode, context_to_query
 from reges.retrieval.recall import PROTOCOLS
@@ -62,7 +65,7 @@ from reges.retrieval.recall import PROTOCOLS
 logger = logging.getLogger(__name__)
 
 FEATURES: tuple[str, ...] = ("dense_dialogue", "dense_query", "content", "comention", "people", "popularity",
-                             "mentioned")
+                             "mentioned", "neighbours")
 NO_QUERY = "no_query"
 WITH_QUERY = "with_query"
 TIE_SCALE = 1e-6
@@ -378,6 +381,7 @@ class FusedRetriever:
             only (see the module docstring). None, or an exact (flat) one: the whole catalog.
         candidate_pool: Index hits per dense feature on the candidate path.
         people: The catalog's directors and stars (needed when a weight uses the people feature).
+        neighbours: The train contexts and their targets (needed when a weight uses the neighbours feature).
     """
 
     def __init__(
@@ -392,6 +396,7 @@ class FusedRetriever:
         index: ItemIndex | None = None,
         candidate_pool: int = DEFAULT_CANDIDATE_POOL,
         people: PeopleIndex | None = None,
+        neighbours: DialogueNeighbours | None = None,
     ) -> None:
         if not item_ids:
             raise DataError("the fused retriever needs a non-empty catalog")
@@ -409,7 +414,11 @@ class FusedRetriever:
             raise ConfigError("the content fusion feature needs the item embeddings")
         if "people" in used and (people is None or people.item_ids != item_ids):
             raise ConfigError("the people fusion feature needs a PeopleIndex over the same item ids")
+        if "neighbours" in used and (neighbours is None or neighbours.num_items != len(item_ids) or encoder is None):
+            raise ConfigError("the neighbours fusion feature needs the encoder and DialogueNeighbours over the same "
+                              "catalog")
         self.people = people
+        self.neighbours = neighbours
         self.encoder = encoder
         self.item_embeddings = item_embeddings  # (num_items, dim) L2-normalised, or None
         self.item_ids = item_ids
@@ -460,8 +469,8 @@ class FusedRetriever:
         index_dir = stage / INDEX_DIR
         item_ids = (index_dir / "item_ids.txt").read_text(encoding="utf-8").split("\n")[:-1]
         used = {f for w in spec["weights"].values() if w for f, v in w.items() if v}
-        needs_dense = bool(used & set(DENSE))
-        needs_embeddings = bool(used & set(VECTOR))
+        needs_dense = bool(used & {*DENSE, "neighbours"})
+        needs_embeddings = bool(used & {*VECTOR, "neighbours"})
         encoder = embeddings = None
         name = str(stage / ENCODER_DIR) if spec["encoder"] == ENCODER_DIR else spec["encoder"]
         if needs_embeddings:
@@ -480,7 +489,9 @@ class FusedRetriever:
         if needs_embeddings and meta.is_file() and read_json(meta).get("index_type", "flat") != "flat":
             index = ItemIndex.load(index_dir, nprobe, ef_search)
         people = PeopleIndex.load(stage, item_ids) if "people" in used else None
-        return cls(encoder, embeddings, item_ids, counts, weights, settings, name, index, candidate_pool, people)
+        neighbours = DialogueNeighbours.load(stage, len(item_ids)) if "neighbours" in used else None
+        return cls(encoder, embeddings, item_ids, counts, weights, settings, name, index, candidate_pool, people,
+                   neighbours)
 
     def _own_item_counts(self) -> np.ndarray:
         """(num_items,) dialogues mentioning each item, other datasets' dialogues (`reges.data.cross`) left out.
@@ -525,10 +536,16 @@ class FusedRetriever:
         out: dict[str, np.ndarray] = {}
         s = self.settings
         vector_names = [name for name in VECTOR if name in names]
+        embed = vector_names + (["dense_dialogue"] if "neighbours" in names and "dense_dialogue" not in names else [])
+        vectors = self._vectors(embed, contexts, queries) if embed else None  # (len(embed) * n_q, dim)
         if vector_names:  # one product for all: the card matrix is read once (a million cards: 1.5 GB)
-            assert self.item_embeddings is not None
-            all_ = (self._vectors(vector_names, contexts, queries) @ self.item_embeddings.T).astype(np.float64)
+            assert self.item_embeddings is not None and vectors is not None
+            all_ = (vectors[:len(vector_names) * n_q] @ self.item_embeddings.T).astype(np.float64)
             out.update({name: all_[i * n_q:(i + 1) * n_q] for i, name in enumerate(vector_names)})
+        if "neighbours" in names:
+            assert self.neighbours is not None and vectors is not None
+            i = embed.index("dense_dialogue")
+            out["neighbours"] = self.neighbours.scores(vectors[i * n_q:(i + 1) * n_q], exclude_dialogue_ids)
         if "comention" in names:
             out["comention"] = self.counts.scores(
                 [context_item_ids(c) for c in contexts], self.item_ids, s.normalization,
@@ -546,6 +563,10 @@ class FusedRetriever:
                 m[q, cols] = 1.0
             out["mentioned"] = m
         return out
+
+    def dialogue_vectors(self, contexts: Sequence[Sequence[Turn]]) -> np.ndarray:
+        """(num_contexts, dim) float32: each context's text as dense_dialogue embeds it (an empty one: a zero row)."""
+        return self._vectors(["dense_dialogue"], contexts, [None] * len(contexts))
 
     def _vectors(self, names: Sequence[str], contexts: Sequence[Sequence[Turn]],
                  queries: Sequence[str | None]) -> np.ndarray:
@@ -665,6 +686,10 @@ class FusedRetriever:
             return top_hits(self.scores(contexts, queries, exclude), self.item_ids, self.id_rank, top_k)
         dense_names = [name for name in VECTOR if name in names]
         emb = self._vectors(dense_names, contexts, queries)  # (len(dense_names) * n_q, dim)
+        dialogue = None  # (n_q, dim) the context vectors the neighbours feature compares with the train contexts
+        if "neighbours" in names:
+            i = dense_names.index("dense_dialogue") if "dense_dialogue" in dense_names else -1
+            dialogue = emb[i * n_q:(i + 1) * n_q] if i >= 0 else self.dialogue_vectors(contexts)
         pool = min(self.candidate_pool, n_items)
         found, rows = self.index.index.search(emb, pool) if len(emb) else (None, None)  # (len(texts), pool) each
         out: list[list[Hit]] = []
@@ -676,12 +701,15 @@ class FusedRetriever:
                 s = self.counts.row_scores(context_items, self.settings.normalization, exclude[q])
                 comention = np.zeros(len(self._counted)) if s is None else s[self._count_column[self._counted]]
             people = self.people.row(contexts[q]) if "people" in names and self.people is not None else None
+            votes = None
+            if dialogue is not None and self.neighbours is not None:
+                votes = self.neighbours.row(dialogue[q], exclude[q])
             mine = [i * n_q + q for i in range(len(dense_names))]  # this request's rows of `emb`
             vectors = emb[mine]  # (num_dense, dim)
             hits = (found[mine], rows[mine]) if found is not None else None
             depth = pool
             request = _Request(context_cols, comention, dict(zip(dense_names, vectors, strict=True)), hits,
-                               exclude[q], self.weights[uses[q]], people)
+                               exclude[q], self.weights[uses[q]], people, votes)
             while True:
                 cand, score, bound = self._score_candidates(request, names, depth)
                 keep = min(top_k, len(cand))
@@ -714,6 +742,8 @@ class FusedRetriever:
             parts.append(self._counted[request.comention != 0])  # every item with a co-mention
         if request.people is not None:
             parts.append(request.people[0])  # every film of a named person
+        if request.neighbours is not None:
+            parts.append(request.neighbours[0])  # every film a neighbour's recommender suggested
         if request.hits is not None:
             parts += [r[r >= 0] for r in request.hits[1]]
         cand = np.unique(np.concatenate(parts))  # (num_candidates,) sorted catalog columns
@@ -740,6 +770,9 @@ class FusedRetriever:
                 elif name == "people":
                     if request.people is not None:
                         x[np.searchsorted(cand, request.people[0])] = request.people[1]
+                elif name == "neighbours":
+                    if request.neighbours is not None:
+                        x[np.searchsorted(cand, request.neighbours[0])] = request.neighbours[1]
                 elif request.comention is not None:
                     nonzero = request.comention != 0
                     x[np.searchsorted(cand, self._counted[nonzero])] = request.comention[nonzero]
@@ -795,6 +828,7 @@ class _Request:
         exclude: The dialogue left out of the counts, or None.
         weights: The fusion weights for this request.
         people: (catalog columns, scores) of the people feature (`PeopleIndex.row`), or None when unused.
+        neighbours: (catalog columns, votes) of the neighbours feature (`DialogueNeighbours.row`), or None.
     """
 
     context_cols: np.ndarray
@@ -804,6 +838,7 @@ class _Request:
     exclude: str | None
     weights: dict[str, float]
     people: tuple[np.ndarray, np.ndarray] | None = None
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _mean_std(x: np.ndarray, n: int) -> tuple[float, float]:

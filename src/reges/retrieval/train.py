@@ -9,7 +9,9 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
    dataset's (dialogue, card) pairs when `cross_pairs`, and order-free pairs of the lossy ReDial dialogues when
    `lossy_pairs`), then the catalog re-embedded with it. Without `finetune`
    the frozen index is copied, so `index/` always matches the encoder.
-3. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
+3. When `neighbours`: the train contexts embedded with that encoder, and the neighbour count and temperature of
+   the neighbours feature (`neighbours.py`) chosen on `tune` by the feature alone.
+4. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
    with it when `rewrite/tune.jsonl` exists and `query_feature` is on.
 
 Under `torchrun --nproc-per-node N` step 2's fine-tuning runs data-parallel (`finetune.py`, docs/distributed.md);
@@ -23,6 +25,7 @@ Files written under `run_dir/train-retriever/`:
                                  index.json's `encoder` is the encoder folder (or the frozen encoder's name)
     comention.npz, comention_ids.txt, comention_dialogues.jsonl   the counts (see comention.py)
     people.json                  the catalog's directors and stars with their films (only when `people`)
+    neighbours.npz               the train contexts' embeddings and targets (only when `neighbours`)
     fusion.json                  settings, weights {"no_query": {...}, "with_query": {...} | null}, tune metrics
                                  of every feature alone and of each fusion, the fine-tuning record
     manifest.json                written last
@@ -69,10 +72,14 @@ from reges.retrieval.fusion import (
     FusionSettings,
     TunePairs,
     bagged_weights,
+    fuse,
+    pair_ranks,
+    recall_table,
     tune_weights,
     zscore_rows,
 )
 from reges.retrieval.index import ItemIndex
+from reges.retrieval.neighbours import NEIGHBOUR_COUNTS, NEIGHBOUR_TAUS, NEIGHBOURS_FILE, DialogueNeighbours
 from reges.retrieval.people import PEOPLE_FILE, PeopleIndex
 from reges.retrieval.queries import read_queries
 from reges.retrieval.retrieve import read_dialogues, read_examples
@@ -200,6 +207,45 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
     return record
 
 
+def fit_neighbours(retriever: FusedRetriever, train: list[RecExample],
+                   tune: list[RecExample]) -> tuple[DialogueNeighbours, dict[str, Any]]:
+    """The neighbours feature over the train examples that have a target, with (m, tau) chosen on `tune`.
+
+    Each (m, tau) of `NEIGHBOUR_COUNTS` x `NEIGHBOUR_TAUS` ranks the tune examples by the feature alone; the best
+    objective (the weight search's: mean of R@10 and R@50 under "all" and "novel") wins, the first on a tie. Chosen
+    alone, before the weights, as comention_variants picks EASE's lambda: the fusion search then sees one feature.
+
+    Returns:
+        (the neighbours, report with m, tau, the number of train examples and every pair's tune objective).
+    """
+    train = [ex for ex in train if ex.target_item_ids]
+    if not train:
+        raise DataError("train_retriever.neighbours needs train examples with a target; data/train.jsonl has none")
+    column = retriever.column
+    t0 = time.perf_counter()
+    base = DialogueNeighbours.build(retriever.dialogue_vectors([ex.context for ex in train]),
+                                    [[column[t] for t in ex.target_item_ids if t in column] for ex in train],
+                                    [ex.dialogue_id for ex in train], len(retriever.item_ids))
+    vectors = retriever.dialogue_vectors([ex.context for ex in tune])
+    logger.info("embedded %d train and %d tune contexts for the neighbours feature in %.1f s", len(train), len(tune),
+                time.perf_counter() - t0)
+    pairs = TunePairs.from_examples(tune, retriever.item_ids)
+    exclude = [ex.dialogue_id for ex in tune]
+    alone: dict[str, float] = {}
+    best: tuple[float, int, float] | None = None
+    for m in NEIGHBOUR_COUNTS:
+        for tau in NEIGHBOUR_TAUS:
+            z = zscore_rows(base.with_settings(m, tau).scores(vectors, exclude))
+            ranks = pair_ranks(fuse({"neighbours": z}, {"neighbours": 1.0}, retriever.tie), pairs, retriever.id_rank)
+            alone[f"{m}/{tau:g}"] = recall_table(ranks, pairs)["objective"]
+            if best is None or alone[f"{m}/{tau:g}"] > best[0]:
+                best = (alone[f"{m}/{tau:g}"], m, tau)
+    assert best is not None
+    _, m, tau = best
+    logger.info("neighbours feature: m %d, tau %g (tune objective alone %.4f)", m, tau, best[0])
+    return base.with_settings(m, tau), {"m": m, "tau": tau, "train_examples": len(train), "tune_objective": alone}
+
+
 def _tune(retriever: FusedRetriever, examples: list[RecExample], queries: dict[str, str] | None,
           tc: TrainRetrieverConfig, enabled: list[str], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Tune the no-query (and with-query) weight sets on the tune examples; returns (weights, report)."""
@@ -303,13 +349,20 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
                               cfg.run.seed)
     enabled = ["dense_dialogue"] + [name for name, on in (("content", tc.content), ("comention", tc.comention),
                                                           ("people", tc.people), ("popularity", tc.popularity),
-                                                          ("mentioned", tc.mentioned)) if on]
+                                                          ("mentioned", tc.mentioned), ("neighbours", tc.neighbours))
+                                    if on]
     people = PeopleIndex.from_items(items, frozen.item_ids) if tc.people else None
     if people is not None:
         outputs[PEOPLE_FILE] = people.save(out)
     retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings, encoder_spec,
                                people=people)
     tune_examples = read_examples(paths["tune"])
+    neighbours_report = None
+    if tc.neighbours:
+        neighbours, neighbours_report = fit_neighbours(retriever, read_examples(paths["train"]), tune_examples)
+        outputs[NEIGHBOURS_FILE] = neighbours.save(out)
+        retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings,
+                                   encoder_spec, people=people, neighbours=neighbours)
     t0 = time.perf_counter()
     weights, report = _tune(retriever, tune_examples, read_queries(rewrite_path) if use_query else None, tc, enabled,
                             cfg.run.seed)
@@ -325,6 +378,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         "weights": weights,
         "tune": report,
         "finetune": finetune_record,
+        "neighbours": neighbours_report,
         "counts": {"dialogues": counts.num_dialogues, "items": len(counts.item_ids), "lossy": use_lossy,
                    "cross_dataset": cross_stats},
     }

@@ -395,9 +395,35 @@ def test_neighbours_feature_is_fitted_on_tune_saved_and_served(tmp_path: Path) -
               if ex.dialogue_id == "t4")
     own = retriever.features([t4.context], [None], ["t4"], ["neighbours"])["neighbours"][0]
     assert own[retriever.column["15"]] == 0.0
-    assert retriever.features([t4.context], [None], [None], ["neighbours"])["neighbours"][0][retriever.column["15"]] > 0
+    anyone = retriever.features([t4.context], [None], [None], ["neighbours"])["neighbours"][0]
+    assert anyone[retriever.column["15"]] > 0
     retrieve_stage.run(cfg, run_dir)
     assert read_trec(run_dir.stage_dir("retrieve") / "dev.trec")
+
+
+def test_lossy_dialogues_vote_in_the_neighbours_feature_when_asked(tmp_path: Path) -> None:
+    """train_retriever.neighbours_lossy: the lossy file's order-free examples join the voters; without the file, or
+    without the feature, a clear error."""
+    run_dir, cfg = _run_dir(tmp_path)
+    lossy = [Dialogue("lossy-2", [Turn("assistant", "you might like Toy Story", ["16"]),
+                                  Turn("user", "i'm looking for a kids movie like Up", ["11"])])]
+    data = run_dir.stage_dir("data")
+    files = {name: (lossy if name == "lossy_dialogues.jsonl" else [json.loads(line) for line in
+                                                                   (data / name).read_text().splitlines()])
+             for name in ("train.jsonl", "train_dialogues.jsonl", "tune.jsonl", "dev.jsonl", "lossy_dialogues.jsonl")}
+    shutil.rmtree(data)
+    _write_stage(run_dir, "data", files)
+    tc = dataclasses.replace(cfg.train_retriever, finetune=False, neighbours=True, neighbours_lossy=True)
+    train_stage.run(dataclasses.replace(cfg, train_retriever=tc), run_dir)
+    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
+    assert spec["neighbours"]["train_examples"] == len(TRAIN_DIALOGUES) + 1
+    assert "data/lossy_dialogues" in run_dir.manifest("train-retriever")["inputs"]
+    (run_dir.stage_dir("data") / "lossy_dialogues.jsonl").unlink()
+    with pytest.raises(ConfigError, match="neighbours_lossy=true needs"):
+        train_stage.run(dataclasses.replace(cfg, train_retriever=tc, run=RunConfig(show_progress=False,
+                                                                                    overwrite=True)), run_dir)
+    with pytest.raises(ConfigError, match="set train_retriever.neighbours=true or"):
+        TrainRetrieverConfig(neighbours_lossy=True)
 
 
 def test_a_lora_tuned_encoder_ships_as_its_adapter(tmp_path: Path) -> None:

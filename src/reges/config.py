@@ -526,6 +526,9 @@ class TrainRetrieverConfig:
         recommended to the seekers who wrote most alike, by the run's encoder; its neighbour count and temperature
         are chosen on the tune split by the feature alone. Helped INSPIRED's R@50, not ReDial's
         (docs/results/dialogue_neighbours_*.md).
+    neighbours_lossy: Also let the order-free examples of `data/lossy_dialogues.jsonl` vote in the neighbours
+        feature (the seeker's messages -> the films only the recommender named, `reges.data.lossy.lossy_examples`):
+        8,193 more ReDial dialogues next to the clean train file's. Needs neighbours and `data.lossy_file`.
     comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
     use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.
     cross_dataset: Also count another dataset's train dialogues, mapped to this catalog by title (null: none).
@@ -565,6 +568,7 @@ class TrainRetrieverConfig:
     content: bool = False
     people: bool = False
     neighbours: bool = False
+    neighbours_lossy: bool = False
     comention_normalization: Literal["count", "log", "conditional", "cosine", "pmi"] = "conditional"
     use_lossy: bool = True
     cross_dataset: CrossDatasetConfig | None = None
@@ -600,6 +604,10 @@ class TrainRetrieverConfig:
                               f"cross_dataset is {'null' if self.cross_dataset is None else 'set'} and finetune is "
                               f"{str(self.finetune).lower()}; set both (cross_dataset: the other dataset's files, "
                               f"finetune: true), or set {where}.cross_pairs=false")
+        if self.neighbours_lossy and not self.neighbours:
+            raise ConfigError(f"{where}.neighbours_lossy=true adds voters to the neighbours feature, but "
+                              f"{where}.neighbours is false; set {where}.neighbours=true or "
+                              f"{where}.neighbours_lossy=false")
         if self.lossy_pairs and not self.finetune:
             raise ConfigError(f"{where}.lossy_pairs={self.lossy_pairs} trains the encoder, but {where}.finetune is "
                               f"false; set {where}.finetune=true or {where}.lossy_pairs=0")

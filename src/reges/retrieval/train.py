@@ -9,13 +9,14 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
    dataset's (dialogue, card) pairs when `cross_pairs`, and order-free pairs of the lossy ReDial dialogues when
    `lossy_pairs`), then the catalog re-embedded with it. Without `finetune`
    the frozen index is copied, so `index/` always matches the encoder.
-3. When `neighbours`: the train contexts embedded with that encoder, and the neighbour count and temperature of
+3. When `neighbours`: the train contexts (and the lossy file's order-free examples when `neighbours_lossy`)
+   embedded with that encoder, and the neighbour count and temperature of
    the neighbours feature (`neighbours.py`) chosen on `tune` by the feature alone.
 4. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
    with it when `rewrite/tune.jsonl` exists and `query_feature` is on.
 
 Under `torchrun --nproc-per-node N` step 2's fine-tuning runs data-parallel (`finetune.py`, docs/distributed.md);
-rank 0 alone mines the hard negatives (the others receive them), writes every file and does steps 1 and 3, and the
+rank 0 alone mines the hard negatives (the others receive them), writes every file and does steps 1, 3 and 4, and the
 other ranks return once the encoder is trained.
 
 Files written under `run_dir/train-retriever/`:
@@ -291,6 +292,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
             raise DataError(f"{path} not found; train-retriever needs it: {fix}")
     lossy_path = data_dir / LOSSY_DIALOGUES_FILE
     use_lossy = tc.use_lossy and lossy_path.is_file()
+    if tc.neighbours_lossy and not lossy_path.is_file():
+        raise ConfigError(f"train_retriever.neighbours_lossy=true needs {lossy_path}, which the data stage writes "
+                          "when data.lossy_file is set; set it and rerun `reges data`, or set "
+                          "train_retriever.neighbours_lossy=false")
     if tc.lossy_pairs and not lossy_path.is_file():
         raise ConfigError(f"train_retriever.lossy_pairs={tc.lossy_pairs} needs {lossy_path}, which the data stage "
                           "writes when data.lossy_file is set; set it and rerun `reges data`, or set "
@@ -359,7 +364,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     tune_examples = read_examples(paths["tune"])
     neighbours_report = None
     if tc.neighbours:
-        neighbours, neighbours_report = fit_neighbours(retriever, read_examples(paths["train"]), tune_examples)
+        voters = read_examples(paths["train"])
+        if tc.neighbours_lossy:
+            voters += lossy_examples(read_dialogues(lossy_path), tc.max_query_chars)[0]
+        neighbours, neighbours_report = fit_neighbours(retriever, voters, tune_examples)
         outputs[NEIGHBOURS_FILE] = neighbours.save(out)
         retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings,
                                    encoder_spec, people=people, neighbours=neighbours)
@@ -387,7 +395,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
 
     inputs = {f"data/{name}": path for name, path in paths.items()}
     inputs.update({"catalog": catalog_path, "index": index_dir / "index.faiss"})
-    if use_lossy or tc.lossy_pairs:
+    if use_lossy or tc.lossy_pairs or tc.neighbours_lossy:
         inputs["data/lossy_dialogues"] = lossy_path
     if tc.cross_dataset is not None:
         for path in [*tc.cross_dataset.files, tc.cross_dataset.movie_names_file, tc.cross_dataset.lossy_file]:

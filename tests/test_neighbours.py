@@ -86,6 +86,8 @@ def test_neighbours_on_the_candidate_path_stay_exact(dense_weight: float) -> Non
     want = top_hits(fast.scores(contexts, queries, exclude), ITEM_IDS, fast.id_rank, 20)
     assert [[h.item_id for h in g] for g in got] == [[h.item_id for h in w] for w in want]
     assert [h.score for g in got for h in g] == pytest.approx([h.score for w in want for h in w], rel=1e-6)
+    # the feature comes last among the raw features, as train-retriever lists them (the weight search follows it)
+    assert list(fast.features(contexts[:2], queries[:2], exclude[:2], sorted(weights[WITH_QUERY])))[-1] == "neighbours"
     # and the feature moves the ranking: without it the lists differ
     without = {k: {f: v for f, v in w.items() if f != "neighbours"} for k, w in weights.items()}
     plain = top_hits(_with_neighbours(None, 300, without).scores(contexts, queries, exclude), ITEM_IDS,

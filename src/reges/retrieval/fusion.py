@@ -542,10 +542,6 @@ class FusedRetriever:
             assert self.item_embeddings is not None and vectors is not None
             all_ = (vectors[:len(vector_names) * n_q] @ self.item_embeddings.T).astype(np.float64)
             out.update({name: all_[i * n_q:(i + 1) * n_q] for i, name in enumerate(vector_names)})
-        if "neighbours" in names:
-            assert self.neighbours is not None and vectors is not None
-            i = embed.index("dense_dialogue")
-            out["neighbours"] = self.neighbours.scores(vectors[i * n_q:(i + 1) * n_q], exclude_dialogue_ids)
         if "comention" in names:
             out["comention"] = self.counts.scores(
                 [context_item_ids(c) for c in contexts], self.item_ids, s.normalization,
@@ -562,6 +558,10 @@ class FusedRetriever:
                 cols = [self.column[i] for i in context_item_ids(c) if i in self.column]
                 m[q, cols] = 1.0
             out["mentioned"] = m
+        if "neighbours" in names:  # last, as train-retriever lists it: the weight search's order follows this dict
+            assert self.neighbours is not None and vectors is not None
+            i = embed.index("dense_dialogue")
+            out["neighbours"] = self.neighbours.scores(vectors[i * n_q:(i + 1) * n_q], exclude_dialogue_ids)
         return out
 
     def dialogue_vectors(self, contexts: Sequence[Sequence[Turn]]) -> np.ndarray:

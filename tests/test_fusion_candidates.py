@@ -86,11 +86,17 @@ def test_content_similarity_stays_exact() -> None:
     weight: identical hits and scores."""
     weights = {NO_QUERY: {**WEIGHTS[NO_QUERY], "content": 0.4}, WITH_QUERY: {**WEIGHTS[WITH_QUERY], "content": -0.2}}
     fast = _retriever(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 300, weights)
-    contexts, queries, exclude = _queries(40)
+    assert_candidates_exact(fast)
+
+
+def assert_candidates_exact(fast: FusedRetriever, n: int = 40) -> list:
+    """The candidate path gives the whole catalog's hits and scores for `n` test requests; returns those hits."""
+    contexts, queries, exclude = _queries(n)
     got = fast.search(contexts, queries, 20, exclude)
     want = top_hits(fast.scores(contexts, queries, exclude), ITEM_IDS, fast.id_rank, 20)
     assert [[h.item_id for h in g] for g in got] == [[h.item_id for h in w] for w in want]
     assert [h.score for g in got for h in g] == pytest.approx([h.score for w in want for h in w], rel=1e-6)
+    return want
 
 
 def test_negative_dense_weight_stays_exact() -> None:

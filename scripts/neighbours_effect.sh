@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The neighbours feature as a train-retriever switch (train_retriever.neighbours: the nearest train contexts vote
 # for the films recommended there), with bagged fusion weights, on both datasets (docs/results/signals.md).
-#   bash scripts/neighbours_effect.sh [inspired|redial|both]   # ~15 min INSPIRED, ~40 min ReDial on this CPU
+#   bash scripts/neighbours_effect.sh [inspired|redial|both]   # ~35 min INSPIRED, ~40 min ReDial on this CPU
 # Each variant is `scripts/retrieval_variant.sh` on a complete base run: it copies the base's stages (the encoder
 # checkpoint is reused: same fingerprint), redoes train-retriever, retrieve and evaluate with the overrides below
 # (the whole difference to the config). The first page of each dataset pairs every variant with the base's own
 # features bagged the same way, so a row differs from its baseline by the feature alone; the second (_vs_config)
 # pairs them with the config's own run (one weight search): the best configuration against today's.
-#   INSPIRED: base runs/inspired (configs/inspired.yaml, with its 135M Query Expert).
+#   INSPIRED: base runs/inspired (configs/inspired.yaml, with its 135M Query Expert); neighbours_cross adds ReDial's
+#   ordered dialogues (the config's cross_dataset, matched by title) as voters.
 #   ReDial: base runs/redial-nq (configs/redial.yaml through retrieve without the Query Expert, built by
 #   scripts/item_expert_served_redial.sh); neighbours_lossy adds the lossy file's 8,193 order-free dialogues as
 #   voters.
@@ -23,11 +24,15 @@ if [ "$WHICH" != redial ]; then
   export CONFIG=configs/inspired.yaml
   bash scripts/retrieval_variant.sh "$RUNS/inspired" "$RUNS/inspired-bag" "${BAG[@]}"
   bash scripts/retrieval_variant.sh "$RUNS/inspired" "$RUNS/inspired-nb-bag" "${NB[@]}" "${BAG[@]}"
+  bash scripts/retrieval_variant.sh "$RUNS/inspired" "$RUNS/inspired-nbx-bag" "${NB[@]}" \
+    train_retriever.neighbours_cross=true "${BAG[@]}"
   "$PY" benchmarks/compare_runs.py --split dev --runs "bagged weights=$RUNS/inspired-bag" \
-    "+ neighbours, bagged=$RUNS/inspired-nb-bag" "single weight search (the config)=$RUNS/inspired" \
-    --out "$OUT/neighbours_effect_inspired.md"
+    "+ neighbours, bagged=$RUNS/inspired-nb-bag" \
+    "+ neighbours with ReDial's dialogues, bagged=$RUNS/inspired-nbx-bag" \
+    "single weight search (the config)=$RUNS/inspired" --out "$OUT/neighbours_effect_inspired.md"
   "$PY" benchmarks/compare_runs.py --split dev --runs "the config (one weight search)=$RUNS/inspired" \
     "bagged weights=$RUNS/inspired-bag" "+ neighbours, bagged=$RUNS/inspired-nb-bag" \
+    "+ neighbours with ReDial's dialogues, bagged=$RUNS/inspired-nbx-bag" \
     --out "$OUT/neighbours_effect_inspired_vs_config.md"
 fi
 if [ "$WHICH" != inspired ]; then

@@ -22,13 +22,14 @@ from reges.config import (
 )
 from reges.errors import ConfigError, DataError, StageNotReadyError
 from reges.io import RunDir, now_iso, read_json, read_trec, write_json, write_jsonl
-from reges.records import Dialogue, Item, RecExample, Turn
+from reges.records import CROSS_DIALOGUE_PREFIX, Dialogue, Item, RecExample, Turn
 from reges.retrieval import index as index_stage
 from reges.retrieval import retrieve as retrieve_stage
 from reges.retrieval import train as train_stage
 from reges.retrieval.comention import CoMention
 from reges.retrieval.fusion import FusedRetriever, top_hits
 from reges.retrieval.index import ItemIndex
+from reges.retrieval.neighbours import DialogueNeighbours
 
 ITEMS = [
     Item("10", "Alien (1979)", "Alien (1979). horror space monster"),
@@ -424,6 +425,29 @@ def test_lossy_dialogues_vote_in_the_neighbours_feature_when_asked(tmp_path: Pat
                                                                                     overwrite=True)), run_dir)
     with pytest.raises(ConfigError, match="set train_retriever.neighbours=true or"):
         TrainRetrieverConfig(neighbours_lossy=True)
+
+
+def test_another_datasets_dialogues_vote_in_the_neighbours_feature_when_asked(tmp_path: Path) -> None:
+    """train_retriever.neighbours_cross: the cross_dataset's recommending turns (matched by title) join the
+    voters, under their prefixed dialogue ids; without cross_dataset, a clear error."""
+    run_dir, cfg = _run_dir(tmp_path)
+    other = tmp_path / "other.jsonl"
+    rows = [{"dialogue_id": f"o{i}", "turns": [{"role": "user", "content": "balloons please", "item_ids": []},
+                                              {"role": "assistant", "content": "Up!", "item_ids": ["Up (2009)"]}]}
+            for i in range(3)]
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tc = dataclasses.replace(cfg.train_retriever, finetune=False, neighbours=True, neighbours_cross=True,
+                             cross_dataset=CrossDatasetConfig(format="custom", files=[str(other)]))
+    train_stage.run(dataclasses.replace(cfg, train_retriever=tc), run_dir)
+    assert read_json(run_dir.stage_dir("train-retriever") / "fusion.json")["neighbours"]["train_examples"] == (
+        len(TRAIN_DIALOGUES) + 3)
+    voters = DialogueNeighbours.load(run_dir.stage_dir("train-retriever"), len(ITEMS))
+    cross = [i for i, d in enumerate(voters.dialogue_ids.tolist()) if d.startswith(CROSS_DIALOGUE_PREFIX)]
+    assert len(cross) == 3
+    up = ItemIndex.load(run_dir.stage_dir("train-retriever") / "index").item_ids.index("11")
+    assert all(voters.indices[voters.indptr[i]:voters.indptr[i + 1]].tolist() == [up] for i in cross)
+    with pytest.raises(ConfigError, match="neighbours_cross=true lets train_retriever.cross_dataset"):
+        TrainRetrieverConfig(neighbours=True, neighbours_cross=True)
 
 
 def test_a_lora_tuned_encoder_ships_as_its_adapter(tmp_path: Path) -> None:

@@ -529,6 +529,9 @@ class TrainRetrieverConfig:
     neighbours_lossy: Also let the order-free examples of `data/lossy_dialogues.jsonl` vote in the neighbours
         feature (the seeker's messages -> the films only the recommender named, `reges.data.lossy.lossy_examples`):
         8,193 more ReDial dialogues next to the clean train file's. Needs neighbours and `data.lossy_file`.
+    neighbours_cross: Also let the cross_dataset's ordered train dialogues vote in the neighbours feature (each
+        recommending turn whose films this catalog has, matched by title: `reges.data.cross.cross_examples`). Needs
+        neighbours and cross_dataset.
     comention_normalization: "count", "log", "conditional", "cosine" or "pmi" (see retrieval/comention.py).
     use_lossy: Count co-mentions and popularity in `data/lossy_dialogues.jsonl` too, when the data stage wrote it.
     cross_dataset: Also count another dataset's train dialogues, mapped to this catalog by title (null: none).
@@ -569,6 +572,7 @@ class TrainRetrieverConfig:
     people: bool = False
     neighbours: bool = False
     neighbours_lossy: bool = False
+    neighbours_cross: bool = False
     comention_normalization: Literal["count", "log", "conditional", "cosine", "pmi"] = "conditional"
     use_lossy: bool = True
     cross_dataset: CrossDatasetConfig | None = None
@@ -604,10 +608,14 @@ class TrainRetrieverConfig:
                               f"cross_dataset is {'null' if self.cross_dataset is None else 'set'} and finetune is "
                               f"{str(self.finetune).lower()}; set both (cross_dataset: the other dataset's files, "
                               f"finetune: true), or set {where}.cross_pairs=false")
-        if self.neighbours_lossy and not self.neighbours:
-            raise ConfigError(f"{where}.neighbours_lossy=true adds voters to the neighbours feature, but "
-                              f"{where}.neighbours is false; set {where}.neighbours=true or "
-                              f"{where}.neighbours_lossy=false")
+        for key in ("neighbours_lossy", "neighbours_cross"):
+            if getattr(self, key) and not self.neighbours:
+                raise ConfigError(f"{where}.{key}=true adds voters to the neighbours feature, but {where}.neighbours "
+                                  f"is false; set {where}.neighbours=true or {where}.{key}=false")
+        if self.neighbours_cross and self.cross_dataset is None:
+            raise ConfigError(f"{where}.neighbours_cross=true lets {where}.cross_dataset's dialogues vote, but "
+                              f"cross_dataset is null; set it (the other dataset's files) or set "
+                              f"{where}.neighbours_cross=false")
         if self.lossy_pairs and not self.finetune:
             raise ConfigError(f"{where}.lossy_pairs={self.lossy_pairs} trains the encoder, but {where}.finetune is "
                               f"false; set {where}.finetune=true or {where}.lossy_pairs=0")

@@ -9,8 +9,8 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
    dataset's (dialogue, card) pairs when `cross_pairs`, and order-free pairs of the lossy ReDial dialogues when
    `lossy_pairs`), then the catalog re-embedded with it. Without `finetune`
    the frozen index is copied, so `index/` always matches the encoder.
-3. When `neighbours`: the train contexts (and the lossy file's order-free examples when `neighbours_lossy`)
-   embedded with that encoder, and the neighbour count and temperature of
+3. When `neighbours`: the train contexts (and the lossy file's order-free examples when `neighbours_lossy`, the
+   other dataset's when `neighbours_cross`) embedded with that encoder, and the neighbour count and temperature of
    the neighbours feature (`neighbours.py`) chosen on `tune` by the feature alone.
 4. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
    with it when `rewrite/tune.jsonl` exists and `query_feature` is on.
@@ -367,6 +367,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         voters = read_examples(paths["train"])
         if tc.neighbours_lossy:
             voters += lossy_examples(read_dialogues(lossy_path), tc.max_query_chars)[0]
+        if tc.neighbours_cross and tc.cross_dataset is not None:
+            voters += cross_examples(tc.cross_dataset, items)[0]
         neighbours, neighbours_report = fit_neighbours(retriever, voters, tune_examples)
         outputs[NEIGHBOURS_FILE] = neighbours.save(out)
         retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings,

@@ -11,7 +11,8 @@ suggested, weighted by similarity:
 
 `m` and `tau` are chosen on the tune split by the feature alone (`train_retriever.neighbours`, the train-retriever
 stage). Only train examples are neighbours, and a query never votes with its own dialogue's examples (a train
-example retrieved for mining would otherwise read its own target). Measured in docs/results/dialogue_neighbours_*.md.
+example retrieved for mining would otherwise read its own target). Measured in docs/results/neighbours_effect_*.md
+(docs/results/signals.md, last section).
 
 File written by train-retriever: `neighbours.npz` (the train contexts' embeddings, their targets' catalog
 columns as a CSR list, their dialogue ids, `m` and `tau`).

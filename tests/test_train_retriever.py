@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from retrieval_fakes import build_tiny_bert_sentence_transformer, build_tiny_sentence_transformer
 
 from reges.config import (
@@ -19,6 +20,7 @@ from reges.config import (
     RetrieveConfig,
     RunConfig,
     TrainRetrieverConfig,
+    config_to_dict,
 )
 from reges.errors import ConfigError, DataError, StageNotReadyError
 from reges.io import RunDir, now_iso, read_json, read_trec, write_json, write_jsonl
@@ -30,6 +32,7 @@ from reges.retrieval.comention import CoMention
 from reges.retrieval.fusion import FusedRetriever, top_hits
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.neighbours import DialogueNeighbours
+from reges.shipped import export_run
 
 ITEMS = [
     Item("10", "Alien (1979)", "Alien (1979). horror space monster"),
@@ -400,6 +403,12 @@ def test_neighbours_feature_is_fitted_on_tune_saved_and_served(tmp_path: Path) -
     assert anyone[retriever.column["15"]] > 0
     retrieve_stage.run(cfg, run_dir)
     assert read_trec(run_dir.stage_dir("retrieve") / "dev.trec")
+    # a bundle exported from the run carries the neighbours and scores as the run does
+    (run_dir.path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    bundle = FusedRetriever.load(export_run(run_dir, tmp_path / "bundle", "test data"), "cpu")
+    assert bundle.neighbours is not None
+    np.testing.assert_allclose(bundle.scores([t4.context], [None]), retriever.scores([t4.context], [None]),
+                               rtol=1e-3, atol=1e-5)  # float16 card embeddings in the bundle
 
 
 def test_lossy_dialogues_vote_in_the_neighbours_feature_when_asked(tmp_path: Path) -> None:

@@ -20,20 +20,25 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/results}
 BAG=(train_retriever.weight_resamples=30 run.threads=2)
 NB=(train_retriever.neighbours=true)
+
+# pages NAME CONFIG-RUN BAGGED-RUN "label=run"...: one page paired with bagging alone, one with the config's run
+pages() {
+  local name=$1 config=$2 bagged=$3
+  shift 3
+  "$PY" benchmarks/compare_runs.py --split dev --runs "bagged weights=$bagged" "$@" \
+    "single weight search (the config)=$config" --out "$OUT/neighbours_effect_$name.md"
+  "$PY" benchmarks/compare_runs.py --split dev --runs "the config (one weight search)=$config" \
+    "bagged weights=$bagged" "$@" --out "$OUT/neighbours_effect_${name}_vs_config.md"
+}
+
 if [ "$WHICH" != redial ]; then
   export CONFIG=configs/inspired.yaml
   bash scripts/retrieval_variant.sh "$RUNS/inspired" "$RUNS/inspired-bag" "${BAG[@]}"
   bash scripts/retrieval_variant.sh "$RUNS/inspired" "$RUNS/inspired-nb-bag" "${NB[@]}" "${BAG[@]}"
   bash scripts/retrieval_variant.sh "$RUNS/inspired" "$RUNS/inspired-nbx-bag" "${NB[@]}" \
     train_retriever.neighbours_cross=true "${BAG[@]}"
-  "$PY" benchmarks/compare_runs.py --split dev --runs "bagged weights=$RUNS/inspired-bag" \
-    "+ neighbours, bagged=$RUNS/inspired-nb-bag" \
-    "+ neighbours with ReDial's dialogues, bagged=$RUNS/inspired-nbx-bag" \
-    "single weight search (the config)=$RUNS/inspired" --out "$OUT/neighbours_effect_inspired.md"
-  "$PY" benchmarks/compare_runs.py --split dev --runs "the config (one weight search)=$RUNS/inspired" \
-    "bagged weights=$RUNS/inspired-bag" "+ neighbours, bagged=$RUNS/inspired-nb-bag" \
-    "+ neighbours with ReDial's dialogues, bagged=$RUNS/inspired-nbx-bag" \
-    --out "$OUT/neighbours_effect_inspired_vs_config.md"
+  pages inspired "$RUNS/inspired" "$RUNS/inspired-bag" "+ neighbours, bagged=$RUNS/inspired-nb-bag" \
+    "+ neighbours with ReDial's dialogues, bagged=$RUNS/inspired-nbx-bag"
 fi
 if [ "$WHICH" != inspired ]; then
   export CONFIG=configs/redial.yaml
@@ -42,12 +47,6 @@ if [ "$WHICH" != inspired ]; then
   bash scripts/retrieval_variant.sh "$RUNS/redial-nq" "$RUNS/redial-nq-nb-bag" "${BASE[@]}" "${NB[@]}" "${BAG[@]}"
   bash scripts/retrieval_variant.sh "$RUNS/redial-nq" "$RUNS/redial-nq-nbl-bag" "${BASE[@]}" "${NB[@]}" \
     train_retriever.neighbours_lossy=true "${BAG[@]}"
-  "$PY" benchmarks/compare_runs.py --split dev --runs "bagged weights=$RUNS/redial-nq-bag" \
-    "+ neighbours, bagged=$RUNS/redial-nq-nb-bag" \
-    "+ neighbours with the lossy dialogues, bagged=$RUNS/redial-nq-nbl-bag" \
-    "single weight search (the config)=$RUNS/redial-nq" --out "$OUT/neighbours_effect_redial.md"
-  "$PY" benchmarks/compare_runs.py --split dev --runs "the config (one weight search)=$RUNS/redial-nq" \
-    "bagged weights=$RUNS/redial-nq-bag" "+ neighbours, bagged=$RUNS/redial-nq-nb-bag" \
-    "+ neighbours with the lossy dialogues, bagged=$RUNS/redial-nq-nbl-bag" \
-    --out "$OUT/neighbours_effect_redial_vs_config.md"
+  pages redial "$RUNS/redial-nq" "$RUNS/redial-nq-bag" "+ neighbours, bagged=$RUNS/redial-nq-nb-bag" \
+    "+ neighbours with the lossy dialogues, bagged=$RUNS/redial-nq-nbl-bag"
 fi

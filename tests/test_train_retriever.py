@@ -313,15 +313,21 @@ def test_another_datasets_dialogues_join_the_counts_by_title(tmp_path: Path) -> 
     assert "cross:" + str(other) in run_dir.manifest("train-retriever")["inputs"]
 
 
-def test_cross_pairs_train_the_encoder_on_another_datasets_dialogues(tmp_path: Path) -> None:
-    """train_retriever.cross_pairs: the other dataset's recommending turns become encoder pairs (counted by source
-    in the record); a finished encoder trained without them is not reused."""
-    run_dir, cfg = _run_dir(tmp_path)
+def _other_dataset_asking_for_up(tmp_path: Path) -> Path:
+    """A custom-format file of 3 dialogues whose recommender names "Up (2009)" by title (an item of ITEMS)."""
     other = tmp_path / "other.jsonl"
     rows = [{"dialogue_id": f"o{i}", "turns": [{"role": "user", "content": "balloons please", "item_ids": []},
                                               {"role": "assistant", "content": "Up!", "item_ids": ["Up (2009)"]}]}
             for i in range(3)]
     other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return other
+
+
+def test_cross_pairs_train_the_encoder_on_another_datasets_dialogues(tmp_path: Path) -> None:
+    """train_retriever.cross_pairs: the other dataset's recommending turns become encoder pairs (counted by source
+    in the record); a finished encoder trained without them is not reused."""
+    run_dir, cfg = _run_dir(tmp_path)
+    other = _other_dataset_asking_for_up(tmp_path)
     cross = CrossDatasetConfig(format="custom", files=[str(other)])
     train_stage.run(dataclasses.replace(cfg, train_retriever=dataclasses.replace(cfg.train_retriever,
                                                                                  cross_dataset=cross)), run_dir)
@@ -440,11 +446,7 @@ def test_another_datasets_dialogues_vote_in_the_neighbours_feature_when_asked(tm
     """train_retriever.neighbours_cross: the cross_dataset's recommending turns (matched by title) join the
     voters, under their prefixed dialogue ids; without cross_dataset, a clear error."""
     run_dir, cfg = _run_dir(tmp_path)
-    other = tmp_path / "other.jsonl"
-    rows = [{"dialogue_id": f"o{i}", "turns": [{"role": "user", "content": "balloons please", "item_ids": []},
-                                              {"role": "assistant", "content": "Up!", "item_ids": ["Up (2009)"]}]}
-            for i in range(3)]
-    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    other = _other_dataset_asking_for_up(tmp_path)
     tc = dataclasses.replace(cfg.train_retriever, finetune=False, neighbours=True, neighbours_cross=True,
                              cross_dataset=CrossDatasetConfig(format="custom", files=[str(other)]))
     train_stage.run(dataclasses.replace(cfg, train_retriever=tc), run_dir)

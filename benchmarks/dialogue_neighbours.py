@@ -47,7 +47,6 @@ from reges.retrieval.fusion import (
     fuse,
     pair_ranks,
     tune_weights,
-    zscore_rows,
 )
 from reges.retrieval.retrieve import read_examples, split_features
 from reges.retrieval.train import fit_neighbours
@@ -74,17 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     names = list(fr.weights[NO_QUERY])  # every feature the stage searched, in its order (the search is path-dependent)
     if "neighbours" in names:
         parser.error(f"{args.run_dir} was trained with train_retriever.neighbours=true; give a run without it")
+    data_dir = args.run_dir / "data"
+    fr.neighbours, report = fit_neighbours(fr, read_examples(data_dir / "train.jsonl"),
+                                           read_examples(data_dir / "tune.jsonl"))
+    m, tau, alone = report["m"], report["tau"], report["tune_objective"]
     z: dict[str, dict[str, np.ndarray]] = {}
     data: dict[str, tuple[list[RecExample], TunePairs]] = {}
-    for split in ("tune", "dev"):
-        examples, _, z[split] = split_features(fr, args.run_dir, split, names, with_query=False)
+    for split in ("tune", "dev"):  # one pass embeds each context once for dense_dialogue and the neighbours
+        examples, _, z[split] = split_features(fr, args.run_dir, split, [*names, "neighbours"], with_query=False)
         data[split] = (examples, TunePairs.from_examples(examples, fr.item_ids))
-    neighbours, report = fit_neighbours(fr, read_examples(args.run_dir / "data" / "train.jsonl"), data["tune"][0])
-    m, tau, alone = report["m"], report["tau"], report["tune_objective"]
-    for split in ("tune", "dev"):
-        examples = data[split][0]
-        z[split]["neighbours"] = zscore_rows(neighbours.scores(fr.dialogue_vectors([ex.context for ex in examples]),
-                                                               [ex.dialogue_id for ex in examples]))
     variants = {"run's features": names, "+ neighbours": [*names, "neighbours"], "neighbours alone": ["neighbours"]}
     if args.resamples:  # the weight search's own noise: both feature sets with weights bagged over tune resamples
         variants |= {"run's features, bagged": names, "+ neighbours, bagged": [*names, "neighbours"]}

@@ -29,7 +29,7 @@ from reges.retrieval import index as index_stage
 from reges.retrieval import retrieve as retrieve_stage
 from reges.retrieval import train as train_stage
 from reges.retrieval.comention import CoMention
-from reges.retrieval.fusion import FusedRetriever, top_hits
+from reges.retrieval.fusion import FusedRetriever, TunePairs, top_hits, tune_weights, zscore_rows
 from reges.retrieval.index import ItemIndex
 from reges.retrieval.neighbours import DialogueNeighbours
 from reges.shipped import export_run
@@ -193,6 +193,37 @@ def test_bagged_weights_are_what_the_stage_tunes_and_serves(tmp_path: Path) -> N
         assert spec["weights"][which] == {n: round(v / top, 4) for n, v in mean.items()}
     retriever = FusedRetriever.load(run_dir.path, device="cpu")
     assert retriever.weights["with_query"] == spec["weights"]["with_query"]
+
+
+def test_weights_searched_on_train_and_tune_leave_each_train_dialogue_out(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, cfg = _run_dir(tmp_path)
+    searched: list[tuple[dict[str, np.ndarray], TunePairs]] = []
+
+    def spy(zs: dict[str, np.ndarray], pairs: TunePairs, *args: object) -> tuple[dict[str, float], dict]:
+        searched.append((zs, pairs))
+        return tune_weights(zs, pairs, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_stage, "tune_weights", spy)
+    tc = dataclasses.replace(cfg.train_retriever, finetune=False, weight_examples="train+tune")
+    train_stage.run(dataclasses.replace(cfg, train_retriever=tc), run_dir)
+    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
+    assert spec["tune"]["train_examples"] == len(TRAIN_DIALOGUES) and spec["tune"]["train_pairs"] == 5
+    # one search (no query), on the train examples then the tune ones, each scored without its own dialogue
+    (zs, pairs), = searched
+    examples = _examples(TRAIN_DIALOGUES) + _examples(TUNE_DIALOGUES)
+    retriever = FusedRetriever.load(run_dir.path, device="cpu")
+    assert list(pairs.item_index) == [retriever.column[t] for ex in examples for t in ex.target_item_ids]
+    raw = retriever.features([ex.context for ex in examples], [None] * len(examples),
+                             [ex.dialogue_id for ex in examples], list(zs))
+    for name, x in raw.items():
+        np.testing.assert_allclose(zs[name], zscore_rows(x), err_msg=name)
+    # only t3 links Heat to Ronin: its own row has no co-mention for Ronin; t1's Jaws -> Alien still has t5's
+    with_own = retriever.features([examples[2].context], [None], [None], ["comention"])["comention"][0]
+    assert with_own[retriever.column["17"]] > 0 and raw["comention"][2][retriever.column["17"]] == 0
+    assert raw["comention"][0][retriever.column["10"]] > 0
+    assert spec["weights"]["no_query"] == spy(zs, pairs, retriever.tie, retriever.id_rank, tc.weight_grid,
+                                              tc.tune_passes)[0]
 
 
 def test_finished_encoder_is_not_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,8 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
    other dataset's when `neighbours_cross`) embedded with that encoder, and the neighbour count and temperature of
    the neighbours feature (`neighbours.py`) chosen on `tune` by the feature alone.
 4. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
-   with it when `rewrite/tune.jsonl` exists and `query_feature` is on.
+   with it when `rewrite/tune.jsonl` exists and `query_feature` is on. With `weight_examples: train+tune` the
+   no-query set is searched on the train examples too (each with its own dialogue left out of the counts).
 
 Under `torchrun --nproc-per-node N` step 2's fine-tuning runs data-parallel (`finetune.py`, docs/distributed.md);
 rank 0 alone mines the hard negatives (the others receive them), writes every file and does steps 1, 3 and 4, and the
@@ -44,6 +45,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,29 +250,50 @@ def fit_neighbours(retriever: FusedRetriever, train: list[RecExample],
 
 
 def _tune(retriever: FusedRetriever, examples: list[RecExample], queries: dict[str, str] | None,
-          tc: TrainRetrieverConfig, enabled: list[str], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Tune the no-query (and with-query) weight sets on the tune examples; returns (weights, report)."""
+          tc: TrainRetrieverConfig, enabled: list[str], seed: int,
+          train_examples: Sequence[RecExample] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tune the no-query (and with-query) weight sets on the tune examples; returns (weights, report).
+
+    With `train_examples` (`train_retriever.weight_examples="train+tune"`) the no-query set is searched on them and
+    the tune examples together. Their features are computed as a tune example's are, each leaving the example's own
+    dialogue out of the counts and the neighbours' votes, so no train target scores itself.
+    """
     contexts = [ex.context for ex in examples]
     qs: list[str | None] = [queries.get(ex.example_id) for ex in examples] if queries else [None] * len(examples)
     names = enabled + (["dense_query"] if queries else [])
     raw = retriever.features(contexts, qs, [ex.dialogue_id for ex in examples], names)
     z = {name: zscore_rows(x) for name, x in raw.items()}
+    del raw
     pairs = TunePairs.from_examples(examples, retriever.item_ids)
     weights: dict[str, Any] = {}
     report: dict[str, Any] = {"examples": len(examples), "pairs": len(pairs.query_index),
-                              "novel_pairs": int(pairs.novel.sum())}
+                              "novel_pairs": int(pairs.novel.sum()), "train_examples": len(train_examples)}
     dialogue_ids = [ex.dialogue_id for ex in examples]
 
-    def search(zs: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
+    def search(zs: dict[str, np.ndarray], pairs: TunePairs,
+               dialogue_ids: list[str | None]) -> tuple[dict[str, float], dict[str, Any]]:
         if tc.weight_resamples:
             return bagged_weights(zs, pairs, dialogue_ids, retriever.tie, retriever.id_rank, tc.weight_resamples,
                                   seed, tc.weight_grid, tc.tune_passes)
         return tune_weights(zs, pairs, retriever.tie, retriever.id_rank, tc.weight_grid, tc.tune_passes)
 
-    weights[NO_QUERY], report[NO_QUERY] = search({n: z[n] for n in enabled})
+    plain = {n: z[n] for n in enabled}
+    plain_pairs, plain_ids = pairs, dialogue_ids
+    if train_examples:
+        t0 = time.perf_counter()
+        train = list(train_examples)
+        ids = [ex.dialogue_id for ex in train]
+        raw = retriever.features([ex.context for ex in train], [None] * len(train), ids, enabled)
+        plain = {n: np.concatenate([zscore_rows(raw.pop(n)), plain[n]]) for n in enabled}
+        plain_pairs = TunePairs.from_examples(train + examples, retriever.item_ids)
+        plain_ids = ids + dialogue_ids
+        report["train_pairs"] = len(plain_pairs.query_index) - len(pairs.query_index)
+        logger.info("features of %d train examples for the no-query weight search in %.1f s", len(train),
+                    time.perf_counter() - t0)
+    weights[NO_QUERY], report[NO_QUERY] = search(plain, plain_pairs, plain_ids)
     weights[WITH_QUERY] = None
     if queries:
-        weights[WITH_QUERY], report[WITH_QUERY] = search(z)
+        weights[WITH_QUERY], report[WITH_QUERY] = search(z, pairs, dialogue_ids)
     return weights, report
 
 
@@ -374,8 +397,9 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings,
                                    encoder_spec, people=people, neighbours=neighbours)
     t0 = time.perf_counter()
+    weight_train = read_examples(paths["train"]) if tc.weight_examples == "train+tune" else []
     weights, report = _tune(retriever, tune_examples, read_queries(rewrite_path) if use_query else None, tc, enabled,
-                            cfg.run.seed)
+                            cfg.run.seed, weight_train)
     tune_s = time.perf_counter() - t0
     spec = {
         "encoder": encoder_spec,

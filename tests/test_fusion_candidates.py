@@ -11,62 +11,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from retrieval_fakes import SeededTextEncoder
+from candidate_fixtures import (
+    ITEM_IDS,
+    WEIGHTS,
+    assert_candidates_exact,
+    candidate_queries,
+    candidate_retriever,
+)
 
 from reges.config import IndexConfig
 from reges.errors import ConfigError
-from reges.records import Dialogue, Turn
-from reges.retrieval.comention import CoMention
-from reges.retrieval.fusion import NO_QUERY, WITH_QUERY, FusedRetriever, FusionSettings, top_hits
-from reges.retrieval.index import ItemIndex
-
-N_ITEMS, DIM = 3000, 16
-ITEM_IDS = [f"i{j:05d}" for j in range(N_ITEMS)]
-ENCODER = SeededTextEncoder(DIM)
-WEIGHTS = {
-    NO_QUERY: {"dense_dialogue": 1.0, "comention": 0.7, "popularity": 0.3, "mentioned": -0.5},
-    WITH_QUERY: {"dense_dialogue": 0.6, "dense_query": 0.8, "comention": 0.5, "popularity": 0.2, "mentioned": 0.1},
-}
-
-
-def _dialogues(rng: np.random.Generator) -> list[Dialogue]:
-    """200 dialogues over the first 400 items (a catalog much bigger than what dialogues mention, as at scale)."""
-    out = []
-    for d in range(200):
-        items = [ITEM_IDS[j] for j in rng.choice(400, size=int(rng.integers(1, 6)), replace=False)]
-        out.append(Dialogue(f"d{d}", [Turn("user", "x", items[:2]), Turn("assistant", "y", items[2:])]))
-    return out
-
-
-def _retriever(index_cfg: IndexConfig | None, pool: int, weights=WEIGHTS) -> FusedRetriever:
-    rng = np.random.default_rng(0)
-    cards = ENCODER.encode([f"card {i}" for i in ITEM_IDS], 64, False)
-    index = ItemIndex.from_embeddings(cards, ITEM_IDS, index_cfg, seed=0) if index_cfg is not None else None
-    counts = CoMention.fit(_dialogues(rng))
-    return FusedRetriever(ENCODER, cards, ITEM_IDS, counts, weights, FusionSettings(batch_size=64), index=index,
-                          candidate_pool=pool)
-
-
-def _queries(n: int) -> tuple[list[list[Turn]], list[str | None], list[str | None]]:
-    rng = np.random.default_rng(1)
-    contexts, queries, exclude = [], [], []
-    for q in range(n):
-        # mentioned items from the counted range, the uncounted range, or none
-        known = [ITEM_IDS[j] for j in rng.choice(400, size=int(rng.integers(0, 4)), replace=False)]
-        unknown = [ITEM_IDS[j] for j in rng.choice(np.arange(400, N_ITEMS), size=int(q % 2), replace=False)]
-        contexts.append([Turn("user", f"request {q}", known), Turn("assistant", "ok", unknown)])
-        queries.append(f"query {q}" if q % 3 else None)
-        exclude.append(f"d{q}" if q % 4 == 0 else None)
-    return contexts, queries, exclude
+from reges.retrieval.fusion import NO_QUERY, WITH_QUERY, top_hits
 
 
 @pytest.mark.parametrize("pool", [300, 3])
 def test_candidate_path_equals_whole_catalog_scoring(pool: int) -> None:
     """Exact candidates (IVF probing every cell): identical hits and scores, proven or after a fallback."""
     exhaustive = IndexConfig(index_type="ivf", nlist=16, nprobe=16)
-    fast = _retriever(exhaustive, pool)
+    fast = candidate_retriever(exhaustive, pool)
     assert fast.index is not None
-    contexts, queries, exclude = _queries(40)
+    contexts, queries, exclude = candidate_queries(40)
     got = fast.search(contexts, queries, 20, exclude)
     want = top_hits(fast.scores(contexts, queries, exclude), ITEM_IDS, fast.id_rank, 20)
     for g, w in zip(got, want, strict=True):
@@ -85,25 +49,15 @@ def test_content_similarity_stays_exact() -> None:
     """content (the mean named card, read from the index like the dense features), with a positive and a negative
     weight: identical hits and scores."""
     weights = {NO_QUERY: {**WEIGHTS[NO_QUERY], "content": 0.4}, WITH_QUERY: {**WEIGHTS[WITH_QUERY], "content": -0.2}}
-    fast = _retriever(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 300, weights)
+    fast = candidate_retriever(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 300, weights)
     assert_candidates_exact(fast)
-
-
-def assert_candidates_exact(fast: FusedRetriever, n: int = 40) -> list:
-    """The candidate path gives the whole catalog's hits and scores for `n` test requests; returns those hits."""
-    contexts, queries, exclude = _queries(n)
-    got = fast.search(contexts, queries, 20, exclude)
-    want = top_hits(fast.scores(contexts, queries, exclude), ITEM_IDS, fast.id_rank, 20)
-    assert [[h.item_id for h in g] for g in got] == [[h.item_id for h in w] for w in want]
-    assert [h.score for g in got for h in g] == pytest.approx([h.score for w in want for h in w], rel=1e-6)
-    return want
 
 
 def test_negative_dense_weight_stays_exact() -> None:
     """A dense feature with a negative weight is bounded by the lowest cosine (-1), not by the index's hits."""
     weights = {NO_QUERY: {"dense_dialogue": -0.3, "comention": 1.0, "popularity": 0.5}}
-    fast = _retriever(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 300, weights)
-    contexts, queries, exclude = _queries(10)
+    fast = candidate_retriever(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 300, weights)
+    contexts, queries, exclude = candidate_queries(10)
     got = fast.search(contexts, [None] * 10, 10, exclude)
     want = top_hits(fast.scores(contexts, [None] * 10, exclude), ITEM_IDS, fast.id_rank, 10)
     assert [[h.item_id for h in g] for g in got] == [[h.item_id for h in w] for w in want]
@@ -111,8 +65,8 @@ def test_negative_dense_weight_stays_exact() -> None:
 
 def test_hnsw_candidates_keep_the_top_k() -> None:
     """A real approximate index (HNSW): the candidate path keeps nearly all of the exact top-20."""
-    fast = _retriever(IndexConfig(index_type="hnsw", hnsw_m=16, ef_construction=100, ef_search=400), 300)
-    contexts, queries, exclude = _queries(40)
+    fast = candidate_retriever(IndexConfig(index_type="hnsw", hnsw_m=16, ef_construction=100, ef_search=400), 300)
+    contexts, queries, exclude = candidate_queries(40)
     got = fast.search(contexts, queries, 20, exclude)
     want = top_hits(fast.scores(contexts, queries, exclude), ITEM_IDS, fast.id_rank, 20)
     kept = np.mean([len({h.item_id for h in g} & {h.item_id for h in w}) / 20 for g, w in zip(got, want, strict=True)])
@@ -120,6 +74,6 @@ def test_hnsw_candidates_keep_the_top_k() -> None:
 
 
 def test_a_flat_index_scores_the_whole_catalog_and_a_bad_pool_is_refused() -> None:
-    assert _retriever(IndexConfig(index_type="flat"), 300).index is None
+    assert candidate_retriever(IndexConfig(index_type="flat"), 300).index is None
     with pytest.raises(ConfigError, match="retrieve.candidate_pool must be >= 1"):
-        _retriever(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 0)
+        candidate_retriever(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 0)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_fusion_candidates import ITEM_IDS, N_ITEMS, WEIGHTS, _queries, _retriever, assert_candidates_exact
+from candidate_fixtures import (
+    ITEM_IDS,
+    N_ITEMS,
+    WEIGHTS,
+    assert_candidates_exact,
+    candidate_queries,
+    candidate_retriever,
+)
 
 from reges.config import IndexConfig
 from reges.errors import ConfigError, DataError
@@ -64,9 +71,9 @@ def test_file_round_trip_and_clear_errors(tmp_path: Path) -> None:
 
 def _with_neighbours(index_cfg: IndexConfig | None, pool: int, weights: dict) -> FusedRetriever:
     """The candidate tests' retriever plus neighbours: 300 train contexts over the first 400 items."""
-    base = _retriever(index_cfg, pool)
+    base = candidate_retriever(index_cfg, pool)
     rng = np.random.default_rng(3)
-    contexts, _, _ = _queries(300)
+    contexts, _, _ = candidate_queries(300)
     emb = base.dialogue_vectors(contexts)
     targets = [rng.choice(400, size=int(rng.integers(1, 3)), replace=False).tolist() for _ in contexts]
     nb = DialogueNeighbours.build(emb, targets, [f"d{i % 50}" for i in range(300)], N_ITEMS, m=40, tau=0.2)
@@ -82,7 +89,7 @@ def test_neighbours_on_the_candidate_path_stay_exact(dense_weight: float) -> Non
                WITH_QUERY: {**WEIGHTS[WITH_QUERY], "neighbours": -0.3}}
     fast = _with_neighbours(IndexConfig(index_type="ivf", nlist=16, nprobe=16), 300, weights)
     want = assert_candidates_exact(fast)
-    contexts, queries, exclude = _queries(40)
+    contexts, queries, exclude = candidate_queries(40)
     # the feature comes last among the raw features, as train-retriever lists them (the weight search follows it)
     assert list(fast.features(contexts[:2], queries[:2], exclude[:2], sorted(weights[WITH_QUERY])))[-1] == "neighbours"
     # and the feature moves the ranking: without it the lists differ
@@ -94,4 +101,4 @@ def test_neighbours_on_the_candidate_path_stay_exact(dense_weight: float) -> Non
 
 def test_a_neighbours_weight_without_the_neighbours_is_refused() -> None:
     with pytest.raises(ConfigError, match="neighbours fusion feature needs"):
-        _retriever(None, 300, {NO_QUERY: {"dense_dialogue": 1.0, "neighbours": 0.5}})
+        candidate_retriever(None, 300, {NO_QUERY: {"dense_dialogue": 1.0, "neighbours": 0.5}})

@@ -504,8 +504,6 @@ def catalog_stats(items: list[Item]) -> dict[str, Any]:
 # Films that merely share a title (remakes, "The Notebook (2004)" and "(2013)") stay apart: linking picks the most
 # mentioned one for a typed title (`reges.linking`), and the recommender excludes every film of a named title.
 
-# Whether `reges catalog` cleans the redial and inspired catalogs (custom catalogs are the user's own and never
-# are). To become `catalog.clean` in CatalogConfig; until then this module-level default applies.
 # The meta keys a metadata source fills for one film (its "card"); dropped together when the card is another film's.
 CARD_META: tuple[str, ...] = ("genre", "director", "star", "writer", "plot", "imdb_id")
 # Release years of one film differ by at most this much across sources (festival vs release, dataset noise).

@@ -263,6 +263,9 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
     # the nearest training dialogues' recommended films as one more fusion feature (weights re-tuned on tune)
     $PY benchmarks/dialogue_neighbours.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" --resamples 30 \
       --out "$RESULTS/dialogue_neighbours_$d.md"
+    # the fusion weights searched on the train split too (each example's own dialogue left out of the counts)
+    $PY benchmarks/train_split_fusion.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" \
+      --out "$RESULTS/train_split_fusion_$d.md"
     if [ "$d" = "$FIRST" ]; then
       # the trained run (what ships) next to the best signal run
       $PY benchmarks/compare_runs.py --split dev \

@@ -505,6 +505,22 @@ def test_dialogue_neighbours_smoke(tiny_run, tmp_path):
     assert result["train_examples"] > 0 and f"{result['neighbours']}/{result['tau']:g}" in result["objective_alone"]
 
 @pytest.mark.slow
+def test_train_split_fusion_smoke(tiny_run, tmp_path):
+    rows = ["run's weights", "tune, re-searched", "train", "train + tune", "train, by context kind",
+            "tune, by context kind"]
+    for extra in ([], ["--neighbours"]):
+        out = tmp_path / f"train_split{len(extra)}.md"
+        _python(["benchmarks/train_split_fusion.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--threads",
+                 "1", *extra, "--out", str(out)])
+        result = json.loads(out.with_suffix(".json").read_text())
+        assert result["reproduces_run_weights"]  # the base row is the stage's own search
+        assert list(result["table"]) == rows and result["table"]["tune, re-searched"]["all/recall@10"]["diff"] == 0.0
+        assert ("neighbours" in result["features"]) == bool(extra)
+        assert set(result["weights"]["train, by context kind"]) == {"names a film", "names none"}
+        assert result["examples"]["train"] > 0 and set(result["alone"]["train"]) == set(result["features"])
+
+
+@pytest.mark.slow
 def test_weight_stability_smoke(tiny_run, tmp_path):
     out = tmp_path / "stability.md"
     _python(["benchmarks/weight_stability.py", "--run-dir", str(tiny_run), "--resamples", "3", "--bootstrap", "20",
@@ -731,7 +747,7 @@ def test_reproduce_smoke(tiny_run, tmp_path):
                  "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json",
                  "comention_variants_tiny.json", "shipped_vs_signals_tiny.json",
                  "recall_headroom_tiny.json", "query_feature_effect_tiny.json", "weight_stability_tiny.json",
-                 "dialogue_neighbours_tiny.json"):
+                 "dialogue_neighbours_tiny.json", "train_split_fusion_tiny.json"):
         assert (results / name).is_file(), name
     # the exported bundle retrieves what its run retrieves (float16 embeddings, the encoder rebuilt from its adapter)
     shipped = json.loads((results / "shipped_tiny.json").read_text())

@@ -553,9 +553,11 @@ class TrainRetrieverConfig:
     weight_examples: The examples the no-query weight set is searched on. "tune": the tune split. "train+tune":
         the train split's examples too, 9x as many; their co-mention, popularity and neighbours features leave
         each example's own dialogue out, but the dense features come from an encoder fine-tuned on those very
-        examples, so the search sees dense_dialogue stronger than it is on unseen dialogues. On INSPIRED dev it
-        raised R@50 by 0.047 [0.017, 0.078], on ReDial it changed nothing (docs/results/train_split_fusion_*.md).
-        The with-query set stays on tune: the Query Expert writes no queries for train.
+        examples, so the search sees dense_dialogue stronger than it is on unseen dialogues. Without the Query
+        Expert's query it raised INSPIRED dev R@50 by 0.047 [0.017, 0.078] and changed nothing on ReDial
+        (docs/results/train_split_fusion_*.md, train_split_weights_inspired.md). The with-query set stays on
+        tune (the Query Expert writes no queries for train), so with `query_feature` on and a query for every
+        example, as configs/inspired.yaml has, the switch changes nothing that is served.
     """
 
     finetune: bool = True

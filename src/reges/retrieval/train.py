@@ -270,12 +270,12 @@ def _tune(retriever: FusedRetriever, examples: list[RecExample], queries: dict[s
                               "novel_pairs": int(pairs.novel.sum()), "train_examples": len(train_examples)}
     dialogue_ids = [ex.dialogue_id for ex in examples]
 
-    def search(zs: dict[str, np.ndarray], pairs: TunePairs,
-               dialogue_ids: list[str | None]) -> tuple[dict[str, float], dict[str, Any]]:
+    def search(zs: dict[str, np.ndarray], rows: TunePairs,
+               row_dialogues: list[str | None]) -> tuple[dict[str, float], dict[str, Any]]:
         if tc.weight_resamples:
-            return bagged_weights(zs, pairs, dialogue_ids, retriever.tie, retriever.id_rank, tc.weight_resamples,
+            return bagged_weights(zs, rows, row_dialogues, retriever.tie, retriever.id_rank, tc.weight_resamples,
                                   seed, tc.weight_grid, tc.tune_passes)
-        return tune_weights(zs, pairs, retriever.tie, retriever.id_rank, tc.weight_grid, tc.tune_passes)
+        return tune_weights(zs, rows, retriever.tie, retriever.id_rank, tc.weight_grid, tc.tune_passes)
 
     plain = {n: z[n] for n in enabled}
     plain_pairs, plain_ids = pairs, dialogue_ids

@@ -108,28 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     both_z = {f: np.concatenate([z["train"][f], z["tune"][f]]) for f in names}
     both_pairs = TunePairs.from_examples(examples["train"] + examples["tune"], fr.item_ids)
     kind = {split: names_a_film(examples[split], fr.column) for split in SPLITS}
-    weights: dict[str, dict[str, float] | dict[str, dict[str, float]]] = {}
-    if args.neighbours and "neighbours" not in fr.weights[NO_QUERY]:
-        weights["run's weights"] = search(z["tune"], pairs["tune"])  # the stage's search with the feature added
-    else:
-        weights["run's weights"] = {f: fr.weights[NO_QUERY].get(f, 0.0) for f in names}
-    weights["tune, re-searched"] = search(z["tune"], pairs["tune"])
-    weights["train"] = search(z["train"], pairs["train"])
-    weights["train + tune"] = search(both_z, both_pairs)
-    for source in ("train", "tune"):
-        weights[f"{source}, by context kind"] = {
-            label: search(*rows(source, kind[source] == named)) for label, named in (("names a film", True),
-                                                                                     ("names none", False))}
-    dev_scores: dict[str, np.ndarray] = {}
-    for label, w in weights.items():
-        if "names a film" in w:  # one weight set per context kind: each dev row fused with its kind's weights
-            per_kind = {k: fuse(z["dev"], w[k], fr.tie) for k in ("names a film", "names none")}  # type: ignore[index]
-            dev_scores[label] = np.where(kind["dev"][:, None], per_kind["names a film"], per_kind["names none"])
-        else:
-            dev_scores[label] = fuse(z["dev"], w, fr.tie)  # type: ignore[arg-type]
+    retuned = search(z["tune"], pairs["tune"])
+    added = args.neighbours and "neighbours" not in fr.weights[NO_QUERY]  # then the stage's search is this one
+    single = {  # one weight set for every example
+        "run's weights": dict(retuned) if added else {f: fr.weights[NO_QUERY].get(f, 0.0) for f in names},
+        "tune, re-searched": retuned,
+        "train": search(z["train"], pairs["train"]),
+        "train + tune": search(both_z, both_pairs),
+    }
+    by_kind = {f"{source}, by context kind": {label: search(*rows(source, kind[source] == named))  # one set per kind
+                                              for label, named in (("names a film", True), ("names none", False))}
+               for source in ("train", "tune")}
+    dev_scores = {label: fuse(z["dev"], w, fr.tie) for label, w in single.items()}
+    for label, ws in by_kind.items():  # each dev row fused with its kind's weights
+        dev_scores[label] = np.where(kind["dev"][:, None], fuse(z["dev"], ws["names a film"], fr.tie),
+                                     fuse(z["dev"], ws["names none"], fr.tie))
     ranks = {label: pair_ranks(s, pairs["dev"], fr.id_rank) for label, s in dev_scores.items()}
     base = "run's weights"
-    reproduced = all(abs(weights["tune, re-searched"][f] - weights[base][f]) < 1e-9 for f in names)  # type: ignore[index]
+    reproduced = all(abs(single["tune, re-searched"][f] - single[base][f]) < 1e-9 for f in names)
     dev_ids = [ex.dialogue_id for ex in examples["dev"]]
     table = paired_recall_table(ranks, base, pairs["dev"], dev_ids, CUTOFFS, args.bootstrap, args.seed)
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/train_split_fusion.py", *sys.argv[1:]])
@@ -144,14 +140,13 @@ def main(argv: list[str] | None = None) -> int:
              + ("yes" if reproduced else "**no**") + ". Each cell: dev recall, then the paired difference to the "
              "base row with its 95 % interval (bootstrap over dialogues).", "",
              "| weights searched on | " + " | ".join(cols) + " | weights |", "|---|" + "---:|" * len(cols) + "---|"]
-    for label, w in weights.items():
-        cells = paired_cells(table, label, base, cols)
-        if "names a film" in w:
-            shown = "; ".join(f"{k}: " + ", ".join(f"{f} {v:g}" for f, v in ws.items() if v)  # type: ignore[union-attr]
-                              for k, ws in w.items())
-        else:
-            shown = ", ".join(f"{f} {v:g}" for f, v in w.items() if v)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {shown} |")
+    def shown(w: dict[str, float]) -> str:
+        return ", ".join(f"{f} {v:g}" for f, v in w.items() if v)
+
+    weight_cells = {label: shown(w) for label, w in single.items()}
+    weight_cells |= {label: "; ".join(f"{k}: {shown(w)}" for k, w in ws.items()) for label, ws in by_kind.items()}
+    for label, text in weight_cells.items():
+        lines.append(f"| {label} | " + " | ".join(paired_cells(table, label, base, cols)) + f" | {text} |")
     lines += ["", "Each feature alone (the search's objective: mean of R@10 and R@50 under all and novel). The "
               "dense features were fine-tuned on the train split's pairs, so their train column is optimistic; "
               "the others leave each example's own dialogue out.", "",
@@ -161,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{alone['train'][f] - alone['tune'][f]:+.4f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    write_json(args.out.with_suffix(".json"), {"run_dir": str(args.run_dir), "table": table, "weights": weights,
-                                               "features": names, "alone": alone, "examples": n,
+    write_json(args.out.with_suffix(".json"), {"run_dir": str(args.run_dir), "table": table,
+                                               "weights": single | by_kind, "features": names, "alone": alone,
+                                               "examples": n,
                                                "names_a_film": {s: float(kind[s].mean()) for s in SPLITS},
                                                "reproduces_run_weights": reproduced, "command": command,
                                                "machine": mi})

@@ -385,9 +385,11 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings, encoder_spec,
                                people=people)
     tune_examples = read_examples(paths["tune"])
+    # the neighbours' voters and the train+tune weight search read the train examples
+    train_examples = read_examples(paths["train"]) if tc.neighbours or tc.weight_examples == "train+tune" else []
     neighbours_report = None
     if tc.neighbours:
-        voters = read_examples(paths["train"])
+        voters = list(train_examples)
         if tc.neighbours_lossy:
             voters += lossy_examples(read_dialogues(lossy_path), tc.max_query_chars)[0]
         if tc.neighbours_cross and tc.cross_dataset is not None:
@@ -397,9 +399,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings,
                                    encoder_spec, people=people, neighbours=neighbours)
     t0 = time.perf_counter()
-    weight_train = read_examples(paths["train"]) if tc.weight_examples == "train+tune" else []
     weights, report = _tune(retriever, tune_examples, read_queries(rewrite_path) if use_query else None, tc, enabled,
-                            cfg.run.seed, weight_train)
+                            cfg.run.seed, train_examples if tc.weight_examples == "train+tune" else ())
     tune_s = time.perf_counter() - t0
     spec = {
         "encoder": encoder_spec,

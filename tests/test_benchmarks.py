@@ -521,6 +521,38 @@ def test_train_split_fusion_smoke(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_learned_fusion_smoke_with_a_cross_fitted_run(tiny_run, tmp_path):
+    """The reranker on the tiny run, then on a copy whose train-retriever cross-fits (the real MiniLM, via the CLI)."""
+    out = tmp_path / "learned.md"
+    _python(["benchmarks/learned_fusion.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--threads", "1",
+             "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    base = "linear (the run's weights)"
+    assert list(result["table"])[0] == base and len(result["table"]) == 1 + 2 * len(result["settings"])
+    assert not result["cross_fit"] and 0 < result["target_in_top"]["train"] <= 1
+    # the linear row is what the run's retrieve stage retrieved without a query: its tune objective is the stage's
+    spec = json.loads((tiny_run / "train-retriever" / "fusion.json").read_text())
+    if spec["weights"]["with_query"] is None:
+        assert result["tune_objective"][base] == pytest.approx(spec["tune"]["no_query"]["fused"]["objective"],
+                                                               abs=1e-4)
+    run = tmp_path / "cross-fit"
+    shutil.copytree(tiny_run, run)
+    _python(["-m", "reges.cli", "train-retriever", "--config", "configs/tiny.yaml", "--run-dir", str(run),
+             "train_retriever.weight_examples=train+tune", "train_retriever.cross_fit_folds=2",
+             "run.overwrite=true", "run.show_progress=false"])
+    spec = json.loads((run / "train-retriever" / "fusion.json").read_text())
+    assert spec["cross_fit"]["folds"] == 2 and len(spec["cross_fit"]["finetune"]) == 2
+    assert sum(f["held_out_dialogues"] for f in spec["cross_fit"]["finetune"]) == len(
+        {json.loads(line)["dialogue_id"] for line in (run / "data" / "train.jsonl").read_text().splitlines()})
+    for k in range(2):
+        assert (run / "train-retriever" / "checkpoints" / f"fold-{k}" / "encoder" / "finetune.json").is_file()
+    out = tmp_path / "learned_cf.md"
+    _python(["benchmarks/learned_fusion.py", "--run-dir", str(run), "--cross-fit", "--bootstrap", "20",
+             "--threads", "1", "--out", str(out)])
+    assert json.loads(out.with_suffix(".json").read_text())["cross_fit"]
+
+
+@pytest.mark.slow
 def test_weight_stability_smoke(tiny_run, tmp_path):
     out = tmp_path / "stability.md"
     _python(["benchmarks/weight_stability.py", "--run-dir", str(tiny_run), "--resamples", "3", "--bootstrap", "20",
@@ -747,7 +779,8 @@ def test_reproduce_smoke(tiny_run, tmp_path):
                  "serving_mixed.json", "turn_latency_tiny_full.json", "shipped_tiny.json", "signals_tiny.json",
                  "comention_variants_tiny.json", "shipped_vs_signals_tiny.json",
                  "recall_headroom_tiny.json", "query_feature_effect_tiny.json", "weight_stability_tiny.json",
-                 "dialogue_neighbours_tiny.json", "train_split_fusion_tiny.json"):
+                 "dialogue_neighbours_tiny.json", "train_split_fusion_tiny.json",
+                 "learned_fusion_tiny.json"):
         assert (results / name).is_file(), name
     # the exported bundle retrieves what its run retrieves (float16 embeddings, the encoder rebuilt from its adapter)
     shipped = json.loads((results / "shipped_tiny.json").read_text())

@@ -226,6 +226,75 @@ def test_weights_searched_on_train_and_tune_leave_each_train_dialogue_out(tmp_pa
                                               tc.tune_passes)[0]
 
 
+def test_cross_fitted_dense_rows_come_from_the_encoder_that_never_saw_their_dialogue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, cfg = _run_dir(tmp_path)
+    searched: list[dict[str, np.ndarray]] = []
+    trained_on: list[tuple[frozenset[str], set[str]]] = []  # (held out, the anchors trained on)
+    pairs_of = train_stage.training_pairs
+
+    def search_spy(zs: dict[str, np.ndarray], *args: object) -> tuple[dict[str, float], dict]:
+        searched.append(zs)
+        return tune_weights(zs, *args)  # type: ignore[arg-type]
+
+    def pairs_spy(*args: object, **kwargs: object) -> tuple[list, dict | None]:
+        pairs, stats = pairs_of(*args, **kwargs)  # type: ignore[arg-type]
+        trained_on.append((args[4] if len(args) > 4 else frozenset(), {p.anchor for p in pairs}))  # type: ignore
+        return pairs, stats
+
+    monkeypatch.setattr(train_stage, "tune_weights", search_spy)
+    monkeypatch.setattr(train_stage, "training_pairs", pairs_spy)
+    tc = dataclasses.replace(cfg.train_retriever, weight_examples="train+tune", cross_fit_folds=2)
+    cfg = dataclasses.replace(cfg, train_retriever=tc)
+    train_stage.run(cfg, run_dir)
+    out = run_dir.stage_dir("train-retriever")
+    spec = read_json(out / "fusion.json")
+    train = _examples(TRAIN_DIALOGUES)
+    folds = train_stage.cross_fit_folds(train, 2)
+    assert sorted(d for f in folds for d in f) == sorted(d.dialogue_id for d in TRAIN_DIALOGUES) and all(folds)
+    assert spec["cross_fit"]["folds"] == 2
+    assert [r["held_out_dialogues"] for r in spec["cross_fit"]["finetune"]] == [len(f) for f in folds]
+    # the run's encoder saw every train dialogue; each fold's encoder none of its own fold's
+    assert [held for held, _ in trained_on] == [frozenset(), *folds]
+    for held, anchors in trained_on[1:]:
+        own = {ex.context[0].content for ex in train if ex.dialogue_id in held}
+        assert not any(text in anchor for anchor in anchors for text in own)
+        assert any(ex.context[0].content in anchor for anchor in anchors for ex in train
+                   if ex.dialogue_id not in held)
+    (zs,) = searched
+    retriever = FusedRetriever.load(run_dir.path, device="cpu")
+    contexts = [ex.context for ex in train + _examples(TUNE_DIALOGUES)]
+    served = zscore_rows(retriever.features(contexts, [None] * len(contexts), [None] * len(contexts),
+                                            ["dense_dialogue"])["dense_dialogue"])
+    np.testing.assert_allclose(zs["dense_dialogue"][len(train):], served[len(train):])  # tune rows: the run's
+    items = {it.item_id: it for it in ITEMS}
+    for k, held in enumerate(folds):
+        folder = out / "checkpoints" / f"fold-{k}" / "encoder"
+        dense, _ = train_stage.cross_fitted_dense(retriever, [folder], [held], train, items, cfg)
+        rows = [i for i, ex in enumerate(train) if ex.dialogue_id in held]
+        np.testing.assert_allclose(zs["dense_dialogue"][rows], zscore_rows(dense[rows]))
+        assert not np.allclose(zs["dense_dialogue"][rows], served[rows])  # not the encoder that was trained on them
+
+    # a rerun reuses every finished encoder (their fingerprints match)
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished encoder was trained again")
+
+    monkeypatch.setattr(train_stage, "finetune_encoder", no_training)
+    train_stage.run(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True)), run_dir)
+    assert read_json(out / "fusion.json")["weights"] == spec["weights"]
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"cross_fit_folds": 1}, "0 \\(off\\) or at least 2"),
+    ({"cross_fit_folds": 2}, "weight_examples is 'tune'"),
+    ({"cross_fit_folds": 2, "weight_examples": "train+tune", "finetune": False}, "finetune is false"),
+])
+def test_cross_fitting_needs_folds_the_train_split_search_and_a_fine_tuned_encoder(overrides: dict,
+                                                                                  match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TrainRetrieverConfig(**overrides)
+
+
 def test_finished_encoder_is_not_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir, cfg = _run_dir(tmp_path)
 

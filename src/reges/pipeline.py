@@ -146,7 +146,8 @@ ADDED_KEYS: dict[str, dict[str, Any]] = {
     "train_retriever": {"cross_dataset": None, "cross_pairs": False, "content": False,
                         "people": False, "lora_rank": 0, "lossy_pairs": 0,
                         "weight_resamples": 0, "neighbours": False,
-                        "neighbours_lossy": False, "neighbours_cross": False, "weight_examples": "tune"},
+                        "neighbours_lossy": False, "neighbours_cross": False, "weight_examples": "tune",
+                        "cross_fit_folds": 0},
 }
 
 # Keys that change nothing unless another key of their section has a given value, left out of the hash otherwise:

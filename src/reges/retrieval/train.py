@@ -14,7 +14,9 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
    the neighbours feature (`neighbours.py`) chosen on `tune` by the feature alone.
 4. Fusion weights (`fusion.py`) tuned on the `tune` split: one set without the Query Expert's query, and one
    with it when `rewrite/tune.jsonl` exists and `query_feature` is on. With `weight_examples: train+tune` the
-   no-query set is searched on the train examples too (each with its own dialogue left out of the counts).
+   no-query set is searched on the train examples too (each with its own dialogue left out of the counts), and
+   with `cross_fit_folds: k` their dense_dialogue feature comes from k more encoders, each fine-tuned without one
+   fold of the train dialogues (`cross_fitted_dense`), so the search sees it as strong as on unseen dialogues.
 
 Under `torchrun --nproc-per-node N` step 2's fine-tuning runs data-parallel (`finetune.py`, docs/distributed.md);
 rank 0 alone mines the hard negatives (the others receive them), writes every file and does steps 1, 3 and 4, and the
@@ -32,8 +34,8 @@ Files written under `run_dir/train-retriever/`:
                                  of every feature alone and of each fusion, the fine-tuning record
     manifest.json                written last
 While fine-tuning, `checkpoints/` holds step checkpoints and, once training ends, `checkpoints/encoder/` (with
-finetune.json): a rerun after a crash in step 3 reuses it instead of retraining. It is removed once the stage is
-complete.
+finetune.json; the cross-fitting folds' encoders in `checkpoints/fold-k/encoder/`). They stay after the stage is
+complete: a rerun (after a crash, or to redo the weights) reuses each encoder whose fingerprint still matches.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import numpy as np
 from reges.catalog import read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
 from reges.data.cross import cross_examples, cross_title_sets, match_title_sets
+from reges.data.examples import dev_score
 from reges.data.lossy import LOSSY_DIALOGUES_FILE, lossy_examples
 from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
@@ -94,7 +97,7 @@ FINETUNE_RECORD = "finetune.json"
 
 
 def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path,
-                          distill_path: Path | None, lossy_path: Path) -> str:
+                          distill_path: Path | None, lossy_path: Path, held_out: frozenset[str] = frozenset()) -> str:
     """What a finished encoder depends on; a checkpointed encoder is reused only when this matches."""
     from reges.io import file_sha256
 
@@ -110,6 +113,8 @@ def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, tra
                                "sha256": [file_sha256(Path(p)) for p in tc.cross_dataset.files]}
     if tc.lossy_pairs:
         spec["lossy_pairs"] = {"max": tc.lossy_pairs, "sha256": file_sha256(lossy_path)}
+    if held_out:  # a cross-fitting fold's encoder (absent for the run's own: its fingerprint is unchanged)
+        spec["held_out"] = hashlib.sha256("\n".join(sorted(held_out)).encode()).hexdigest()
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -121,14 +126,20 @@ def distill_pairs_file(cfg: PipelineConfig, run_dir: RunDir) -> Path | None:
     return path if tc.finetune and tc.distill_pairs and run_dir.is_complete("distill") and path.is_file() else None
 
 
-def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item],
-                   distill_path: Path | None) -> tuple[list[Pair], dict[str, int] | None]:
+def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item], distill_path: Path | None,
+                   held_out: frozenset[str] = frozenset()) -> tuple[list[Pair], dict[str, int] | None]:
     """The encoder's fine-tuning pairs: `data/train.jsonl` (and `distill_path`, and the other dataset's examples
-    when `cross_pairs`), a seeded `max_pairs` sample; with the cross-dataset match counts (None without)."""
+    when `cross_pairs`), a seeded `max_pairs` sample; with the cross-dataset match counts (None without).
+
+    Args:
+        held_out: Train dialogue ids whose examples (dialogue and distill pairs) are left out: a cross-fitting
+            fold (`cross_fitted_dense`). The other datasets' and the lossy file's dialogues are never train ones.
+    """
     tc = cfg.train_retriever
     distill = read_queries(distill_path) if distill_path else None
-    pairs = build_pairs(read_examples(run_dir.stage_dir("data") / "train.jsonl"), items, tc.query,
-                        tc.max_query_chars, distill)
+    examples = [ex for ex in read_examples(run_dir.stage_dir("data") / "train.jsonl")
+                if ex.dialogue_id not in held_out]
+    pairs = build_pairs(examples, items, tc.query, tc.max_query_chars, distill)
     cross_stats = None
     if tc.cross_pairs and tc.cross_dataset is not None:
         examples, cross_stats = cross_examples(tc.cross_dataset, items.values())
@@ -146,58 +157,68 @@ def lossy_pairs(run_dir: RunDir, items: dict[str, Item], tc: TrainRetrieverConfi
     return build_pairs(examples, items, "full", tc.max_query_chars, source="lossy")
 
 
+def _fit_encoder(cfg: PipelineConfig, run_dir: RunDir, ckpt: Path, frozen: ItemIndex, items: dict[str, Item],
+                 distill_path: Path | None, held_out: frozenset[str] = frozenset()) -> Path | None:
+    """Fine-tune (or reuse a finished) encoder under `ckpt`; returns `ckpt/encoder` (with finetune.json in it).
+
+    `held_out`: train dialogues whose pairs it must not see (a cross-fitting fold). Distributed: every rank trains;
+    rank 0 alone writes, and the others return None once training is done.
+    """
+    tc = cfg.train_retriever
+    ctx = distributed.current()
+    done = ckpt / ENCODER_DIR
+    fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, run_dir.stage_dir("data") / "train.jsonl",
+                                        distill_path, run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE, held_out)
+    if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
+        logger.info("reusing the fine-tuned encoder in %s", done)
+        return done if ctx.is_main else None
+    device = resolve_device(cfg.index.device, "index.device")
+    model = load_encoder(cfg.index.encoder, device, tc.max_seq_length)
+    if tc.lora_rank:
+        add_lora(model, tc.lora_rank)
+    pairs, cross_stats = training_pairs(cfg, run_dir, items, distill_path, held_out)
+    logger.info("fine-tuning on %d pairs (%d from distill, %d from cross_dataset, %d from the lossy file)%s",
+                len(pairs), sum(p.source == "distill" for p in pairs), sum(p.source == "cross" for p in pairs),
+                sum(p.source == "lossy" for p in pairs),
+                f", {len(held_out)} train dialogues held out" if held_out else "")
+    embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)  # (n, dim) frozen
+    t0 = time.perf_counter()
+    # rank 0 mines, the other ranks take its negatives: every rank must train on the same data
+    negatives = distributed.main_first(lambda: mine_hard_negatives(
+        pairs, SentenceEncoder(model), embeddings, frozen.item_ids, tc.hard_negatives, cfg.run.seed,
+        cfg.index.batch_size, cfg.run.show_progress))
+    mine_s = time.perf_counter() - t0
+    result = finetune_encoder(model, pairs, negatives, items, tc, cfg.run.seed, ckpt / "steps",
+                              cfg.run.show_progress)
+    if not ctx.is_main:
+        return None
+    tmp = ckpt / f".tmp-{ENCODER_DIR}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if tc.lora_rank:  # the adapter (what ships) inside the merged encoder's folder (what this run uses)
+        save_and_merge_lora(model, tmp / ADAPTER_DIR)
+    model.save(str(tmp))
+    record = {"fingerprint": fingerprint, "mine_s": round(mine_s, 2), "distill_pairs": distill_path is not None,
+              "pairs_by_source": {s: sum(p.source == s for p in pairs)
+                                  for s in ("dialogue", "distill", "cross", "lossy")},
+              "cross_examples": cross_stats, "held_out_dialogues": len(held_out),
+              **dataclasses.asdict(result)}
+    write_json(tmp / FINETUNE_RECORD, record)
+    if done.exists():
+        shutil.rmtree(done)
+    os.replace(tmp, done)
+    shutil.rmtree(ckpt / "steps", ignore_errors=True)
+    return done
+
+
 def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: ItemIndex, items: dict[str, Item],
                    distill_path: Path | None) -> dict[str, Any] | None:
     """Fine-tune (or reuse a finished checkpointed) encoder; copy it to `out/encoder`. Returns its record.
 
     Distributed: every rank trains; rank 0 alone writes, and the others return None once training is done.
     """
-    tc = cfg.train_retriever
-    ctx = distributed.current()
-    train_path = run_dir.stage_dir("data") / "train.jsonl"
-    ckpt = out / "checkpoints"
-    done = ckpt / ENCODER_DIR
-    fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, train_path, distill_path,
-                                        run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE)
-    if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
-        logger.info("reusing the fine-tuned encoder in %s", done)
-    else:
-        device = resolve_device(cfg.index.device, "index.device")
-        model = load_encoder(cfg.index.encoder, device, tc.max_seq_length)
-        if tc.lora_rank:
-            add_lora(model, tc.lora_rank)
-        pairs, cross_stats = training_pairs(cfg, run_dir, items, distill_path)
-        logger.info("fine-tuning on %d pairs (%d from distill, %d from cross_dataset, %d from the lossy file)",
-                    len(pairs), sum(p.source == "distill" for p in pairs), sum(p.source == "cross" for p in pairs),
-                    sum(p.source == "lossy" for p in pairs))
-        embeddings = np.load(run_dir.stage_dir("index") / EMBEDDINGS_FILE, allow_pickle=False)  # (n, dim) frozen
-        t0 = time.perf_counter()
-        # rank 0 mines, the other ranks take its negatives: every rank must train on the same data
-        negatives = distributed.main_first(lambda: mine_hard_negatives(
-            pairs, SentenceEncoder(model), embeddings, frozen.item_ids, tc.hard_negatives, cfg.run.seed,
-            cfg.index.batch_size, cfg.run.show_progress))
-        mine_s = time.perf_counter() - t0
-        result = finetune_encoder(model, pairs, negatives, items, tc, cfg.run.seed, ckpt / "steps",
-                                  cfg.run.show_progress)
-        if not ctx.is_main:
-            return None
-        tmp = ckpt / f".tmp-{ENCODER_DIR}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if tc.lora_rank:  # the adapter (what ships) inside the merged encoder's folder (what this run uses)
-            save_and_merge_lora(model, tmp / ADAPTER_DIR)
-        model.save(str(tmp))
-        record = {"fingerprint": fingerprint, "mine_s": round(mine_s, 2), "distill_pairs": distill_path is not None,
-                  "pairs_by_source": {s: sum(p.source == s for p in pairs)
-                                      for s in ("dialogue", "distill", "cross", "lossy")},
-                  "cross_examples": cross_stats,
-                  **dataclasses.asdict(result)}
-        write_json(tmp / FINETUNE_RECORD, record)
-        if done.exists():
-            shutil.rmtree(done)
-        os.replace(tmp, done)
-        shutil.rmtree(ckpt / "steps", ignore_errors=True)
-    if not ctx.is_main:
+    done = _fit_encoder(cfg, run_dir, out / "checkpoints", frozen, items, distill_path)
+    if done is None:
         return None
     for folder in (ENCODER_DIR, ADAPTER_DIR):
         if (out / folder).exists():
@@ -207,7 +228,59 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
         shutil.copytree(done / ADAPTER_DIR, out / ADAPTER_DIR)
     record = read_json(out / ENCODER_DIR / FINETUNE_RECORD)
     (out / ENCODER_DIR / FINETUNE_RECORD).unlink()  # the record goes into fusion.json and the manifest
+    record.pop("held_out_dialogues", None)
     return record
+
+
+def cross_fit_folds(train: Sequence[RecExample], folds: int) -> list[frozenset[str]]:
+    """The train dialogue ids cut into `folds` folds by a stable hash (`dev_score`, salted so the folds are not the
+    tune split's cut again); an example without a dialogue id belongs to none."""
+    out: list[set[str]] = [set() for _ in range(folds)]
+    for ex in train:
+        if ex.dialogue_id is not None:
+            out[min(int(dev_score(ex.dialogue_id + "#cross-fit") * folds), folds - 1)].add(ex.dialogue_id)
+    return [frozenset(f) for f in out]
+
+
+def fold_encoders(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: ItemIndex, items: dict[str, Item],
+                  distill_path: Path | None, folds: Sequence[frozenset[str]]) -> list[Path] | None:
+    """One encoder per cross-fitting fold, trained as the run's is but without that fold's train dialogues
+    (`_fit_encoder` under `checkpoints/fold-k/`: resumable, and reused on a rerun with the same fingerprint).
+
+    Distributed: every rank trains; rank 0 gets the folders, the others None.
+    """
+    done = [_fit_encoder(cfg, run_dir, out / "checkpoints" / f"fold-{k}", frozen, items, distill_path, held_out)
+            for k, held_out in enumerate(folds)]
+    return [d for d in done if d is not None] if distributed.current().is_main else None
+
+
+def cross_fitted_dense(retriever: FusedRetriever, encoders: Sequence[Path], folds: Sequence[frozenset[str]],
+                       train: Sequence[RecExample], items: dict[str, Item], cfg: PipelineConfig
+                       ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(len(train), num_items) dense_dialogue scores, each row from the fold encoder that never saw its dialogue.
+
+    Each fold's encoder re-embeds the catalog and scores its fold's train contexts with `retriever`'s settings
+    (the text `context_to_query` makes of a context, as a dev example's is made). Returns (scores, report).
+    """
+    device = resolve_device(cfg.index.device, "index.device")
+    dense = np.zeros((len(train), len(retriever.item_ids)), dtype=np.float64)
+    report: dict[str, Any] = {"folds": len(folds), "finetune": []}
+    for k, (folder, held_out) in enumerate(zip(encoders, folds, strict=True)):
+        record = read_json(folder / FINETUNE_RECORD)
+        report["finetune"].append({key: record[key] for key in ("held_out_dialogues", "pairs", "steps", "seconds",
+                                                                "loss_start", "loss_end")})
+        encoder = SentenceEncoder(load_encoder(str(folder), device, cfg.train_retriever.max_seq_length))
+        cards = encoder.encode([items[i].text for i in retriever.item_ids], cfg.index.batch_size,
+                               cfg.run.show_progress)
+        fold = FusedRetriever(encoder, cards, retriever.item_ids, retriever.counts, {NO_QUERY: {}},
+                              retriever.settings, str(folder))
+        rows = [i for i, ex in enumerate(train) if ex.dialogue_id in held_out]
+        if rows:
+            dense[rows] = fold.features([train[i].context for i in rows], [None] * len(rows), [None] * len(rows),
+                                        ["dense_dialogue"])["dense_dialogue"]
+        logger.info("cross-fitting fold %d: %d train dialogues held out, %d train examples scored", k,
+                    len(held_out), len(rows))
+    return dense, report
 
 
 def fit_neighbours(retriever: FusedRetriever, train: list[RecExample],
@@ -250,13 +323,14 @@ def fit_neighbours(retriever: FusedRetriever, train: list[RecExample],
 
 
 def _tune(retriever: FusedRetriever, examples: list[RecExample], queries: dict[str, str] | None,
-          tc: TrainRetrieverConfig, enabled: list[str], seed: int,
-          train_examples: Sequence[RecExample] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+          tc: TrainRetrieverConfig, enabled: list[str], seed: int, train_examples: Sequence[RecExample] = (),
+          train_dense: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Tune the no-query (and with-query) weight sets on the tune examples; returns (weights, report).
 
     With `train_examples` (`train_retriever.weight_examples="train+tune"`) the no-query set is searched on them and
     the tune examples together. Their features are computed as a tune example's are, each leaving the example's own
-    dialogue out of the counts and the neighbours' votes, so no train target scores itself.
+    dialogue out of the counts and the neighbours' votes, so no train target scores itself. `train_dense`
+    (`cross_fitted_dense`) replaces their dense_dialogue feature with one from encoders that never saw them.
     """
     contexts = [ex.context for ex in examples]
     qs: list[str | None] = [queries.get(ex.example_id) for ex in examples] if queries else [None] * len(examples)
@@ -283,7 +357,10 @@ def _tune(retriever: FusedRetriever, examples: list[RecExample], queries: dict[s
         t0 = time.perf_counter()
         train = list(train_examples)
         ids = [ex.dialogue_id for ex in train]
-        raw = retriever.features([ex.context for ex in train], [None] * len(train), ids, enabled)
+        names = [n for n in enabled if train_dense is None or n != "dense_dialogue"]
+        raw = retriever.features([ex.context for ex in train], [None] * len(train), ids, names)
+        if train_dense is not None:
+            raw["dense_dialogue"] = train_dense
         plain = {n: np.concatenate([zscore_rows(raw.pop(n)), plain[n]]) for n in enabled}
         plain_pairs = TunePairs.from_examples(train + examples, retriever.item_ids)
         plain_ids = ids + dialogue_ids
@@ -330,9 +407,11 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     out = distributed.main_first(lambda: run_dir.begin(STAGE, cfg.run.overwrite))  # the other ranks wait for it
     if not ctx.is_main:  # the other ranks help with the fine-tuning only
         if tc.finetune:
-            items = read_catalog(catalog_path)
-            _train_encoder(cfg, run_dir, out, ItemIndex.load(index_dir), {it.item_id: it for it in items},
-                           distill_path)
+            items = {it.item_id: it for it in read_catalog(catalog_path)}
+            _train_encoder(cfg, run_dir, out, ItemIndex.load(index_dir), items, distill_path)
+            if tc.cross_fit_folds:
+                fold_encoders(cfg, run_dir, out, ItemIndex.load(index_dir), items, distill_path,
+                              cross_fit_folds(read_examples(paths["train"]), tc.cross_fit_folds))
         return
 
     items = read_catalog(catalog_path)
@@ -398,9 +477,15 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         outputs[NEIGHBOURS_FILE] = neighbours.save(out)
         retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings,
                                    encoder_spec, people=people, neighbours=neighbours)
+    train_dense = cross_fit_report = None
+    if tc.cross_fit_folds:  # the config requires finetune and train+tune with it
+        folds = cross_fit_folds(train_examples, tc.cross_fit_folds)
+        encoders = fold_encoders(cfg, run_dir, out, frozen, by_id, distill_path, folds)
+        assert encoders is not None  # rank 0
+        train_dense, cross_fit_report = cross_fitted_dense(retriever, encoders, folds, train_examples, by_id, cfg)
     t0 = time.perf_counter()
     weights, report = _tune(retriever, tune_examples, read_queries(rewrite_path) if use_query else None, tc, enabled,
-                            cfg.run.seed, train_examples if tc.weight_examples == "train+tune" else ())
+                            cfg.run.seed, train_examples if tc.weight_examples == "train+tune" else (), train_dense)
     tune_s = time.perf_counter() - t0
     spec = {
         "encoder": encoder_spec,
@@ -414,6 +499,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         "tune": report,
         "finetune": finetune_record,
         "neighbours": neighbours_report,
+        "cross_fit": cross_fit_report,
         "counts": {"dialogues": counts.num_dialogues, "items": len(counts.item_ids), "lossy": use_lossy,
                    "cross_dataset": cross_stats},
     }

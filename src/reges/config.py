@@ -563,8 +563,10 @@ class TrainRetrieverConfig:
         train example's dense_dialogue feature in the weight search then comes from the encoder that never saw
         its dialogue, as a dev example's does. Why: the run's own encoder was trained on those examples, so the
         search trusted dense_dialogue too much (INSPIRED: 0.329 on train against 0.196 on tune alone,
-        docs/results/train_split_fusion_inspired.md). Costs k - 1 more fine-tunings' worth of time; the encoder
-        that serves is the run's own, trained on every train dialogue.
+        docs/results/train_split_fusion_inspired.md; cross-fitted: 0.245). Costs k - 1 more fine-tunings' worth
+        of time; the encoder that serves is the run's own, trained on every train dialogue. On INSPIRED dev with the
+        neighbours and bagged weights: R@10 / R@50 0.399 / 0.558, R@50 +0.028 [+0.006, +0.050] over
+        configs/inspired.yaml's run (docs/results/cross_fit_weights_inspired_vs_config.md); not a default.
     """
 
     finetune: bool = True

@@ -41,7 +41,7 @@ from reges.records import RecExample
 from reges.retrieval.comention import context_item_ids
 from reges.retrieval.fusion import NO_QUERY, FusedRetriever, TunePairs, fuse, pair_ranks, recall_table, zscore_rows
 from reges.retrieval.retrieve import split_features
-from reges.retrieval.train import cross_fit_folds, cross_fitted_dense
+from reges.retrieval.train import cross_fit_split, cross_fitted_dense
 
 logger = logging.getLogger("learned_fusion")
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = read_json(args.run_dir / "train-retriever" / "fusion.json")
             if not spec.get("cross_fit"):
                 parser.error(f"--cross-fit: {args.run_dir} was trained without train_retriever.cross_fit_folds")
-            folds = cross_fit_folds(examples[split], spec["cross_fit"]["folds"])
+            folds = cross_fit_split(examples[split], spec["cross_fit"]["folds"])
             ckpt = args.run_dir / "train-retriever" / "checkpoints"
             items = {it.item_id: it for it in read_catalog(args.run_dir / "catalog" / "items.jsonl")}
             dense, _ = cross_fitted_dense(fr, [ckpt / f"fold-{k}" / "encoder" for k in range(len(folds))], folds,
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     for split in ranks:
         ranks[split]["linear (the run's weights)"] = pair_ranks(linear[split], pairs[split], fr.id_rank)
     fit_s: dict[str, float] = {}
-    tune_folds = cross_fit_folds(examples["tune"], 2)  # for an honest tune objective of the train + tune rows
+    tune_folds = cross_fit_split(examples["tune"], 2)  # for an honest tune objective of the train + tune rows
     in_fold = [np.array([ex.dialogue_id in f for ex in examples["tune"]]) for f in tune_folds]
 
     def fit(setting: str, rows: list[tuple[str, np.ndarray | None]]) -> HistGradientBoostingClassifier:

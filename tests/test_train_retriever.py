@@ -250,7 +250,7 @@ def test_cross_fitted_dense_rows_come_from_the_encoder_that_never_saw_their_dial
     out = run_dir.stage_dir("train-retriever")
     spec = read_json(out / "fusion.json")
     train = _examples(TRAIN_DIALOGUES)
-    folds = train_stage.cross_fit_folds(train, 2)
+    folds = train_stage.cross_fit_split(train, 2)
     assert sorted(d for f in folds for d in f) == sorted(d.dialogue_id for d in TRAIN_DIALOGUES) and all(folds)
     assert spec["cross_fit"]["folds"] == 2
     assert [r["held_out_dialogues"] for r in spec["cross_fit"]["finetune"]] == [len(f) for f in folds]

@@ -232,7 +232,7 @@ def _train_encoder(cfg: PipelineConfig, run_dir: RunDir, out: Path, frozen: Item
     return record
 
 
-def cross_fit_folds(train: Sequence[RecExample], folds: int) -> list[frozenset[str]]:
+def cross_fit_split(train: Sequence[RecExample], folds: int) -> list[frozenset[str]]:
     """The train dialogue ids cut into `folds` folds by a stable hash (`dev_score`, salted so the folds are not the
     tune split's cut again); an example without a dialogue id belongs to none."""
     out: list[set[str]] = [set() for _ in range(folds)]
@@ -408,10 +408,11 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if not ctx.is_main:  # the other ranks help with the fine-tuning only
         if tc.finetune:
             items = {it.item_id: it for it in read_catalog(catalog_path)}
-            _train_encoder(cfg, run_dir, out, ItemIndex.load(index_dir), items, distill_path)
+            frozen = ItemIndex.load(index_dir)
+            _train_encoder(cfg, run_dir, out, frozen, items, distill_path)
             if tc.cross_fit_folds:
-                fold_encoders(cfg, run_dir, out, ItemIndex.load(index_dir), items, distill_path,
-                              cross_fit_folds(read_examples(paths["train"]), tc.cross_fit_folds))
+                fold_encoders(cfg, run_dir, out, frozen, items, distill_path,
+                              cross_fit_split(read_examples(paths["train"]), tc.cross_fit_folds))
         return
 
     items = read_catalog(catalog_path)
@@ -479,7 +480,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
                                    encoder_spec, people=people, neighbours=neighbours)
     train_dense = cross_fit_report = None
     if tc.cross_fit_folds:  # the config requires finetune and train+tune with it
-        folds = cross_fit_folds(train_examples, tc.cross_fit_folds)
+        folds = cross_fit_split(train_examples, tc.cross_fit_folds)
         encoders = fold_encoders(cfg, run_dir, out, frozen, by_id, distill_path, folds)
         assert encoders is not None  # rank 0
         train_dense, cross_fit_report = cross_fitted_dense(retriever, encoders, folds, train_examples, by_id, cfg)

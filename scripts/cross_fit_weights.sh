@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fusion weights searched on train + tune with the train examples' dense feature cross-fitted
 # (train_retriever.cross_fit_folds=2: two more encoders, each fine-tuned without half of the train dialogues, score
-# the half they never saw), on INSPIRED (docs/results/signals.md, "The dense feature cross-fitted, and a learned reranker").
+# the half they never saw), on INSPIRED (docs/results/signals.md, "The dense feature cross-fitted, and a learned
+# reranker").
 #   bash scripts/cross_fit_weights.sh   # ~50 min on this CPU, once scripts/train_split_weights.sh has run
 # Then benchmarks/learned_fusion.py (a non-linear reranker learned on the train split) on INSPIRED's cross-fitted run
 # and on ReDial (runs/redial-nq, from scripts/train_split_weights.sh's base).

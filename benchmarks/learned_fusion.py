@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             if not spec.get("cross_fit"):
                 parser.error(f"--cross-fit: {args.run_dir} was trained without train_retriever.cross_fit_folds")
             folds = cross_fit_split(examples[split], spec["cross_fit"]["folds"])
+            if [f["held_out_dialogues"] for f in spec["cross_fit"]["finetune"]] != [len(f) for f in folds]:
+                parser.error(f"--cross-fit: {args.run_dir}'s fold encoders were trained on other folds than its "
+                             "train split gives now; rerun train-retriever with run.overwrite=true")
             ckpt = args.run_dir / "train-retriever" / "checkpoints"
             items = {it.item_id: it for it in read_catalog(args.run_dir / "catalog" / "items.jsonl")}
             dense, _ = cross_fitted_dense(fr, [ckpt / f"fold-{k}" / "encoder" for k in range(len(folds))], folds,
@@ -145,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             xs, top, lin = xs[rows], top[rows], lin[rows]
         n = xs.shape[0]
         p = model.predict_proba(xs.reshape(n * depth, -1))[:, 1].reshape(n, depth)
-        scores = lin - 1e6  # below the reranked ones, in the linear order
-        scores[np.arange(n)[:, None], top] = 1e6 + p
+        r = np.arange(n)[:, None]
+        scores = np.empty_like(lin)  # rank scores, all distinct: the rest below the reranked, in linear order
+        scores[r, np.argsort(-lin, axis=1, kind="stable")] = -np.arange(lin.shape[1], dtype=np.float64)[None, :]
+        # by probability, equal ones (trees give steps) in the linear order
+        order = np.lexsort((np.broadcast_to(np.arange(depth), (n, depth)), -p), axis=1)
+        scores[r, top[r, order]] = np.arange(depth, 0, -1, dtype=np.float64)[None, :]
         return scores
 
     honest_tune: dict[str, float] = {}

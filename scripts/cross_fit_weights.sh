@@ -5,7 +5,7 @@
 # reranker").
 #   bash scripts/cross_fit_weights.sh   # ~50 min on this CPU, once scripts/train_split_weights.sh has run
 # Then benchmarks/learned_fusion.py (a non-linear reranker learned on the train split) on INSPIRED's cross-fitted run
-# and on ReDial (runs/redial-nq, from scripts/train_split_weights.sh's base).
+# and on ReDial (runs/redial-nq, built by scripts/item_expert_served_redial.sh).
 # Each run is a `scripts/retrieval_variant.sh` copy (configs/inspired.yaml, the overrides below are the whole
 # difference) of the runs that script built without cross-fitting, so every page pairs a run with its twin: the same
 # features, the same train + tune examples, only the train rows' dense_dialogue differs. No Query Expert query

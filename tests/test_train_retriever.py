@@ -252,7 +252,7 @@ def test_cross_fitted_dense_rows_come_from_the_encoder_that_never_saw_their_dial
     train = _examples(TRAIN_DIALOGUES)
     folds = train_stage.cross_fit_split(train, 2)
     assert sorted(d for f in folds for d in f) == sorted(d.dialogue_id for d in TRAIN_DIALOGUES) and all(folds)
-    assert spec["cross_fit"]["folds"] == 2
+    assert spec["cross_fit"]["folds"] == 2 and "held_out_dialogues" not in spec["finetune"]
     assert [r["held_out_dialogues"] for r in spec["cross_fit"]["finetune"]] == [len(f) for f in folds]
     # the run's encoder saw every train dialogue; each fold's encoder none of its own fold's
     assert [held for held, _ in trained_on] == [frozenset(), *folds]
@@ -282,6 +282,22 @@ def test_cross_fitted_dense_rows_come_from_the_encoder_that_never_saw_their_dial
     monkeypatch.setattr(train_stage, "finetune_encoder", no_training)
     train_stage.run(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True)), run_dir)
     assert read_json(out / "fusion.json")["weights"] == spec["weights"]
+
+
+def test_a_fold_encoder_is_fingerprinted_by_its_held_out_dialogues(tmp_path: Path) -> None:
+    run_dir, cfg = _run_dir(tmp_path)
+    data = run_dir.stage_dir("data")
+
+    def fingerprint(held_out: frozenset[str]) -> str:
+        return train_stage._finetune_fingerprint(cfg.train_retriever, cfg.index.encoder, 0, data / "train.jsonl",
+                                                 None, data / "lossy_dialogues.jsonl", held_out)
+
+    # the run's own encoder keeps the fingerprint it had before cross-fitting existed; each fold has its own
+    assert fingerprint(frozenset()) == train_stage._finetune_fingerprint(
+        cfg.train_retriever, cfg.index.encoder, 0, data / "train.jsonl", None, data / "lossy_dialogues.jsonl")
+    assert len({fingerprint(frozenset()), fingerprint(frozenset({"t1"})), fingerprint(frozenset({"t2"}))}) == 3
+    with pytest.raises(DataError, match="cross_fit_folds=9 leaves a fold without dialogues"):
+        train_stage.cross_fit_split(_examples(TRAIN_DIALOGUES), 9)
 
 
 @pytest.mark.parametrize(("overrides", "match"), [

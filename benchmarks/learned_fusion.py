@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     linear: dict[str, np.ndarray] = {}
     data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for split in SPLITS:
-        examples[split], _, z = split_features(fr, args.run_dir, split, names, with_query=False)
-        if split == "train" and args.cross_fit:
+        cross_fit = split == "train" and args.cross_fit  # then the run's encoder's dense rows are not computed
+        computed = [f for f in names if not (cross_fit and f == "dense_dialogue")]
+        examples[split], _, z = split_features(fr, args.run_dir, split, computed, with_query=False)
+        if cross_fit:
             cfg = load_config(args.run_dir / "config.yaml")  # index batch size and device, the run's seed
             spec = read_json(args.run_dir / "train-retriever" / "fusion.json")
             if not spec.get("cross_fit"):
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             dense, _ = cross_fitted_dense(fr, [ckpt / f"fold-{k}" / "encoder" for k in range(len(folds))], folds,
                                           examples[split], items, cfg)
             z["dense_dialogue"] = zscore_rows(dense)
+            z = {f: z[f] for f in names}  # the column order of every split's candidate features
         pairs[split] = TunePairs.from_examples(examples[split], fr.item_ids)
         linear[split] = fuse(z, weights, fr.tie)
         data[split] = candidate_rows(z, linear[split], examples[split], pairs[split], depth)

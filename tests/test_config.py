@@ -144,6 +144,8 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
     (["train_retriever.lossy_pairs=10", "train_retriever.finetune=false"],
      ["train_retriever.lossy_pairs=10 trains the encoder", "finetune is false"]),
     (["train_retriever.lossy_pairs=10"], ["train_retriever.lossy_pairs=10", "data.lossy_file is empty"]),
+    (["train_retriever.lossy_pairs_from=interleaved"],
+     ["train_retriever.lossy_pairs_from='interleaved' says how the lossy pairs are cut", "lossy_pairs is 0"]),
     (["train_retriever.save_every_steps=-1"], ["train_retriever.save_every_steps must be >= 0", "got -1"]),
     (["train_retriever.chunk_size=-1"], ["train_retriever.chunk_size must be >= 0", "got -1"]),
     (["train_retriever.max_query_chars=0"], ["train_retriever.max_query_chars must be >= 1", "got 0"]),

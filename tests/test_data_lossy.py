@@ -15,15 +15,22 @@ from pathlib import Path
 
 import pytest
 
+from reges.data.examples import build_examples
 from reges.data.lossy import (
     FIRST_SPEAKER_ROLE,
     MEMBER,
     MISSING_TITLE,
+    _Resolver,
+    context_agreement,
+    interleave,
+    interleaved_dialogue,
+    interleaved_dialogues,
     load_lossy,
     lossy_dialogues,
     lossy_examples,
     match_dialogues,
     seeker_turn,
+    two_turn_dialogue,
 )
 from reges.data.redial import load_redial
 from reges.errors import DataError
@@ -312,3 +319,122 @@ def test_the_seeker_rule_on_the_real_train_dialogues(shared_data: Path) -> None:
     train, _ = split_tune(split_dev(dialogues, 0.16)[0], 0.1)
     found = [seeker_turn(_sides(d)) for d in train]
     assert (len(found), found.count(1), found.count(0), found.count(None)) == (1_361, 1_259, 81, 21)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A guessed speaking order (train_retriever.lossy_pairs_from: interleaved)
+
+
+def test_interleave_alternates_equal_sides_and_spreads_the_smaller_one() -> None:
+    assert interleave(3, 3) == [0, 1, 0, 1, 0, 1]
+    assert interleave(2, 4) == [0, 1, 1, 0, 1, 1]
+    assert interleave(4, 1) == [0, 0, 0, 1, 0]  # a tie goes to the first speaker
+    assert interleave(1, 0) == [0] and interleave(0, 2) == [1, 1]
+
+
+SEEKER_FIRST = {  # strict alternation, so the guess is the true order
+    "context": "",
+    "questions": ["Hi! I love family films like @11", "Oh I haven't seen @16, I will watch it", "bye"],
+    "answers": ["hello! you might like @16", "great. Also @12 if you like crime", "bye!"],
+}
+RECOMMENDER_FIRST = {
+    "context": "",
+    "questions": ["Hello, what kind of movies?", "you might like @16", "great. Also @12 if you like crime"],
+    "answers": ["Hi! I love family films like @11", "Oh I haven't seen @16, I will watch it", "bye"],
+}
+NAMES = {"11": "Up (2009)", "12": "Heat (1995)", "16": "Toy Story (1995)"}
+
+
+@pytest.mark.parametrize(("entry", "roles"), [(SEEKER_FIRST, ["user", "assistant"] * 3),
+                                              (RECOMMENDER_FIRST, ["assistant", "user"] * 3)])
+def test_interleaved_dialogue_cuts_each_recommendation_before_the_seekers_reaction(entry: dict,
+                                                                                    roles: list[str]) -> None:
+    dialogue = interleaved_dialogue("lossy-00007", entry, _Resolver(NAMES))
+    assert dialogue is not None
+    assert [t.role for t in dialogue.turns] == roles
+    examples = build_examples(dialogue, {})
+    first = next(ex for ex in examples if ex.target_item_ids == ["16"])
+    seeker_said = " ".join(t.content for t in first.context if t.role == "user")
+    assert "family films like Up (2009)" in seeker_said and "haven't seen" not in seeker_said
+    # The order-free form pairs the same film with the seeker's whole side, reaction included.
+    order_free, _ = lossy_examples([two_turn_dialogue("lossy-00007", entry, _Resolver(NAMES))], 1000)
+    assert "haven't seen Toy Story (1995)" in order_free[0].context[0].content
+    assert interleaved_dialogue("x", {**entry, "questions": ["hi"], "answers": ["hello"]}, _Resolver(NAMES)) is None
+
+
+def test_interleaved_dialogues_reads_the_entries_the_data_stage_kept(zip_path: Path, names: dict[str, str],
+                                                                      sample: list[dict]) -> None:
+    ids = [f"lossy-{i:05d}" for i in UNKNOWN_POSITIONS]
+    dialogues, counts = interleaved_dialogues(zip_path, names, ids)
+    assert counts["dialogues"] == 3 and counts["kept"] + counts["undecided"] == 3
+    for d in dialogues:
+        entry = sample[int(d.dialogue_id.removeprefix("lossy-"))]
+        assert len(d.turns) > 2  # message boundaries back, not one turn per speaker
+        mentioned = {i for t in entry["questions"] + entry["answers"] for i in re.findall(r"@(\d+)", t)}
+        assert {i for t in d.turns for i in t.item_ids} == mentioned
+    with pytest.raises(DataError, match="lossy-99999.*names no entry.*rerun `reges data`"):
+        interleaved_dialogues(zip_path, names, ["lossy-99999"])
+    with pytest.raises(DataError, match="'t1' names no entry"):
+        interleaved_dialogues(zip_path, names, ["t1"])
+
+
+def test_the_guessed_order_on_the_fixture_dialogues(sample: list[dict], names: dict[str, str],
+                                                    kgsf: list[Dialogue], ievalm: list[Dialogue]) -> None:
+    """On the 14 true-order fixtures, the guessed examples hold more of the true seeker context and less of what the
+    seeker said after the recommendation than the order-free ones (the real-file numbers: the next test)."""
+    matched, _ = match_dialogues(sample, kgsf + ievalm, names)
+    rows: dict[str, list[dict[str, float]]] = {"guessed": [], "order_free": []}
+    resolver = _Resolver(names)
+    for index, match in matched.items():
+        true = build_examples(match.dialogue, {})
+        guessed = interleaved_dialogue("g", sample[index], resolver)
+        rows["guessed"] += context_agreement(true, build_examples(guessed, {}) if guessed else [])
+        rows["order_free"] += context_agreement(true, lossy_examples(
+            [two_turn_dialogue("o", sample[index], resolver)], 1000)[0])
+    mean = {name: {k: sum(r[k] for r in rs) / len(rs) for k in rs[0]} for name, rs in rows.items()}
+    assert len(rows["guessed"]) == len(rows["order_free"]) > 20
+    assert mean["guessed"]["future"] < mean["order_free"]["future"] / 2
+    assert mean["guessed"]["exact"] > 0.2 > mean["order_free"]["exact"]
+
+
+def test_context_agreement_scores_found_exact_kept_and_future() -> None:
+    truth = build_examples(Dialogue("d", [Turn("user", "I like Up", ["11"]), Turn("assistant", "Toy Story", ["16"]),
+                                          Turn("user", "seen it", []), Turn("assistant", "Heat", ["12"])]), {})
+    early = build_examples(Dialogue("d", [Turn("user", "I like Up", ["11"]), Turn("assistant", "Toy Story", ["16"]),
+                                          Turn("assistant", "Heat", ["12"]), Turn("user", "seen it", [])]), {})
+    rows = context_agreement(truth, early)
+    assert rows[0] == {"found": 1.0, "exact": 1.0, "kept": 1.0, "future": 0.0}
+    assert rows[1]["exact"] == 0.0 and 0.5 < rows[1]["kept"] < 1.0 and rows[1]["future"] == 0.0
+    late = build_examples(Dialogue("d", [Turn("user", "I like Up seen it", ["11"]),
+                                         Turn("assistant", "Toy Story Heat", ["16", "12"])]), {})
+    assert context_agreement(truth, late)[0]["future"] > 0.0
+    assert context_agreement(truth, [])[0]["found"] == 0.0
+
+
+def test_the_guessed_order_on_the_real_train_dialogues(shared_data: Path) -> None:
+    """The numbers docs/results/lossy_order.md quotes, on the 1,361 clean train dialogues (configs/redial.yaml's
+    split): the guessed examples find 95 % of the fresh targets, with 84 % of the true seeker context and 10 % of
+    their seeker text from after the recommendation; the order-free pairs 77 %, 77 % and 41 %."""
+    from reges.data.examples import combine_files, split_dev, split_tune
+    from reges.data.redial import read_movie_names
+
+    redial = shared_data / "redial"
+    names = read_movie_names(redial / "Kim-Dong-Jun99__ReDial_RecommendationSystem/dataset/movies_with_mentions.csv")
+    dialogues, _ = combine_files([load_redial(redial / "Lancelot39__KGSF/data/valid_data.jsonl", names),
+                                  load_redial(redial / "txy77__iEvaLM-CRS/data/redial/valid_data.jsonl", names)])
+    train, _ = split_tune(split_dev(dialogues, 0.16)[0], 0.1)
+    entries = load_lossy(redial / "MarkystarkDotCO__Redial-QA-System/src/download_data/precessed.json.zip")
+    matched, unmatched = match_dialogues(entries, train, names)
+    assert (len(matched), unmatched) == (1_361, 0)
+    resolver = _Resolver(names)
+    rows: dict[str, list[dict[str, float]]] = {"guessed": [], "order_free": []}
+    for index, match in matched.items():
+        true = build_examples(match.dialogue, {})
+        guessed = interleaved_dialogue("g", entries[index], resolver)
+        rows["guessed"] += context_agreement(true, build_examples(guessed, {}) if guessed else [])
+        rows["order_free"] += context_agreement(true, lossy_examples(
+            [two_turn_dialogue("o", entries[index], resolver)], 1000)[0])
+    mean = {name: {k: round(sum(r[k] for r in rs) / len(rs), 3) for k in rs[0]} for name, rs in rows.items()}
+    assert len(rows["guessed"]) == 4_918
+    assert mean["guessed"] == {"found": 0.951, "exact": 0.365, "kept": 0.84, "future": 0.101}
+    assert mean["order_free"] == {"found": 0.771, "exact": 0.009, "kept": 0.771, "future": 0.407}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -472,6 +473,35 @@ def test_lossy_pairs_train_the_encoder_on_order_free_pairs(tmp_path: Path) -> No
                                 run=dataclasses.replace(cfg.run, overwrite=True))
     with pytest.raises(ConfigError, match="lossy_pairs=5 needs .*lossy_dialogues.jsonl.*data.lossy_file"):
         train_stage.run(again, run_dir)
+
+
+def test_interleaved_lossy_pairs_stop_before_the_recommendation(tmp_path: Path) -> None:
+    """train_retriever.lossy_pairs_from=interleaved: the fixture's lossy dialogue (entry 1 of data.lossy_file) is put
+    in a guessed order and cut at each recommendation, so the anchor holds what the seeker said before the film was
+    recommended and not their reaction; the raw file is an input, and the encoder is not reused across the modes."""
+    run_dir, cfg = _run_dir(tmp_path)
+    entry = {"context": "", "questions": ["I love kids films like @11", "I haven't seen @16, thanks"],
+             "answers": ["hi! you might like @16", "enjoy"]}
+    lossy_zip = tmp_path / "precessed.json.zip"
+    with zipfile.ZipFile(lossy_zip, "w") as z:
+        z.writestr("precessed.json", json.dumps([{"context": "", "questions": ["x"], "answers": []}, entry]))
+    names = tmp_path / "movies_with_mentions.csv"
+    names.write_text("movieId,movieName,nbMentions\n11,Up (2009),3\n16,Toy Story (1995),2\n", encoding="utf-8")
+    data = dataclasses.replace(cfg.data, format="redial", lossy_file=str(lossy_zip), movie_names_file=str(names))
+    items = {it.item_id: it for it in ITEMS}
+    tc = dataclasses.replace(cfg.train_retriever, lossy_pairs=5, lossy_pairs_from="interleaved")
+    (guessed,) = train_stage.lossy_pairs(dataclasses.replace(cfg, data=data, train_retriever=tc), run_dir, items)
+    assert (guessed.anchor, guessed.positive_id) == ("User: I love kids films like Up (2009)", "16")
+
+    train_stage.run(dataclasses.replace(cfg, data=data, train_retriever=tc), run_dir)
+    record = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")["finetune"]
+    assert record["pairs_by_source"] == {"dialogue": 5, "distill": 0, "cross": 0, "lossy": 1}
+    assert f"lossy:{lossy_zip}" in run_dir.manifest("train-retriever")["inputs"]
+    data_dir = run_dir.stage_dir("data")
+    fingerprints = {mode: train_stage._finetune_fingerprint(
+        dataclasses.replace(tc, lossy_pairs_from=mode), cfg.index.encoder, 0, data_dir / "train.jsonl", None,
+        data_dir / "lossy_dialogues.jsonl") for mode in ("seeker_side", "interleaved")}
+    assert fingerprints["seeker_side"] != fingerprints["interleaved"]
 
 
 def test_content_and_people_features_are_tuned_and_retrieve_loads_them(tmp_path: Path) -> None:

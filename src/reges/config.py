@@ -541,6 +541,10 @@ class TrainRetrieverConfig:
     lossy_pairs: Also fine-tune the encoder on at most this many order-free pairs from `data/lossy_dialogues.jsonl`
         (a seeded sample; 0: none): the seeker's messages -> each film only the recommender names
         (`reges.data.lossy.lossy_examples`). Needs finetune and `data.lossy_file`.
+    lossy_pairs_from: What the lossy pairs are: "seeker_side" (the seeker's whole side -> each film only the
+        recommender names, order-free) or "interleaved" (each dialogue's messages put in a guessed speaking order,
+        `reges.data.lossy.interleave`, and cut at each recommendation as ordered dialogues are: the anchor is what
+        was said before it, measured in `benchmarks/lossy_order.py`). Needs lossy_pairs.
     query_feature: Tune a second weight set with the Query Expert's query (when `rewrite/tune.jsonl` exists).
     popularity: Use log(1 + mention count) as a fusion feature.
     mentioned: Use "already mentioned in the context" as a fusion feature.
@@ -595,6 +599,7 @@ class TrainRetrieverConfig:
     cross_dataset: CrossDatasetConfig | None = None
     cross_pairs: bool = False
     lossy_pairs: int = 0
+    lossy_pairs_from: Literal["seeker_side", "interleaved"] = "seeker_side"
     query_feature: bool = True
     popularity: bool = True
     mentioned: bool = True
@@ -646,6 +651,10 @@ class TrainRetrieverConfig:
         if self.lossy_pairs and not self.finetune:
             raise ConfigError(f"{where}.lossy_pairs={self.lossy_pairs} trains the encoder, but {where}.finetune is "
                               f"false; set {where}.finetune=true or {where}.lossy_pairs=0")
+        if self.lossy_pairs_from != "seeker_side" and not self.lossy_pairs:
+            raise ConfigError(f"{where}.lossy_pairs_from={self.lossy_pairs_from!r} says how the lossy pairs are cut, "
+                              f"but {where}.lossy_pairs is 0 (none); set {where}.lossy_pairs to how many to train "
+                              f"on, or remove {where}.lossy_pairs_from")
 
 
 # --- Item Generation Expert: mine -> train-item -> generate ---------------------------------------------------------

@@ -144,7 +144,7 @@ ADDED_KEYS: dict[str, dict[str, Any]] = {
     "retrieve": {"nprobe": 0, "ef_search": 0, "candidate_pool": 300},
     "mine": {"exclude_named": False, "insert_missing": True},
     "train_retriever": {"cross_dataset": None, "cross_pairs": False, "content": False,
-                        "people": False, "lora_rank": 0, "lossy_pairs": 0,
+                        "people": False, "lora_rank": 0, "lossy_pairs": 0, "lossy_pairs_from": "seeker_side",
                         "weight_resamples": 0, "neighbours": False,
                         "neighbours_lossy": False, "neighbours_cross": False, "weight_examples": "tune",
                         "cross_fit_folds": 0},

@@ -12,14 +12,17 @@ on by `train_retriever.lossy_pairs`): what the seeker wrote -> the films the rec
 1. finds the file's copies of the held-out dialogues (tune, dev, test) and drops them, so nothing of them leaks
    into train-time statistics, and of the train dialogues (`known`), which the caller already has;
 2. returns every other entry as a `Dialogue` whose mention set is exact;
-3. tells the seeker's side of a returned dialogue by a phrase rule (`seeker_turn`) for the training pairs.
+3. tells the seeker's side of a returned dialogue by a phrase rule (`seeker_turn`) for the training pairs;
+4. for `train_retriever.lossy_pairs_from: interleaved`, reads a kept dialogue's messages again and guesses their
+   speaking order (`interleave`, `interleaved_dialogues`), so that its examples can be cut at each recommendation
+   as ordered ones are. `context_agreement` measures the guess on the clean dialogues, whose order is known.
 
-The returned dialogues do not restore turn order or roles: each has at most two turns, the first speaker's
-messages (labelled "assistant": the recommender opens 62.7 % of the known dialogues) and then the other's. Read
-only their item sets. A learned reconstruction (roles right for 96.5 % of dialogues, 47.1 % of messages at their
-true position) lived here, with its study in `benchmarks/lossy_reconstruction.py` and
-`docs/results/lossy_reconstruction.md`; no consumer used it, so all three were removed on 2026-12-06 (commit 1ecc0b1
-is the last one that has them).
+The dialogues `lossy_dialogues` returns do not restore turn order or roles: each has at most two turns, the first
+speaker's messages (labelled "assistant": the recommender opens 62.7 % of the known dialogues) and then the other's.
+Read only their item sets. A learned reconstruction (roles right for 96.5 % of dialogues, 47.1 % of messages at
+their true position) lived here, with its study in `benchmarks/lossy_reconstruction.py`; no consumer used it, so it
+was removed on 2026-12-06 (commit 1ecc0b1 is the last one that has it). The order guess of point 4 is a plain
+rule with its own measurement (`benchmarks/lossy_order.py`, docs/results/lossy_order.md).
 """
 
 from __future__ import annotations
@@ -211,6 +214,16 @@ def match_dialogues(entries: Sequence[dict[str, Any]], dialogues: Sequence[Dialo
     return _match_all(_LossyIndex(entries, _Resolver(movie_names)), dialogues)
 
 
+def two_turn_dialogue(dialogue_id: str, entry: dict[str, Any], resolver: _Resolver) -> Dialogue:
+    """A lossy entry as stored by `lossy_dialogues`: the first speaker's messages as one turn labelled
+    `FIRST_SPEAKER_ROLE`, then the other's (no second turn when there are no answers)."""
+    other: Role = "user" if FIRST_SPEAKER_ROLE == "assistant" else "assistant"
+    messages: list[tuple[Role, str, list[str]]] = []
+    for role, key in ((FIRST_SPEAKER_ROLE, "questions"), (other, "answers")):
+        messages += [(role, *resolver(text)) for text in entry[key]]
+    return Dialogue(dialogue_id=dialogue_id, turns=merge_turns(messages))
+
+
 def lossy_dialogues(path: Path, exclude: Sequence[Dialogue], movie_names: Mapping[str, str],
                     known: Sequence[Dialogue]) -> list[Dialogue]:
     """The lossy file's dialogues that no other input already has, leaving out held-out ones.
@@ -251,15 +264,8 @@ def lossy_dialogues(path: Path, exclude: Sequence[Dialogue], movie_names: Mappin
                 "dialogues are not in the file", len(matched), sum(not m.exact for m in matched.values()), unmatched,
                 len(known))
     resolver.missing.clear()  # count only the mentions of the returned dialogues below
-    other: Role = "user" if FIRST_SPEAKER_ROLE == "assistant" else "assistant"
-    dialogues = []
-    for i, entry in enumerate(entries):
-        if i in excluded or i in matched:
-            continue
-        messages: list[tuple[Role, str, list[str]]] = []
-        for role, key in ((FIRST_SPEAKER_ROLE, "questions"), (other, "answers")):
-            messages += [(role, *resolver(text)) for text in entry[key]]
-        dialogues.append(Dialogue(dialogue_id=f"lossy-{i:05d}", turns=merge_turns(messages)))
+    dialogues = [two_turn_dialogue(f"lossy-{i:05d}", entry, resolver) for i, entry in enumerate(entries)
+                 if i not in excluded and i not in matched]
     if resolver.missing:
         logger.warning("lossy file: %d mentions of %d movie ids have no title in movie_names (shown as %r), "
                        "e.g. %s", sum(resolver.missing.values()), len(resolver.missing), MISSING_TITLE,
@@ -290,6 +296,17 @@ def _seeker_cues(text: str) -> int:
     return len(_SEEKER_CUES.findall(text)) - len(_RECOMMENDER_CUES.findall(text))
 
 
+def _seeker_side(first: tuple[str, Sequence[str]], second: tuple[str, Sequence[str]]) -> int | None:
+    """`seeker_turn`'s rule on two sides given as (all their text, all their item ids): 0, 1 or None."""
+    margin = _seeker_cues(first[0]) - _seeker_cues(second[0])
+    if margin:
+        return 0 if margin > 0 else 1
+    own_a, own_b = len(set(first[1]) - set(second[1])), len(set(second[1]) - set(first[1]))
+    if own_a != own_b:  # the recommender names more films of their own
+        return 0 if own_a < own_b else 1
+    return None
+
+
 def seeker_turn(dialogue: Dialogue) -> int | None:
     """Which of a lossy dialogue's two turns (one per speaker) is the seeker's, or None when nothing tells.
 
@@ -302,13 +319,7 @@ def seeker_turn(dialogue: Dialogue) -> int | None:
     if len(dialogue.turns) != 2:
         return None
     a, b = dialogue.turns
-    margin = _seeker_cues(a.content) - _seeker_cues(b.content)
-    if margin:
-        return 0 if margin > 0 else 1
-    own_a, own_b = len(set(a.item_ids) - set(b.item_ids)), len(set(b.item_ids) - set(a.item_ids))
-    if own_a != own_b:  # the recommender names more films of their own
-        return 0 if own_a < own_b else 1
-    return None
+    return _seeker_side((a.content, a.item_ids), (b.content, b.item_ids))
 
 
 def _head(text: str, max_chars: int) -> str:
@@ -350,3 +361,118 @@ def lossy_examples(dialogues: Sequence[Dialogue], max_chars: int) -> tuple[list[
     counts = {"dialogues": len(dialogues), "undecided": undecided, "no_new_film": empty, "examples": len(out)}
     logger.info("lossy examples: %s", counts)
     return out, counts
+
+
+# --- Interleaved examples (`train_retriever.lossy_pairs_from: interleaved`) -----------------------------------------
+
+def interleave(n_first: int, n_second: int) -> list[int]:
+    """A guessed speaking order of two speakers' messages: the side (0 = first speaker, 1 = the other) of each slot.
+
+    Each side keeps its own order; the first speaker's message i is put at i / n_first of the dialogue and the
+    other's message j at (j + 0.5) / n_second, so equal counts alternate strictly (0, 1, 0, 1, ...) and unequal
+    counts spread the smaller side evenly (ReDial's workers often split one thought over several messages).
+
+    Example:
+        >>> interleave(2, 4)
+        [0, 1, 1, 0, 1, 1]
+    """
+    slots = [(i / n_first, 0) for i in range(n_first)] + [((j + 0.5) / n_second, 1) for j in range(n_second)]
+    return [side for _, side in sorted(slots)]
+
+
+def interleaved_dialogue(dialogue_id: str, entry: dict[str, Any], resolver: _Resolver) -> Dialogue | None:
+    """One lossy entry as an ordered dialogue: roles from `seeker_turn`'s rule, the order guessed by `interleave`.
+
+    Why: `lossy_examples` can only pair a seeker's whole side with the films recommended anywhere in the
+    dialogue, reactions to those films included. With a guessed order, `build_examples` cuts the dialogue at each
+    recommendation as it does an ordered one, so the anchor is (approximately) what was said before it, as at
+    test time. How often the guess is right is measured on the clean train dialogues, whose true order is known
+    (`benchmarks/lossy_order.py`).
+
+    Returns:
+        The dialogue (turns merged, `@id`s resolved to titles), or None when the rule cannot tell the seeker.
+    """
+    sides = [[resolver(text) for text in entry[key]] for key in ("questions", "answers")]
+    if not sides[1]:
+        return None
+    seeker = _seeker_side(*[(" ".join(t for t, _ in side), [i for _, ids in side for i in ids]) for side in sides])
+    if seeker is None:
+        return None
+    roles: tuple[Role, Role] = ("user", "assistant") if seeker == 0 else ("assistant", "user")
+    position = [0, 0]
+    messages: list[tuple[Role, str, list[str]]] = []
+    for side in interleave(len(sides[0]), len(sides[1])):
+        text, item_ids = sides[side][position[side]]
+        position[side] += 1
+        messages.append((roles[side], text, item_ids))
+    return Dialogue(dialogue_id=dialogue_id, turns=merge_turns(messages))
+
+
+def interleaved_dialogues(path: Path, movie_names: Mapping[str, str],
+                          dialogue_ids: Sequence[str]) -> tuple[list[Dialogue], dict[str, int]]:
+    """The lossy file's dialogues `dialogue_ids` ("lossy-<entry index>", as `lossy_dialogues` names them) with a
+    guessed speaking order (`interleaved_dialogue`).
+
+    The caller passes the ids the data stage kept (`data/lossy_dialogues.jsonl`): that stage already dropped
+    every held-out and every known dialogue, and this function only adds back the message boundaries it merged.
+
+    Raises:
+        DataError: The file cannot be read, or an id is not of the form "lossy-<index>" within the file.
+    """
+    entries = load_lossy(path)
+    resolver = _Resolver(movie_names)
+    out: list[Dialogue] = []
+    undecided = 0
+    for dialogue_id in dialogue_ids:
+        index = int(dialogue_id.removeprefix("lossy-")) if re.fullmatch(r"lossy-\d+", dialogue_id) else -1
+        if not 0 <= index < len(entries):
+            raise DataError(f"lossy dialogue id {dialogue_id!r} names no entry of {path} ({len(entries)} entries); "
+                            "data/lossy_dialogues.jsonl was written from another file: rerun `reges data`")
+        dialogue = interleaved_dialogue(dialogue_id, entries[index], resolver)
+        if dialogue is None:
+            undecided += 1
+        else:
+            out.append(dialogue)
+    counts = {"dialogues": len(dialogue_ids), "undecided": undecided, "kept": len(out)}
+    logger.info("interleaved lossy dialogues: %s", counts)
+    return out, counts
+
+
+def _seeker_text(example: RecExample) -> str:
+    return _key(" ".join(t.content for t in example.context if t.role == "user"))
+
+
+def _fresh_targets(example: RecExample) -> list[str]:
+    return [t for t, m in zip(example.target_item_ids, example.target_mentioned, strict=True) if not m]
+
+
+def context_agreement(true: Sequence[RecExample], guessed: Sequence[RecExample]) -> list[dict[str, float]]:
+    """How well guessed examples reproduce the true ones: one row per (true example, fresh target).
+
+    Row keys: found (the film is a guessed example's target at all; a role error makes it the seeker's), exact
+    (the guessed context holds exactly the seeker text of the true one), kept (the share of the true context's
+    seeker text the guess holds), future (the share of the guess's seeker text said after the recommendation, a
+    leak of the seeker's reaction). `benchmarks/lossy_order.py` averages them over the clean train dialogues.
+
+    A guessed example is matched by the film: the first guessed example whose targets hold it. The seeker's text is
+    compared as strings: both contexts are a beginning of the same seeker's messages when the roles are right,
+    so the shared beginning is what both hold.
+    """
+    first_guess: dict[str, RecExample] = {}
+    for ex in guessed:
+        for t in ex.target_item_ids:
+            first_guess.setdefault(t, ex)
+    rows = []
+    for ex in true:
+        truth = _seeker_text(ex)
+        for target in _fresh_targets(ex):
+            guess = first_guess.get(target)
+            if guess is None:
+                rows.append({"found": 0.0, "exact": 0.0, "kept": 0.0, "future": 0.0})
+                continue
+            text = _seeker_text(guess)
+            shared = len(truth) if text.startswith(truth) else (len(text) if truth.startswith(text) else 0)
+            rows.append({"found": 1.0, "exact": float(text == truth),
+                         "kept": shared / len(truth) if truth else 1.0,
+                         "future": (len(text) - shared) / len(text) if text else 0.0})
+    return rows

@@ -56,8 +56,9 @@ import numpy as np
 from reges.catalog import read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
 from reges.data.cross import cross_examples, cross_title_sets, match_title_sets
-from reges.data.examples import dev_score
-from reges.data.lossy import LOSSY_DIALOGUES_FILE, lossy_examples
+from reges.data.examples import build_examples, dev_score
+from reges.data.lossy import LOSSY_DIALOGUES_FILE, interleaved_dialogues, lossy_examples
+from reges.data.redial import read_movie_names
 from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_json, write_json
@@ -113,6 +114,8 @@ def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, tra
                                "sha256": [file_sha256(Path(p)) for p in tc.cross_dataset.files]}
     if tc.lossy_pairs:
         spec["lossy_pairs"] = {"max": tc.lossy_pairs, "sha256": file_sha256(lossy_path)}
+        if tc.lossy_pairs_from != "seeker_side":  # absent at the default: earlier encoders stay reusable
+            spec["lossy_pairs"]["from"] = tc.lossy_pairs_from
     if held_out:  # a cross-fitting fold's encoder (absent for the run's own: its fingerprint is unchanged)
         spec["held_out"] = hashlib.sha256("\n".join(sorted(held_out)).encode()).hexdigest()
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -145,15 +148,24 @@ def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item],
         examples, cross_stats = cross_examples(tc.cross_dataset, items.values())
         pairs += build_pairs(examples, items, tc.query, tc.max_query_chars, source="cross")
     if tc.lossy_pairs:
-        pairs += sample_rows(lossy_pairs(run_dir, items, tc), tc.lossy_pairs, cfg.run.seed,
+        pairs += sample_rows(lossy_pairs(cfg, run_dir, items), tc.lossy_pairs, cfg.run.seed,
                              "train_retriever.lossy_pairs")
     return sample_rows(pairs, tc.max_pairs, cfg.run.seed, "train_retriever.max_pairs"), cross_stats
 
 
-def lossy_pairs(run_dir: RunDir, items: dict[str, Item], tc: TrainRetrieverConfig) -> list[Pair]:
-    """Every order-free pair of `data/lossy_dialogues.jsonl` (`reges.data.lossy.lossy_examples`), source "lossy"."""
-    examples, _ = lossy_examples(read_dialogues(run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE),
-                                 tc.max_query_chars)
+def lossy_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item]) -> list[Pair]:
+    """Every pair of the dialogues in `data/lossy_dialogues.jsonl`, source "lossy": order-free
+    (`reges.data.lossy.lossy_examples`) or, with `lossy_pairs_from: interleaved`, cut at each recommendation of
+    the dialogue in a guessed order (`reges.data.lossy.interleaved_dialogues`; the message boundaries come from
+    `data.lossy_file`, which the data stage merged)."""
+    tc = cfg.train_retriever
+    dialogues = read_dialogues(run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE)
+    if tc.lossy_pairs_from == "interleaved":
+        ordered, _ = interleaved_dialogues(Path(cfg.data.lossy_file), read_movie_names(cfg.data.movie_names_file),
+                                           [d.dialogue_id for d in dialogues])
+        examples = [ex for d in ordered for ex in build_examples(d, {})]
+        return build_pairs(examples, items, tc.query, tc.max_query_chars, source="lossy")
+    examples, _ = lossy_examples(dialogues, tc.max_query_chars)
     return build_pairs(examples, items, "full", tc.max_query_chars, source="lossy")
 
 
@@ -522,6 +534,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     inputs.update({"catalog": catalog_path, "index": index_dir / "index.faiss"})
     if use_lossy or tc.lossy_pairs or tc.neighbours_lossy:
         inputs["data/lossy_dialogues"] = lossy_path
+    if tc.lossy_pairs and tc.lossy_pairs_from == "interleaved":
+        inputs[f"lossy:{cfg.data.lossy_file}"] = Path(cfg.data.lossy_file)
     if tc.cross_dataset is not None:
         for path in [*tc.cross_dataset.files, tc.cross_dataset.movie_names_file, tc.cross_dataset.lossy_file]:
             if path:

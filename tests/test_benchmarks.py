@@ -427,6 +427,37 @@ def test_every_benchmark_script_has_a_smoke_test_and_a_reproduce_part():
             assert f"benchmarks/{script.name}" in reproduce, f"scripts/reproduce.sh does not run {script.name}"
 
 
+def test_lossy_order_smoke(fixtures_dir: Path, tmp_path: Path) -> None:
+    """lossy_order.py on the lossy fixtures: 14 true-order dialogues and their entries of the lossy file."""
+    import zipfile
+
+    from reges.data.redial import load_redial
+    from reges.io import write_jsonl
+
+    lossy = fixtures_dir / "lossy"
+    names = json.loads((lossy / "movie_names.json").read_text(encoding="utf-8"))
+    csv = tmp_path / "movies_with_mentions.csv"
+    csv.write_text("movieId,movieName,nbMentions\n" + "".join(f'{i},"{n}",1\n' for i, n in names.items()),
+                   encoding="utf-8")
+    zip_path = tmp_path / "precessed.json.zip"
+    with zipfile.ZipFile(zip_path, "w") as z:
+        z.writestr("precessed.json", (lossy / "precessed_sample.json").read_text(encoding="utf-8"))
+    dialogues = [d for f in ("kgsf_valid_sample.jsonl", "ievalm_valid_sample.jsonl")
+                 for d in load_redial(lossy / f, names).dialogues]
+    write_jsonl(tmp_path / "run" / "data" / "train_dialogues.jsonl", dialogues)
+    config = tmp_path / "redial.yaml"
+    config.write_text(json.dumps({"data": {"format": "redial", "train_files": [str(lossy / "kgsf_valid_sample.jsonl")],
+                                           "lossy_file": str(zip_path), "movie_names_file": str(csv)}}))
+    out = tmp_path / "lossy_order.md"
+    _python(["benchmarks/lossy_order.py", "--config", str(config), "--run-dir", str(tmp_path / "run"),
+             "--out", str(out)])
+    page = out.read_text()
+    assert "14 clean train dialogues found in the lossy file (0 not found)" in page
+    table = json.loads(out.with_suffix(".json").read_text())["table"]
+    assert table["interleaved"]["pairs"] == table["seeker_side"]["pairs"] > 20
+    assert table["interleaved"]["future"] < table["seeker_side"]["future"]
+
+
 def test_ease_matrix_is_the_ridge_regression_of_each_item_on_the_others():
     variants = _load("comention_variants")
     rng = np.random.default_rng(0)

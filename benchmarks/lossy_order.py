@@ -33,16 +33,7 @@ from typing import Any
 import numpy as np
 
 from reges.config import load_config
-from reges.data.examples import build_examples
-from reges.data.lossy import (
-    _Resolver,
-    context_agreement,
-    interleaved_dialogue,
-    load_lossy,
-    lossy_examples,
-    match_dialogues,
-    two_turn_dialogue,
-)
+from reges.data.lossy import load_lossy, match_dialogues, order_agreement
 from reges.data.redial import read_movie_names
 from reges.io import machine_info, now_iso, read_jsonl, write_json
 from reges.records import Dialogue
@@ -65,17 +56,7 @@ def main() -> None:
     known = [Dialogue.from_dict(r) for r in read_jsonl(args.run_dir / "data" / "train_dialogues.jsonl")]
     entries = load_lossy(Path(cfg.data.lossy_file))
     matched, unmatched = match_dialogues(entries, known, names)
-    resolver = _Resolver(names)
-    rows: dict[str, list[dict[str, float]]] = {"interleaved": [], "seeker_side": []}
-    undecided = 0
-    for index, match in sorted(matched.items()):
-        true = build_examples(match.dialogue, {})
-        guessed = interleaved_dialogue(match.dialogue.dialogue_id, entries[index], resolver)
-        if guessed is None:
-            undecided += 1
-        rows["interleaved"] += context_agreement(true, build_examples(guessed, {}) if guessed else [])
-        two = two_turn_dialogue(match.dialogue.dialogue_id, entries[index], resolver)
-        rows["seeker_side"] += context_agreement(true, lossy_examples([two], args.max_chars)[0])
+    rows, undecided = order_agreement(entries, matched, names, args.max_chars)
     table = {name: {k: round(float(np.mean([r[k] for r in rs])), 4) for k in ("found", "exact", "kept", "future")}
              | {"pairs": len(rs)} for name, rs in rows.items()}
     result: dict[str, Any] = {"dialogues_matched": len(matched), "dialogues_unmatched": unmatched,

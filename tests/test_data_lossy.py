@@ -29,6 +29,7 @@ from reges.data.lossy import (
     lossy_dialogues,
     lossy_examples,
     match_dialogues,
+    order_agreement,
     seeker_turn,
     two_turn_dialogue,
 )
@@ -382,19 +383,11 @@ def test_the_guessed_order_on_the_fixture_dialogues(sample: list[dict], names: d
                                                     kgsf: list[Dialogue], ievalm: list[Dialogue]) -> None:
     """On the 14 true-order fixtures, the guessed examples hold more of the true seeker context and less of what the
     seeker said after the recommendation than the order-free ones (the real-file numbers: the next test)."""
-    matched, _ = match_dialogues(sample, kgsf + ievalm, names)
-    rows: dict[str, list[dict[str, float]]] = {"guessed": [], "order_free": []}
-    resolver = _Resolver(names)
-    for index, match in matched.items():
-        true = build_examples(match.dialogue, {})
-        guessed = interleaved_dialogue("g", sample[index], resolver)
-        rows["guessed"] += context_agreement(true, build_examples(guessed, {}) if guessed else [])
-        rows["order_free"] += context_agreement(true, lossy_examples(
-            [two_turn_dialogue("o", sample[index], resolver)], 1000)[0])
+    rows, _ = order_agreement(sample, match_dialogues(sample, kgsf + ievalm, names)[0], names)
     mean = {name: {k: sum(r[k] for r in rs) / len(rs) for k in rs[0]} for name, rs in rows.items()}
-    assert len(rows["guessed"]) == len(rows["order_free"]) > 20
-    assert mean["guessed"]["future"] < mean["order_free"]["future"] / 2
-    assert mean["guessed"]["exact"] > 0.2 > mean["order_free"]["exact"]
+    assert len(rows["interleaved"]) == len(rows["seeker_side"]) > 20
+    assert mean["interleaved"]["future"] < mean["seeker_side"]["future"] / 2
+    assert mean["interleaved"]["exact"] > 0.2 > mean["seeker_side"]["exact"]
 
 
 def test_context_agreement_scores_found_exact_kept_and_future() -> None:
@@ -426,15 +419,9 @@ def test_the_guessed_order_on_the_real_train_dialogues(shared_data: Path) -> Non
     entries = load_lossy(redial / "MarkystarkDotCO__Redial-QA-System/src/download_data/precessed.json.zip")
     matched, unmatched = match_dialogues(entries, train, names)
     assert (len(matched), unmatched) == (1_361, 0)
-    resolver = _Resolver(names)
-    rows: dict[str, list[dict[str, float]]] = {"guessed": [], "order_free": []}
-    for index, match in matched.items():
-        true = build_examples(match.dialogue, {})
-        guessed = interleaved_dialogue("g", entries[index], resolver)
-        rows["guessed"] += context_agreement(true, build_examples(guessed, {}) if guessed else [])
-        rows["order_free"] += context_agreement(true, lossy_examples(
-            [two_turn_dialogue("o", entries[index], resolver)], 1000)[0])
+    rows, undecided = order_agreement(entries, matched, names)
+    assert undecided == 21
     mean = {name: {k: round(sum(r[k] for r in rs) / len(rs), 3) for k in rs[0]} for name, rs in rows.items()}
-    assert len(rows["guessed"]) == 4_918
-    assert mean["guessed"] == {"found": 0.951, "exact": 0.365, "kept": 0.84, "future": 0.101}
-    assert mean["order_free"] == {"found": 0.771, "exact": 0.009, "kept": 0.771, "future": 0.407}
+    assert len(rows["interleaved"]) == 4_918
+    assert mean["interleaved"] == {"found": 0.951, "exact": 0.365, "kept": 0.84, "future": 0.101}
+    assert mean["seeker_side"] == {"found": 0.771, "exact": 0.009, "kept": 0.771, "future": 0.407}

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from reges.data import merge_turns
+from reges.data.examples import build_examples
 from reges.errors import DataError
 from reges.records import Dialogue, RecExample, Role, Turn
 from reges.titles import normalize_title
@@ -476,3 +477,34 @@ def context_agreement(true: Sequence[RecExample], guessed: Sequence[RecExample])
                          "kept": shared / len(truth) if truth else 1.0,
                          "future": (len(text) - shared) / len(text) if text else 0.0})
     return rows
+
+
+def order_agreement(entries: Sequence[dict[str, Any]], matched: Mapping[int, LossyMatch],
+                    movie_names: Mapping[str, str],
+                    max_chars: int = 1000) -> tuple[dict[str, list[dict[str, float]]], int]:
+    """`context_agreement` of both kinds of lossy examples with the true examples of known dialogues.
+
+    Args:
+        entries: The lossy file (`load_lossy`).
+        matched: Known (true-order) dialogues by their entry (`match_dialogues`).
+        movie_names: To resolve the entries' `@id`s.
+        max_chars: The order-free examples' seeker text cap (`lossy_examples`).
+
+    Returns:
+        ({"interleaved": rows, "seeker_side": rows}, how many entries the seeker rule cannot tell): each entry is
+        rebuilt exactly as an unknown one would be, by `interleaved_dialogue` and by `lossy_examples`.
+    """
+    resolver = _Resolver(movie_names)
+    order_free: dict[str, list[RecExample]] = {}
+    for ex in lossy_examples([two_turn_dialogue(f"lossy-{i:05d}", entries[i], resolver) for i in sorted(matched)],
+                             max_chars)[0]:
+        order_free.setdefault(ex.dialogue_id, []).append(ex)
+    rows: dict[str, list[dict[str, float]]] = {"interleaved": [], "seeker_side": []}
+    undecided = 0
+    for index, match in sorted(matched.items()):
+        true = build_examples(match.dialogue, {})
+        guessed = interleaved_dialogue(f"lossy-{index:05d}", entries[index], resolver)
+        undecided += guessed is None
+        rows["interleaved"] += context_agreement(true, build_examples(guessed, {}) if guessed else [])
+        rows["seeker_side"] += context_agreement(true, order_free.get(f"lossy-{index:05d}", []))
+    return rows, undecided

@@ -266,6 +266,9 @@ retrieval_signals() {  # ~3.5 h: signals_<dataset>.md (people, content, cross-da
     # the fusion weights searched on the train split too (each example's own dialogue left out of the counts)
     $PY benchmarks/train_split_fusion.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" \
       --out "$RESULTS/train_split_fusion_$d.md"
+    # the fusion weights searched for the served list (named films dropped, fresh targets only)
+    $PY benchmarks/served_objective.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" \
+      --out "$RESULTS/served_objective_$d.md"
     # beyond a linear weight set: a gradient-boosted reranker of the fused top 100 learned on the train split
     $PY benchmarks/learned_fusion.py --run-dir "$RUNS/$d" --bootstrap "$BOOTSTRAP" \
       --out "$RESULTS/learned_fusion_$d.md"

@@ -536,6 +536,20 @@ def test_dialogue_neighbours_smoke(tiny_run, tmp_path):
     assert result["train_examples"] > 0 and f"{result['neighbours']}/{result['tau']:g}" in result["objective_alone"]
 
 @pytest.mark.slow
+def test_served_objective_smoke(tiny_run, tmp_path):
+    out = tmp_path / "served.md"
+    _python(["benchmarks/served_objective.py", "--run-dir", str(tiny_run), "--bootstrap", "20", "--threads", "1",
+             "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert list(result["weights"]) == ["the run's weights", "weights searched for the served list"]
+    base = result["served"]["the run's weights"]
+    assert base["novel/recall@1"]["diff"] == 0.0 and 0.0 <= base["novel/recall@50"]["mean"] <= 1.0
+    # the page's tune objective of the searched weights is the search's own (the same served list)
+    assert result["tune_objective"]["weights searched for the served list"] == result["search"]["fused"]["objective"]
+    assert "| served R@1 novel |" in out.read_text()
+
+
+@pytest.mark.slow
 def test_train_split_fusion_smoke(tiny_run, tmp_path):
     rows = ["run's weights", "tune, re-searched", "train", "train + tune", "train, by context kind",
             "tune, by context kind"]

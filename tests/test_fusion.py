@@ -158,6 +158,28 @@ def test_tune_weights_picks_the_informative_feature() -> None:
         tune_weights(z, pairs, tie, id_rank, anchor="nope")
 
 
+def test_tune_weights_ranks_without_the_excluded_items() -> None:
+    """`exclude` drops items from each query's list before ranking (the served list: named films dropped)."""
+    _, pairs, z, tie, id_rank = _tuning_problem()
+    grid = (-0.5, 0.0, 0.5, 1.0, 2.0)
+    decoy = np.zeros_like(z["good"])  # each query's next item, far ahead of everything
+    rows = np.arange(decoy.shape[0])
+    decoy[rows, rows + 1] = 10.0
+    z = {**z, "decoy": zscore_rows(decoy)}
+    exclude = np.zeros(decoy.shape, dtype=bool)
+    exclude[rows, rows + 1] = True
+    weights, report = tune_weights(z, pairs, tie, id_rank, grid, passes=2, exclude=exclude)
+    scores = fuse(z, weights, tie)
+    scores[exclude] = -np.inf
+    assert report["fused"] == recall_table(pair_ranks(scores, pairs, id_rank), pairs)
+    assert report["alone"]["decoy"]["objective"] < report["alone"]["good"]["objective"]
+    # every target excluded: nothing can be found, whatever the weights
+    targets = np.zeros(decoy.shape, dtype=bool)
+    targets[pairs.query_index, pairs.item_index] = True
+    _, none = tune_weights(z, pairs, tie, id_rank, grid, passes=1, exclude=targets)
+    assert none["fused"]["objective"] == 0.0
+
+
 def test_resample_rows_draws_whole_dialogues_and_subset_pairs_renumbers() -> None:
     dialogue_ids = ["a", "a", "b", None, "c", "c", "c"]
     rows = resample_rows(dialogue_ids, np.random.default_rng(1))

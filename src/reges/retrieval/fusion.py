@@ -205,6 +205,7 @@ def tune_weights(
     grid: Sequence[float] = DEFAULT_GRID,
     passes: int = 3,
     anchor: str | None = None,
+    exclude: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Coordinate search for the fusion weights on a tune split.
 
@@ -223,6 +224,9 @@ def tune_weights(
         passes: Most coordinate passes.
         anchor: The feature to start from instead of the best one alone (another start of the same search:
             benchmarks/comention_variants.py compares starts to see how flat the objective is).
+        exclude: (num_queries, num_items) True where an item is dropped from that query's list before ranking
+            (benchmarks/served_objective.py: the films the dialogue named, as the served recommender drops them);
+            None keeps every item.
 
     Returns:
         (weights for every feature in `zfeatures`, report with each feature alone and the fused result).
@@ -234,7 +238,10 @@ def tune_weights(
         raise ConfigError(f"anchor {anchor!r} is not among the fusion features {names}")
 
     def objective(weights: dict[str, float]) -> tuple[float, dict[str, Any]]:
-        table = recall_table(pair_ranks(fuse(zfeatures, weights, tie), pairs, id_rank), pairs)
+        scores = fuse(zfeatures, weights, tie)
+        if exclude is not None:
+            scores[exclude] = -np.inf
+        table = recall_table(pair_ranks(scores, pairs, id_rank), pairs)
         return table["objective"], table
 
     alone = {name: objective({name: 1.0})[1] for name in names}

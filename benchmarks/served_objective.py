@@ -10,8 +10,8 @@ the mean of R@10 and R@50 over fresh targets (`tune_weights(exclude=...)`, the s
 on tune). Dev chooses nothing.
 
 Rows, on dev, paired with the run's weights (bootstrap over dialogues, 95 % intervals): the full list under "all"
-(R@10, R@50: what the retrieve stage is scored on) and the served list under "novel" (R@1 = the as-served top-1,
-R@10, R@50).
+(R@10, R@50: what the retrieve stage is scored on) and the served list under "novel" (R@1 = the as-served top-1
+per (example, fresh target) pair, R@10, R@50).
 
 Usage:
     .venv/bin/python benchmarks/served_objective.py --run-dir runs/redial-nq \\
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Each cell: recall, then the paired difference to **{BASE}** with its 95 % interval (bootstrap over "
         "dialogues). Full list: every film ranked, all targets (the retrieve stage's list). Served list: the "
         "films the dialogue named (and their same-title namesakes) dropped, fresh targets only; its R@1 is the "
-        "as-served top-1.", "",
+        "as-served top-1 counted per (example, fresh target) pair, so it is below the as-served pick's success "
+        "rate, which counts an example once when the pick is any of its fresh targets.", "",
         "| weights | full R@10 all | full R@50 all | served R@1 novel | served R@10 novel | served R@50 novel | "
         "tune objective (served) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for label in rows:

@@ -36,6 +36,8 @@ bash scripts/retrieval_variant.sh "$RUNS/inspired-noq-tt-cf" "$RUNS/inspired-noq
 # so the train rows' dense scores are nearer tune's and dev's in distribution
 bash scripts/retrieval_variant.sh "$RUNS/inspired" "$RUNS/inspired-noq-tt-cf5" "${NOQ[@]}" "${TT[@]}" \
   train_retriever.cross_fit_folds=5
+"$PY" benchmarks/learned_fusion.py --run-dir "$RUNS/inspired-noq-tt-cf5" --cross-fit \
+  --out "$OUT/learned_fusion_inspired_cross_fit5.md"
 "$PY" benchmarks/compare_runs.py --split dev --runs "train+tune=$RUNS/inspired-noq-tt" \
   "train+tune, cross-fitted=$RUNS/inspired-noq-tt-cf" "train+tune, cross-fitted, 5 folds=$RUNS/inspired-noq-tt-cf5" \
   "+ neighbours, train+tune=$RUNS/inspired-noq-nb-tt" \

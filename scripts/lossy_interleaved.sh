@@ -4,6 +4,7 @@
 # dialogues in a guessed order"), next to ReDial's base run without them.
 #   bash scripts/lossy_interleaved.sh   # ~1.5 h on this CPU, once scripts/item_expert_served_redial.sh has built
 #                                       # runs/redial-nq (configs/redial.yaml through retrieve, no Query Expert)
+#                                       # and scripts/neighbours_effect.sh runs/redial-nq-nbl-bag (the last row)
 # First benchmarks/lossy_order.py: how close the guessed order comes to the true one on the clean train dialogues.
 # The variant is a `scripts/retrieval_variant.sh` copy of runs/redial-nq; the overrides below are the whole
 # difference to configs/redial.yaml: distill_pairs=false as runs/redial-nq was built, then 16,000 of the 31,766
@@ -15,7 +16,17 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/results}
 export CONFIG=configs/redial.yaml
 "$PY" benchmarks/lossy_order.py --config "$CONFIG" --run-dir "$RUNS/redial-nq" --out "$OUT/lossy_order.md"
-bash scripts/retrieval_variant.sh "$RUNS/redial-nq" "$RUNS/redial-nq-lossyint" train_retriever.distill_pairs=false \
-  train_retriever.lossy_pairs=16000 train_retriever.lossy_pairs_from=interleaved run.threads=2
+LI=(train_retriever.distill_pairs=false train_retriever.lossy_pairs=16000 train_retriever.lossy_pairs_from=interleaved)
+bash scripts/retrieval_variant.sh "$RUNS/redial-nq" "$RUNS/redial-nq-lossyint" "${LI[@]}" run.threads=2
+# the same encoder (reused: its fingerprint matches), weights bagged, and with the neighbours feature as
+# scripts/neighbours_effect.sh's best ReDial variant (the lossy dialogues voting too)
+bash scripts/retrieval_variant.sh "$RUNS/redial-nq-lossyint" "$RUNS/redial-nq-lossyint-bag" "${LI[@]}" \
+  train_retriever.weight_resamples=30
+bash scripts/retrieval_variant.sh "$RUNS/redial-nq-lossyint" "$RUNS/redial-nq-lossyint-nbl-bag" "${LI[@]}" \
+  train_retriever.neighbours=true train_retriever.neighbours_lossy=true train_retriever.weight_resamples=30
 "$PY" benchmarks/compare_runs.py --split dev --runs "base (runs/redial-nq)=$RUNS/redial-nq" \
-  "+ 16,000 interleaved lossy pairs=$RUNS/redial-nq-lossyint" --out "$OUT/lossy_interleaved_redial.md"
+  "+ 16,000 interleaved lossy pairs=$RUNS/redial-nq-lossyint" \
+  "+ interleaved pairs, bagged=$RUNS/redial-nq-lossyint-bag" \
+  "+ interleaved pairs, neighbours with the lossy dialogues, bagged=$RUNS/redial-nq-lossyint-nbl-bag" \
+  "neighbours with the lossy dialogues, bagged (neighbours_effect.sh)=$RUNS/redial-nq-nbl-bag" \
+  --out "$OUT/lossy_interleaved_redial.md"

@@ -41,13 +41,13 @@ from reges.records import Dialogue
 logger = logging.getLogger("lossy_order")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, required=True, help="a ReDial config naming data.lossy_file")
     ap.add_argument("--run-dir", type=Path, required=True, help="a run whose data stage is complete")
     ap.add_argument("--max-chars", type=int, default=1000, help="lossy_examples' seeker text cap")
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(args.config)
     if not cfg.data.lossy_file:
@@ -83,8 +83,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(args.out.with_suffix(".json"), result)
-    print("\n".join(lines))
+    logger.info("wrote %s", args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -34,8 +34,7 @@ from reges.config import load_config
 from reges.eval.metrics import paired_cells, paired_recall_table
 from reges.io import machine_info, now_iso, write_json
 from reges.linking import TitleSpotter
-from reges.records import RecExample
-from reges.retrieval.comention import context_item_ids
+from reges.records import RecExample, mentioned_item_ids
 from reges.retrieval.fusion import NO_QUERY, FusedRetriever, TunePairs, fuse, pair_ranks, recall_table, tune_weights
 from reges.retrieval.retrieve import split_features
 
@@ -51,7 +50,7 @@ def named_mask(examples: list[RecExample], item_ids: list[str], spotter: TitleSp
     col = {item_id: j for j, item_id in enumerate(item_ids)}
     mask = np.zeros((len(examples), len(item_ids)), dtype=bool)
     for row, ex in enumerate(examples):
-        for item_id in spotter.same_title_ids(context_item_ids(ex.context)):
+        for item_id in spotter.same_title_ids(mentioned_item_ids(ex.context)):
             if item_id in col:
                 mask[row, col[item_id]] = True
     return mask

@@ -367,7 +367,7 @@ def test_interleaved_dialogues_reads_the_entries_the_data_stage_kept(zip_path: P
                                                                       sample: list[dict]) -> None:
     ids = [f"lossy-{i:05d}" for i in UNKNOWN_POSITIONS]
     dialogues, counts = interleaved_dialogues(zip_path, names, ids)
-    assert counts["dialogues"] == 3 and counts["kept"] + counts["undecided"] == 3
+    assert counts["dialogues"] == 3 and counts["kept"] + counts["undecided"] == 3 and counts["kept"] > 0
     for d in dialogues:
         entry = sample[int(d.dialogue_id.removeprefix("lossy-"))]
         assert len(d.turns) > 2  # message boundaries back, not one turn per speaker

@@ -24,7 +24,7 @@ from reges.config import (
     config_to_dict,
 )
 from reges.errors import ConfigError, DataError, StageNotReadyError
-from reges.io import RunDir, now_iso, read_json, read_trec, write_json, write_jsonl
+from reges.io import RunDir, file_sha256, now_iso, read_json, read_trec, write_json, write_jsonl
 from reges.records import CROSS_DIALOGUE_PREFIX, Dialogue, Item, RecExample, Turn
 from reges.retrieval import index as index_stage
 from reges.retrieval import retrieve as retrieve_stage
@@ -478,7 +478,8 @@ def test_lossy_pairs_train_the_encoder_on_order_free_pairs(tmp_path: Path) -> No
 def test_interleaved_lossy_pairs_stop_before_the_recommendation(tmp_path: Path) -> None:
     """train_retriever.lossy_pairs_from=interleaved: the fixture's lossy dialogue (entry 1 of data.lossy_file) is put
     in a guessed order and cut at each recommendation, so the anchor holds what the seeker said before the film was
-    recommended and not their reaction; the raw file is an input, and the encoder is not reused across the modes."""
+    recommended and not their reaction; the raw files are inputs, a file other than the data stage's is refused, and
+    the encoder is not reused across the modes (the default mode's fingerprint is what it was before the switch)."""
     run_dir, cfg = _run_dir(tmp_path)
     entry = {"context": "", "questions": ["I love kids films like @11", "I haven't seen @16, thanks"],
              "answers": ["hi! you might like @16", "enjoy"]}
@@ -488,20 +489,36 @@ def test_interleaved_lossy_pairs_stop_before_the_recommendation(tmp_path: Path) 
     names = tmp_path / "movies_with_mentions.csv"
     names.write_text("movieId,movieName,nbMentions\n11,Up (2009),3\n16,Toy Story (1995),2\n", encoding="utf-8")
     data = dataclasses.replace(cfg.data, format="redial", lossy_file=str(lossy_zip), movie_names_file=str(names))
+    cfg = dataclasses.replace(cfg, data=data, train_retriever=dataclasses.replace(
+        cfg.train_retriever, lossy_pairs=5, lossy_pairs_from="interleaved"))
+    # the data stage's manifest records the raw files it read, as `reges data` does
+    manifest_path = run_dir.stage_dir("data") / "manifest.json"
+    manifest = read_json(manifest_path)
+    manifest["inputs"] = {key: file_sha256(path) for key, path in train_stage.interleaved_inputs(cfg).items()}
+    write_json(manifest_path, manifest)
     items = {it.item_id: it for it in ITEMS}
-    tc = dataclasses.replace(cfg.train_retriever, lossy_pairs=5, lossy_pairs_from="interleaved")
-    (guessed,) = train_stage.lossy_pairs(dataclasses.replace(cfg, data=data, train_retriever=tc), run_dir, items)
+    (guessed,) = train_stage.lossy_pairs(cfg, run_dir, items)
     assert (guessed.anchor, guessed.positive_id) == ("User: I love kids films like Up (2009)", "16")
 
-    train_stage.run(dataclasses.replace(cfg, data=data, train_retriever=tc), run_dir)
+    train_stage.run(cfg, run_dir)
     record = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")["finetune"]
     assert record["pairs_by_source"] == {"dialogue": 5, "distill": 0, "cross": 0, "lossy": 1}
-    assert f"lossy:{lossy_zip}" in run_dir.manifest("train-retriever")["inputs"]
+    assert {f"lossy:{lossy_zip}", f"movie_names:{names}"} <= set(run_dir.manifest("train-retriever")["inputs"])
     data_dir = run_dir.stage_dir("data")
-    fingerprints = {mode: train_stage._finetune_fingerprint(
-        dataclasses.replace(tc, lossy_pairs_from=mode), cfg.index.encoder, 0, data_dir / "train.jsonl", None,
-        data_dir / "lossy_dialogues.jsonl") for mode in ("seeker_side", "interleaved")}
-    assert fingerprints["seeker_side"] != fingerprints["interleaved"]
+    args = (cfg.index.encoder, 0, data_dir / "train.jsonl", None, data_dir / "lossy_dialogues.jsonl", frozenset(),
+            train_stage.interleaved_inputs(cfg))
+    default = train_stage._finetune_spec(dataclasses.replace(cfg.train_retriever, lossy_pairs_from="seeker_side"),
+                                         *args)
+    assert default["lossy_pairs"] == {"max": 5, "sha256": file_sha256(data_dir / "lossy_dialogues.jsonl")}
+    interleaved = train_stage._finetune_spec(cfg.train_retriever, *args)
+    assert interleaved["lossy_pairs"]["from"] == "interleaved"
+    assert set(interleaved["lossy_pairs"]["files"]) == {f"lossy:{lossy_zip}", f"movie_names:{names}"}
+
+    # another zip at the same path: its positions may hold other (even held-out) dialogues
+    with zipfile.ZipFile(lossy_zip, "w") as z:
+        z.writestr("precessed.json", json.dumps([entry, entry]))
+    with pytest.raises(DataError, match="is not the file the data stage read.*rerun `reges data`"):
+        train_stage.lossy_pairs(cfg, run_dir, items)
 
 
 def test_content_and_people_features_are_tuned_and_retrieve_loads_them(tmp_path: Path) -> None:

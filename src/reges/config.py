@@ -538,9 +538,9 @@ class TrainRetrieverConfig:
     cross_pairs: Also fine-tune the encoder on the cross_dataset's ordered train dialogues: (their context, the card
         of the film they recommend, matched by title) pairs (`reges.data.cross.cross_examples`). Needs
         cross_dataset and finetune.
-    lossy_pairs: Also fine-tune the encoder on at most this many order-free pairs from `data/lossy_dialogues.jsonl`
-        (a seeded sample; 0: none): the seeker's messages -> each film only the recommender names
-        (`reges.data.lossy.lossy_examples`). Needs finetune and `data.lossy_file`.
+    lossy_pairs: Also fine-tune the encoder on at most this many pairs of the dialogues in
+        `data/lossy_dialogues.jsonl` (a seeded sample; 0: none), cut as `lossy_pairs_from` says. Needs finetune
+        and `data.lossy_file`.
     lossy_pairs_from: What the lossy pairs are: "seeker_side" (the seeker's whole side -> each film only the
         recommender names, order-free) or "interleaved" (each dialogue's messages put in a guessed speaking order,
         `reges.data.lossy.interleave`, and cut at each recommendation as ordered dialogues are: the anchor is what

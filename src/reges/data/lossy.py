@@ -391,7 +391,8 @@ def interleaved_dialogue(dialogue_id: str, entry: dict[str, Any], resolver: _Res
     (`benchmarks/lossy_order.py`).
 
     Returns:
-        The dialogue (turns merged, `@id`s resolved to titles), or None when the rule cannot tell the seeker.
+        The dialogue (turns merged, `@id`s resolved to titles), or None when the entry has only one speaker or the
+        rule cannot tell the seeker.
     """
     sides = [[resolver(text) for text in entry[key]] for key in ("questions", "answers")]
     if not sides[1]:
@@ -414,8 +415,13 @@ def interleaved_dialogues(path: Path, movie_names: Mapping[str, str],
     """The lossy file's dialogues `dialogue_ids` ("lossy-<entry index>", as `lossy_dialogues` names them) with a
     guessed speaking order (`interleaved_dialogue`).
 
-    The caller passes the ids the data stage kept (`data/lossy_dialogues.jsonl`): that stage already dropped
-    every held-out and every known dialogue, and this function only adds back the message boundaries it merged.
+    The caller passes the ids the data stage kept (`data/lossy_dialogues.jsonl`): that stage already dropped the
+    entries it matched to a held-out or a known dialogue, and this function only adds back the message boundaries
+    it merged. The file must be the one that stage read (`reges.retrieval.train` checks its hash against the data
+    manifest): the ids are positions in it.
+
+    Returns:
+        (dialogues, counts: dialogues asked for, "undecided" (one speaker only, or no seeker found), kept).
 
     Raises:
         DataError: The file cannot be read, or an id is not of the form "lossy-<index>" within the file.
@@ -443,10 +449,6 @@ def _seeker_text(example: RecExample) -> str:
     return _key(" ".join(t.content for t in example.context if t.role == "user"))
 
 
-def _fresh_targets(example: RecExample) -> list[str]:
-    return [t for t, m in zip(example.target_item_ids, example.target_mentioned, strict=True) if not m]
-
-
 def context_agreement(true: Sequence[RecExample], guessed: Sequence[RecExample]) -> list[dict[str, float]]:
     """How well guessed examples reproduce the true ones: one row per (true example, fresh target).
 
@@ -466,7 +468,7 @@ def context_agreement(true: Sequence[RecExample], guessed: Sequence[RecExample])
     rows = []
     for ex in true:
         truth = _seeker_text(ex)
-        for target in _fresh_targets(ex):
+        for target in ex.novel_target_ids():
             guess = first_guess.get(target)
             if guess is None:
                 rows.append({"found": 0.0, "exact": 0.0, "kept": 0.0, "future": 0.0})

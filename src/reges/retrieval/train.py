@@ -6,8 +6,9 @@ Steps (each switchable in `train_retriever`, so each part's contribution can be 
    popularity feature reads them too; `comention` decides whether the prior is a feature).
 2. When `finetune`: contrastive fine-tuning of the index encoder (`finetune.py`) on (dialogue, true card) pairs
    of `data/train.jsonl` (and (teacher query, card) pairs of `distill/train.jsonl` when present, and the other
-   dataset's (dialogue, card) pairs when `cross_pairs`, and order-free pairs of the lossy ReDial dialogues when
-   `lossy_pairs`), then the catalog re-embedded with it. Without `finetune`
+   dataset's (dialogue, card) pairs when `cross_pairs`, and pairs of the lossy ReDial dialogues when
+   `lossy_pairs`: order-free, or cut at each recommendation of a guessed speaking order with
+   `lossy_pairs_from: interleaved`), then the catalog re-embedded with it. Without `finetune`
    the frozen index is copied, so `index/` always matches the encoder.
 3. When `neighbours`: the train contexts (and the lossy file's order-free examples when `neighbours_lossy`, the
    other dataset's when `neighbours_cross`) embedded with that encoder, and the neighbour count and temperature of
@@ -98,8 +99,18 @@ FINETUNE_RECORD = "finetune.json"
 
 
 def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path,
-                          distill_path: Path | None, lossy_path: Path, held_out: frozenset[str] = frozenset()) -> str:
+                          distill_path: Path | None, lossy_path: Path, held_out: frozenset[str] = frozenset(),
+                          raw_inputs: dict[str, Path] | None = None) -> str:
     """What a finished encoder depends on; a checkpointed encoder is reused only when this matches."""
+    spec = _finetune_spec(tc, encoder, seed, train_path, distill_path, lossy_path, held_out, raw_inputs)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _finetune_spec(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path, distill_path: Path | None,
+                   lossy_path: Path, held_out: frozenset[str] = frozenset(),
+                   raw_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """`_finetune_fingerprint`'s content. `raw_inputs`: the raw files the interleaved lossy pairs read
+    (`interleaved_inputs`), hashed only under `lossy_pairs_from: interleaved`."""
     from reges.io import file_sha256
 
     keys = ("epochs", "batch_size", "lr", "warmup_ratio", "hard_negatives", "max_pairs", "query", "max_query_chars",
@@ -116,9 +127,10 @@ def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, tra
         spec["lossy_pairs"] = {"max": tc.lossy_pairs, "sha256": file_sha256(lossy_path)}
         if tc.lossy_pairs_from != "seeker_side":  # absent at the default: earlier encoders stay reusable
             spec["lossy_pairs"]["from"] = tc.lossy_pairs_from
+            spec["lossy_pairs"]["files"] = {key: file_sha256(path) for key, path in sorted((raw_inputs or {}).items())}
     if held_out:  # a cross-fitting fold's encoder (absent for the run's own: its fingerprint is unchanged)
         spec["held_out"] = hashlib.sha256("\n".join(sorted(held_out)).encode()).hexdigest()
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return spec
 
 
 def distill_pairs_file(cfg: PipelineConfig, run_dir: RunDir) -> Path | None:
@@ -161,12 +173,37 @@ def lossy_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item]) ->
     tc = cfg.train_retriever
     dialogues = read_dialogues(run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE)
     if tc.lossy_pairs_from == "interleaved":
+        _check_data_inputs(run_dir, interleaved_inputs(cfg))
         ordered, _ = interleaved_dialogues(Path(cfg.data.lossy_file), read_movie_names(cfg.data.movie_names_file),
                                            [d.dialogue_id for d in dialogues])
         examples = [ex for d in ordered for ex in build_examples(d, {})]
         return build_pairs(examples, items, tc.query, tc.max_query_chars, source="lossy")
     examples, _ = lossy_examples(dialogues, tc.max_query_chars)
     return build_pairs(examples, items, "full", tc.max_query_chars, source="lossy")
+
+
+def interleaved_inputs(cfg: PipelineConfig) -> dict[str, Path]:
+    """The raw files `lossy_pairs_from: interleaved` reads again, under the keys the data stage's manifest gives
+    them: the lossy zip (for the message boundaries) and the movie names (for the titles)."""
+    return {f"lossy:{cfg.data.lossy_file}": Path(cfg.data.lossy_file),
+            f"movie_names:{cfg.data.movie_names_file}": Path(cfg.data.movie_names_file)}
+
+
+def _check_data_inputs(run_dir: RunDir, files: dict[str, Path]) -> None:
+    """Refuse raw files that differ from those the data stage read.
+
+    Why: the interleaved pairs find each kept lossy dialogue by its position in the zip ("lossy-<index>"). Another
+    file at the same path would put other entries, possibly held-out dialogues, at those positions, and the data
+    stage (fingerprinted by its config, not its files' bytes) would still count as complete.
+    """
+    from reges.io import file_sha256
+
+    recorded = run_dir.manifest("data")["inputs"]
+    for key, path in files.items():
+        if recorded.get(key) != file_sha256(path):
+            raise DataError(f"{path} is not the file the data stage read (its manifest has {recorded.get(key)!r} for "
+                            f"{key!r}); the lossy pairs find dialogues by their position in it, so rerun `reges data` "
+                            "with this file, or restore the one it read")
 
 
 def _fit_encoder(cfg: PipelineConfig, run_dir: RunDir, ckpt: Path, frozen: ItemIndex, items: dict[str, Item],
@@ -180,7 +217,8 @@ def _fit_encoder(cfg: PipelineConfig, run_dir: RunDir, ckpt: Path, frozen: ItemI
     ctx = distributed.current()
     done = ckpt / ENCODER_DIR
     fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, run_dir.stage_dir("data") / "train.jsonl",
-                                        distill_path, run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE, held_out)
+                                        distill_path, run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE, held_out,
+                                        interleaved_inputs(cfg) if tc.lossy_pairs_from == "interleaved" else None)
     if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
         logger.info("reusing the fine-tuned encoder in %s", done)
         return done if ctx.is_main else None
@@ -535,7 +573,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if use_lossy or tc.lossy_pairs or tc.neighbours_lossy:
         inputs["data/lossy_dialogues"] = lossy_path
     if tc.lossy_pairs and tc.lossy_pairs_from == "interleaved":
-        inputs[f"lossy:{cfg.data.lossy_file}"] = Path(cfg.data.lossy_file)
+        inputs.update(interleaved_inputs(cfg))
     if tc.cross_dataset is not None:
         for path in [*tc.cross_dataset.files, tc.cross_dataset.movie_names_file, tc.cross_dataset.lossy_file]:
             if path:

@@ -2,8 +2,9 @@
 
 Each loader reads one file in its published format and returns a `DialogueFile`: the dialogues, with
 turns in order, roles mapped to "user"/"assistant", and item mentions resolved to item ids, plus the titles
-the file gives for those ids. `reges.data.examples` turns dialogues into recommendation examples and is
-the `data` stage.
+the file gives for those ids. `build_examples` turns a dialogue into recommendation examples; it lives here so
+that every source of dialogues cuts them the same way (the `data` stage in `reges.data.examples`, the lossy
+file's guessed orders in `reges.data.lossy`, other datasets' pairs in `reges.data.cross`).
 
 Only this package knows dataset speaker names (seeker/initiator, recommender/respondent); everything
 downstream sees `user` and `assistant`.
@@ -11,11 +12,12 @@ downstream sees `user` and `assistant`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reges.records import Dialogue, Role, Turn
+from reges.errors import DataError
+from reges.records import Dialogue, RecExample, Role, Turn
 
 
 @dataclass
@@ -59,3 +61,43 @@ def merge_turns(messages: Iterable[tuple[Role, str, list[str]]]) -> list[Turn]:
         else:
             turns.append(Turn(role=role, content=text, item_ids=list(dict.fromkeys(item_ids))))
     return turns
+
+
+def build_examples(dialogue: Dialogue, titles: Mapping[str, str]) -> list[RecExample]:
+    """Recommendation examples of one dialogue: one per assistant turn that mentions an item.
+
+    Args:
+        dialogue: A dialogue with merged turns.
+        titles: item_id -> title, for `target_titles` (filled only when every target has a title).
+
+    Returns:
+        Examples in turn order, with `example_id` = f"{dialogue_id}_{turn_index}".
+
+    Raises:
+        DataError: The dialogue has no turns.
+
+    Example:
+        >>> d = Dialogue("7", [Turn("user", "I liked Heat (1995)", ["1"]),
+        ...                    Turn("assistant", "Try Heat (1995) or Ronin (1998)", ["1", "2"])])
+        >>> [(e.example_id, e.target_item_ids, e.target_mentioned) for e in build_examples(d, {})]
+        [('7_1', ['1', '2'], [True, False])]
+    """
+    if not dialogue.turns:
+        raise DataError(f"dialogue {dialogue.dialogue_id!r} has no turns; remove it from the input file")
+    examples = []
+    seen: set[str] = set()
+    for index, turn in enumerate(dialogue.turns):
+        targets = list(dict.fromkeys(turn.item_ids))
+        if turn.role == "assistant" and targets:
+            target_titles = [titles[t] for t in targets] if all(t in titles for t in targets) else []
+            examples.append(RecExample(
+                example_id=f"{dialogue.dialogue_id}_{index}",
+                dialogue_id=dialogue.dialogue_id,
+                context=list(dialogue.turns[:index]),
+                target_item_ids=targets,
+                target_mentioned=[t in seen for t in targets],
+                target_titles=target_titles,
+                response=turn.content,
+            ))
+        seen.update(turn.item_ids)
+    return examples

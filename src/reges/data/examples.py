@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from reges.config import DataConfig, PipelineConfig
-from reges.data import DialogueFile
+from reges.data import DialogueFile, build_examples
 from reges.data.inspired import load_inspired
 from reges.data.jsonl import load_custom
 from reges.data.redial import load_redial, read_movie_names
@@ -39,46 +39,6 @@ from reges.records import Dialogue, RecExample
 logger = logging.getLogger(__name__)
 
 STAGE = "data"
-
-
-def build_examples(dialogue: Dialogue, titles: Mapping[str, str]) -> list[RecExample]:
-    """Recommendation examples of one dialogue: one per assistant turn that mentions an item.
-
-    Args:
-        dialogue: A dialogue with merged turns.
-        titles: item_id -> title, for `target_titles` (filled only when every target has a title).
-
-    Returns:
-        Examples in turn order, with `example_id` = f"{dialogue_id}_{turn_index}".
-
-    Raises:
-        DataError: The dialogue has no turns.
-
-    Example:
-        >>> d = Dialogue("7", [Turn("user", "I liked Heat (1995)", ["1"]),
-        ...                    Turn("assistant", "Try Heat (1995) or Ronin (1998)", ["1", "2"])])
-        >>> [(e.example_id, e.target_item_ids, e.target_mentioned) for e in build_examples(d, {})]
-        [('7_1', ['1', '2'], [True, False])]
-    """
-    if not dialogue.turns:
-        raise DataError(f"dialogue {dialogue.dialogue_id!r} has no turns; remove it from the input file")
-    examples = []
-    seen: set[str] = set()
-    for index, turn in enumerate(dialogue.turns):
-        targets = list(dict.fromkeys(turn.item_ids))
-        if turn.role == "assistant" and targets:
-            target_titles = [titles[t] for t in targets] if all(t in titles for t in targets) else []
-            examples.append(RecExample(
-                example_id=f"{dialogue.dialogue_id}_{index}",
-                dialogue_id=dialogue.dialogue_id,
-                context=list(dialogue.turns[:index]),
-                target_item_ids=targets,
-                target_mentioned=[t in seen for t in targets],
-                target_titles=target_titles,
-                response=turn.content,
-            ))
-        seen.update(turn.item_ids)
-    return examples
 
 
 def dev_score(dialogue_id: str) -> float:

@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reges.data import merge_turns
-from reges.data.examples import build_examples
+from reges.data import build_examples, merge_turns
 from reges.errors import DataError
 from reges.records import Dialogue, RecExample, Role, Turn
 from reges.titles import normalize_title

@@ -56,8 +56,9 @@ import numpy as np
 
 from reges.catalog import read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
+from reges.data import build_examples
 from reges.data.cross import cross_examples, cross_title_sets, match_title_sets
-from reges.data.examples import build_examples, dev_score
+from reges.data.examples import dev_score
 from reges.data.lossy import LOSSY_DIALOGUES_FILE, interleaved_dialogues, lossy_examples
 from reges.data.redial import read_movie_names
 from reges.data.sampling import sample_rows

@@ -35,8 +35,8 @@ import numpy as np
 from reges.config import load_config
 from reges.data.lossy import load_lossy, match_dialogues, order_agreement
 from reges.data.redial import read_movie_names
-from reges.io import machine_info, now_iso, read_jsonl, write_json
-from reges.records import Dialogue
+from reges.io import machine_info, now_iso, write_json
+from reges.retrieval.retrieve import read_dialogues
 
 logger = logging.getLogger("lossy_order")
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.data.lossy_file:
         raise SystemExit(f"{args.config}: data.lossy_file is empty; this needs ReDial's lossy file")
     names = read_movie_names(cfg.data.movie_names_file)
-    known = [Dialogue.from_dict(r) for r in read_jsonl(args.run_dir / "data" / "train_dialogues.jsonl")]
+    known = read_dialogues(args.run_dir / "data" / "train_dialogues.jsonl")
     entries = load_lossy(Path(cfg.data.lossy_file))
     matched, unmatched = match_dialogues(entries, known, names)
     rows, undecided = order_agreement(entries, matched, names, args.max_chars)

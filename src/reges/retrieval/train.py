@@ -63,7 +63,7 @@ from reges.data.lossy import LOSSY_DIALOGUES_FILE, interleaved_dialogues, lossy_
 from reges.data.redial import read_movie_names
 from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError
-from reges.io import RunDir, now_iso, read_json, write_json
+from reges.io import RunDir, file_sha256, now_iso, read_json, write_json
 from reges.llm import distributed
 from reges.llm.models import resolve_device
 from reges.records import Item, RecExample
@@ -112,8 +112,6 @@ def _finetune_spec(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path
                    raw_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
     """`_finetune_fingerprint`'s content. `raw_inputs`: the raw files the interleaved lossy pairs read
     (`interleaved_inputs`), hashed only under `lossy_pairs_from: interleaved`."""
-    from reges.io import file_sha256
-
     keys = ("epochs", "batch_size", "lr", "warmup_ratio", "hard_negatives", "max_pairs", "query", "max_query_chars",
             "max_seq_length", "dtype")
     spec = {k: getattr(tc, k) for k in keys}
@@ -197,8 +195,6 @@ def _check_data_inputs(run_dir: RunDir, files: dict[str, Path]) -> None:
     file at the same path would put other entries, possibly held-out dialogues, at those positions, and the data
     stage (fingerprinted by its config, not its files' bytes) would still count as complete.
     """
-    from reges.io import file_sha256
-
     recorded = run_dir.manifest("data")["inputs"]
     for key, path in files.items():
         if recorded.get(key) != file_sha256(path):
@@ -219,7 +215,7 @@ def _fit_encoder(cfg: PipelineConfig, run_dir: RunDir, ckpt: Path, frozen: ItemI
     done = ckpt / ENCODER_DIR
     fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, run_dir.stage_dir("data") / "train.jsonl",
                                         distill_path, run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE, held_out,
-                                        interleaved_inputs(cfg) if tc.lossy_pairs_from == "interleaved" else None)
+                                        interleaved_inputs(cfg))
     if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
         logger.info("reusing the fine-tuned encoder in %s", done)
         return done if ctx.is_main else None

@@ -61,18 +61,18 @@ def _run(ids: dict[str, list[str]]) -> dict[str, list[Hit]]:
     return {q: [Hit(i, 1.0 - 0.1 * r) for r, i in enumerate(items)] for q, items in ids.items()}
 
 
-def make_run_dir(path: Path, top_k: int = 4) -> RunDir:
-    """A run dir with complete data, catalog and retrieve stages (splits train and dev)."""
+def make_run_dir(path: Path, top_k: int = 4, items: list[Item] = ITEMS, dev: list[RecExample] = DEV) -> RunDir:
+    """A run dir with complete data (dev: `dev`), catalog (`items`) and retrieve stages (splits train and dev)."""
     rd = RunDir(path)
     t0 = now_iso()
     out = rd.begin("data", overwrite=False)
     write_jsonl(out / "train.jsonl", TRAIN)
-    write_jsonl(out / "dev.jsonl", DEV)
+    write_jsonl(out / "dev.jsonl", dev)
     write_jsonl(out / "train_dialogues.jsonl", [])
-    rd.finish("data", config={}, inputs={}, outputs={"train.jsonl": 4, "dev.jsonl": 3}, seed=0, started=t0)
+    rd.finish("data", config={}, inputs={}, outputs={"train.jsonl": 4, "dev.jsonl": len(dev)}, seed=0, started=t0)
     out = rd.begin("catalog", overwrite=False)
-    write_jsonl(out / "items.jsonl", ITEMS)
-    rd.finish("catalog", config={}, inputs={}, outputs={"items.jsonl": len(ITEMS)}, seed=0, started=t0)
+    write_jsonl(out / "items.jsonl", items)
+    rd.finish("catalog", config={}, inputs={}, outputs={"items.jsonl": len(items)}, seed=0, started=t0)
     out = rd.begin("retrieve", overwrite=False)
     write_trec(out / "train.trec", _run(TRAIN_RUN), "test")
     write_trec(out / "dev.trec", _run(DEV_RUN), "test")

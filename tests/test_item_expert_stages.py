@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from item_expert_fakes import DEV, make_run_dir
+from item_expert_fakes import DEV, ITEMS, make_run_dir
 from tiny_models import build_tiny_gguf
 
 from reges.config import (
@@ -293,3 +293,13 @@ def test_item_expert_benchmark_runs_every_mode_and_tunes_alpha(
             assert r["metrics"]["all"]["hallucination_rate"] == 0.0
     assert set(results["retriever_top1"]) == {"2", "3"}
     assert "rank, expert alone" in out.read_text()
+
+
+def test_generate_reads_targets_through_the_catalogs_aliases(tmp_path: Path) -> None:
+    """With a cleaned catalog (13 carries the folded id 13x), a dev target named 13x is Jaws when the generate stage
+    loads its split, so the pick is scored against the item the list can hold."""
+    folded = [dataclasses.replace(it, meta={**it.meta, "alias_ids": ["13x"]}) if it.item_id == "13" else it
+              for it in ITEMS]
+    rd = make_run_dir(tmp_path / "run", items=folded, dev=[dataclasses.replace(DEV[0], target_item_ids=["13x"])])
+    inputs = generate_stage.load_split_inputs(rd, "dev", {it.item_id: it for it in folded}, 4, None, 0, 0)
+    assert inputs.examples[0].target_item_ids == ["13"]

@@ -141,6 +141,18 @@ def test_mine_stage_uses_rewrite_queries_and_random_negatives(tmp_path: Path, ti
 
 
 
+def test_a_target_named_by_a_folded_id_is_mined_as_its_item(tmp_path: Path, tiny_llm_dir: Path) -> None:
+    """catalog.clean=true folds dataset ids into one item (`meta.alias_ids`): e3's target 999, absent from the
+    catalog and skipped above, is mined once 13 carries it as an alias, with 13 as its target."""
+    folded = [dataclasses.replace(it, meta={**it.meta, "alias_ids": ["999"]}) if it.item_id == "13" else it
+              for it in ITEMS]
+    rd = make_run_dir(tmp_path / "run", items=folded)
+    mining.run(_cfg(tiny_llm_dir), rd)
+    rows = {r["example_id"]: r for r in read_jsonl(rd.path / "mine" / "train.jsonl")}
+    assert sorted(rows) == ["e1", "e2", "e3", "e4"] and rows["e3"]["target_item_id"] == "13"
+    assert rd.manifest("mine")["splits"]["train"]["skipped_no_catalog_target"] == 0
+
+
 def test_insert_missing_false_trains_only_on_retrieved_targets(tmp_path: Path, tiny_llm_dir: Path) -> None:
     """mine.insert_missing=false: the example whose target the retriever missed is skipped, not given an inserted
     target; the others are mined as before."""

@@ -17,7 +17,7 @@ from tiny_models import build_tiny_llama
 from reges.cli import main
 from reges.config import load_config
 from reges.errors import ConfigError, DataError, StageNotReadyError
-from reges.io import RunDir, read_jsonl
+from reges.io import RunDir, read_json, read_jsonl, write_json, write_jsonl
 from reges.llm import lora
 from reges.query_expert import distill, rewrite, train
 
@@ -91,6 +91,34 @@ def test_distill_stage_writes_rows_stats_and_manifest(base_run: Path, tmp_path: 
 
     with pytest.raises(DataError, match="distill.splits has 'test'"):
         distill.run(config(run_dir, "distill.splits=[test]", "run.overwrite=true"), run_dir)
+
+
+def _rewrite_stage_file(run_dir: RunDir, stage: str, name: str, rows: list[dict]) -> None:
+    """Replace a complete stage's output file, and the size its manifest records for it."""
+    write_jsonl(run_dir.stage_dir(stage) / name, rows)
+    manifest = read_json(run_dir.stage_dir(stage) / "manifest.json")
+    manifest["files"][name] = (run_dir.stage_dir(stage) / name).stat().st_size
+    write_json(run_dir.stage_dir(stage) / "manifest.json", manifest)
+
+
+def test_distill_reads_targets_through_the_catalogs_aliases(base_run: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cleaned catalog, a train target named by a folded id reaches the teacher as the item it was folded
+    into (whose card the teacher must see), not as an id the catalog lacks."""
+    run_dir = copy_run(base_run, tmp_path)
+    train_rows = read_jsonl(run_dir.path / "data" / "train.jsonl")
+    target = train_rows[0]["target_item_ids"][0]
+    items = [{**r, "meta": {**r.get("meta", {}), "alias_ids": ["folded-1"]}} if r["item_id"] == target else r
+             for r in read_jsonl(run_dir.path / "catalog" / "items.jsonl")]
+    _rewrite_stage_file(run_dir, "catalog", "items.jsonl", items)
+    train_rows[0]["target_item_ids"] = ["folded-1", *train_rows[0]["target_item_ids"][1:]]
+    _rewrite_stage_file(run_dir, "data", "train.jsonl", train_rows)
+    seen = []
+    real = distill.distill_examples
+    monkeypatch.setattr(distill, "distill_examples", lambda examples, *a: seen.extend(examples) or real(examples, *a))
+    distill.run(config(run_dir, "distill.feedback_top_k=5"), run_dir)
+    first = next(ex for ex in seen if ex.example_id == train_rows[0]["example_id"])
+    assert first.target_item_ids[0] == target
 
 
 def test_train_query_and_rewrite_stages(base_run: Path, tiny_llm: Path, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from reges.retrieval.retrieve import (
     item_popularity,
     load_index_encoder,
     popularity_ranking,
+    read_dialogues,
     read_examples,
     retrieve,
     trec_tag,
@@ -118,6 +119,22 @@ def test_read_examples_rejects_duplicate_or_spaced_ids(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="contains whitespace"):
         read_examples(tmp_path / "sp.jsonl")
     assert trec_tag("my run") == "my_run" and trec_tag("  ") == "reges"
+
+
+def test_examples_and_dialogues_read_through_the_catalogs_aliases(tmp_path: Path) -> None:
+    """With a cleaned catalog's aliases (folded id -> item), every mention and target is the item's id: a target
+    the context named under its other id is not novel, and two ids of one film are one target."""
+    ex = RecExample("d1_2", "d1", [Turn("user", "I loved Alien", ["10b"])], ["10", "13b", "13"],
+                    [False, False, False], ["Alien (1979)", "Jaws", "Jaws (1975)"])
+    write_jsonl(tmp_path / "dev.jsonl", [ex])
+    write_jsonl(tmp_path / "dev_dialogues.jsonl", [Dialogue("d1", [Turn("user", "Alien or Jaws", ["10b", "13"])])])
+    aliases = {"10b": "10", "13b": "13"}
+    (mapped,) = read_examples(tmp_path / "dev.jsonl", aliases)
+    assert mapped.context[0].item_ids == ["10"]
+    assert mapped.target_item_ids == ["10", "13"] and mapped.target_mentioned == [True, False]
+    assert mapped.target_titles == ["Alien (1979)", "Jaws"]
+    assert read_examples(tmp_path / "dev.jsonl") == [ex]  # without aliases: as written
+    assert read_dialogues(tmp_path / "dev_dialogues.jsonl", aliases)[0].turns[0].item_ids == ["10", "13"]
 
 
 def test_load_index_encoder_refuses_a_different_encoder() -> None:

@@ -77,19 +77,21 @@ def _write_stage(run_dir: RunDir, stage: str, files: dict[str, list]) -> None:
     run_dir.finish(stage, config={}, inputs={}, outputs=counts, seed=0, started=now_iso())
 
 
-def _run_dir(tmp_path: Path, bert: bool = False) -> tuple[RunDir, PipelineConfig]:
-    texts = [it.text for it in ITEMS] + [t.content for d in TRAIN_DIALOGUES for t in d.turns] + ["User: Assistant:"]
+def _run_dir(tmp_path: Path, bert: bool = False, items: list[Item] = ITEMS,
+             train: list[Dialogue] = TRAIN_DIALOGUES, tune: list[Dialogue] = TUNE_DIALOGUES,
+             lossy: list[Dialogue] | None = None) -> tuple[RunDir, PipelineConfig]:
+    texts = [it.text for it in items] + [t.content for d in train for t in d.turns] + ["User: Assistant:"]
     build = build_tiny_bert_sentence_transformer if bert else build_tiny_sentence_transformer
     st_dir = build(tmp_path / "st", texts)
     run_dir = RunDir(tmp_path / "run")
     _write_stage(run_dir, "data", {
-        "train.jsonl": _examples(TRAIN_DIALOGUES),
-        "train_dialogues.jsonl": TRAIN_DIALOGUES,
-        "tune.jsonl": _examples(TUNE_DIALOGUES),
-        "dev.jsonl": _examples(TUNE_DIALOGUES),
-        "lossy_dialogues.jsonl": [_dialogue("lossy-1", "x", ["11", "16"], [])],
+        "train.jsonl": _examples(train),
+        "train_dialogues.jsonl": train,
+        "tune.jsonl": _examples(tune),
+        "dev.jsonl": _examples(tune),
+        "lossy_dialogues.jsonl": lossy or [_dialogue("lossy-1", "x", ["11", "16"], [])],
     })
-    _write_stage(run_dir, "catalog", {"items.jsonl": ITEMS})
+    _write_stage(run_dir, "catalog", {"items.jsonl": items})
     cfg = PipelineConfig(
         run=RunConfig(show_progress=False),
         index=IndexConfig(encoder=str(st_dir), device="cpu"),
@@ -154,6 +156,39 @@ def test_stage_writes_files_manifest_and_retrieve_uses_them(tmp_path: Path) -> N
                                 retrieve=RetrieveConfig(splits=["dev"], top_k=4, fusion=False))
     retrieve_stage.run(plain, run_dir)
     assert run_dir.manifest("retrieve")["mode"] == "dense"
+
+
+def test_a_cleaned_catalogs_folded_ids_count_for_their_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """catalog.clean=true folds duplicate ids into one item (`meta.alias_ids`): the encoder's pairs, the co-mention
+    prior, the lossy pairs, the tune split and retrieve all read the dialogues' ids through the aliases, so a film
+    named by a folded id counts for its item instead of dropping out (10b and 13b are folded into 10 and 13)."""
+    folded = {"10": ["10b"], "13": ["13b"]}
+    items = [dataclasses.replace(it, meta={"alias_ids": folded[it.item_id]}) if it.item_id in folded else it
+             for it in ITEMS]
+    train = [*TRAIN_DIALOGUES[:4], _dialogue("t5", "scary shark", ["13b"], ["10b"])]
+    tune = [_dialogue("u1", "scary like Jaws", ["13b"], ["10"]), TUNE_DIALOGUES[1]]
+    run_dir, cfg = _run_dir(tmp_path, items=items, train=train, tune=tune,
+                            lossy=[_dialogue("lossy-1", "x", ["13b", "10b"], [])])
+    by_id = {it.item_id: it for it in items}
+    pairs, _ = train_stage.training_pairs(cfg, run_dir, by_id, None)
+    assert len(pairs) == 5 and pairs[4].positive_id == "10"  # t5's pair, dropped before (10b has no card)
+    lossy = train_stage.lossy_pairs(cfg, run_dir, by_id)
+    assert sorted(p.positive_id for p in lossy) == ["10", "13"]
+
+    seen: list[RecExample] = []
+    real = retrieve_stage.retrieve_fused
+    monkeypatch.setattr(retrieve_stage, "retrieve_fused", lambda examples, *a, **k: seen.extend(examples) or real(
+        examples, *a, **k))
+    train_stage.run(cfg, run_dir)
+    spec = read_json(run_dir.stage_dir("train-retriever") / "fusion.json")
+    assert spec["finetune"]["pairs"] == 5
+    retriever = FusedRetriever.load(run_dir.path, device="cpu")
+    # t1, t5 and the lossy dialogue each name Jaws with Alien: 3 co-mentions, as if every id were the film's own
+    assert retriever.counts.scores([["13"]], ["10"], "count")[0, 0] == 3
+    assert "10b" not in retriever.column and "13b" not in retriever.column
+    retrieve_stage.run(dataclasses.replace(cfg, retrieve=dataclasses.replace(cfg.retrieve, splits=["dev"])), run_dir)
+    assert seen[0].context[0].item_ids == ["13"]  # "mentioned" and the co-mentions see Jaws
+    assert "catalog" in run_dir.manifest("retrieve")["inputs"]
 
 
 def test_query_feature_without_finetune(tmp_path: Path) -> None:
@@ -299,6 +334,21 @@ def test_a_fold_encoder_is_fingerprinted_by_its_held_out_dialogues(tmp_path: Pat
     assert len({fingerprint(frozenset()), fingerprint(frozenset({"t1"})), fingerprint(frozenset({"t2"}))}) == 3
     with pytest.raises(DataError, match="cross_fit_folds=9 leaves a fold without dialogues"):
         train_stage.cross_fit_split(_examples(TRAIN_DIALOGUES), 9)
+
+
+def test_a_rebuilt_catalog_trains_a_new_encoder(tmp_path: Path) -> None:
+    """The checkpoint folder outlives a rebuilt catalog (`RunDir.begin`), and the pairs' positives are its cards
+    and their targets its aliases: another catalog (cards, `catalog.clean`) gives another fingerprint."""
+    run_dir, cfg = _run_dir(tmp_path)
+    data, catalog = run_dir.stage_dir("data"), run_dir.stage_dir("catalog") / "items.jsonl"
+
+    def fingerprint() -> str:
+        return train_stage._finetune_fingerprint(cfg.train_retriever, cfg.index.encoder, 0, data / "train.jsonl",
+                                                 None, data / "lossy_dialogues.jsonl", catalog_path=catalog)
+
+    before = fingerprint()
+    write_jsonl(catalog, [dataclasses.replace(ITEMS[0], meta={"alias_ids": ["10b"]}), *ITEMS[1:]])
+    assert fingerprint() != before
 
 
 @pytest.mark.parametrize(("overrides", "match"), [

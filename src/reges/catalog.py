@@ -546,9 +546,10 @@ def _key(item: Item) -> str:
 def alias_map(items: Iterable[Item]) -> dict[str, str]:
     """Folded dataset id -> the id of the item it was folded into (empty for an uncleaned catalog).
 
-    `reges evaluate` maps targets and mentions through this, so that one film counts under one id. The training
-    stages (train-retriever's pairs and co-mention prior, mine) do not yet: with `catalog.clean=true` what a folded
-    id names in train (about 1.5 % of ReDial's train targets and mentions) drops out of their data.
+    Every stage that reads the data stage's dataset ids maps them through this (`read_examples` and
+    `read_dialogues` of `reges.retrieval.retrieve` take it): distill, train-retriever (pairs, co-mention prior,
+    lossy and neighbour examples), retrieve, mine, generate and evaluate, so that one film counts under one id
+    (with `catalog.clean=true`, about 1.5 % of ReDial's train targets and mentions are named by a folded id).
     """
     out: dict[str, str] = {}
     for item in items:

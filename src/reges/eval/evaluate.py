@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reges.catalog import alias_map, canonical_dialogue, canonical_example, read_catalog
+from reges.catalog import alias_map, canonical_example, read_catalog
 from reges.config import PipelineConfig
 from reges.errors import ConfigError, DataError
 from reges.eval.baselines import BASELINES, BM25Ranker, copy_ranking, oracle_query
@@ -394,7 +394,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     catalog_ids = frozenset(it.item_id for it in items)
     by_id: dict[str, Item] = {it.item_id: it for it in items}
     aliases = alias_map(items)
-    train_dialogues = [canonical_dialogue(d, aliases) for d in read_dialogues(train_dialogues_path)]
+    train_dialogues = read_dialogues(train_dialogues_path, aliases)
     popularity = popularity_ranking(item_popularity(train_dialogues), [it.item_id for it in items], cfg.run.seed)
     same_title = TitleSpotter(items).same_title_ids if EXCLUDE_SAME_TITLE else None
     index = encoder = None
@@ -538,7 +538,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
                 logger.info("generate/ has no %s split: no end-to-end metrics for it", split)
                 continue
             end_to_end[split] = end_to_end_metrics(
-                [canonical_example(ex, aliases) for ex in read_examples(path)], read_jsonl(gen_path), gen_path,
+                read_examples(path, aliases), read_jsonl(gen_path), gen_path,
                 generate_manifest, catalog_ids, ec.bootstrap, cfg.run.seed, same_title,
             )
             generate_inputs[f"generate/{split}"] = gen_path

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from reges.catalog import read_catalog
+from reges.catalog import alias_map, read_catalog
 from reges.config import GenerateConfig, PipelineConfig
 from reges.data.sampling import sample_rows
 from reges.errors import ConfigError, DataError, ModelError
@@ -386,7 +386,7 @@ def load_split_inputs(
     trec = run_dir.require("retrieve") / f"{split}.trec"
     if not trec.is_file():
         raise DataError(f"{trec} not found; add {split!r} to retrieve.splits and rerun retrieve")
-    examples = sorted(read_examples(data_path), key=lambda e: e.example_id)
+    examples = sorted(read_examples(data_path, alias_map(items.values())), key=lambda e: e.example_id)
     examples = sample_rows(examples, max_examples, seed, "generate.max_examples")
     rankings = read_trec(trec)
     candidates: dict[str, list[Item]] = {}

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from reges.catalog import read_catalog
+from reges.catalog import alias_map, read_catalog
 from reges.config import PipelineConfig
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_trec, write_jsonl
@@ -285,11 +285,13 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     tokenizer = load_tokenizer(cfg)
     out = run_dir.begin("mine", cfg.run.overwrite)
 
-    items = {it.item_id: it for it in read_catalog(items_path)}
+    catalog = read_catalog(items_path)
+    items = {it.item_id: it for it in catalog}
+    aliases = alias_map(catalog)  # a target named by a folded id is the item it was folded into
     outputs: dict[str, int] = {}
     per_split: dict[str, Any] = {}
     for split, (path, qpath) in plan.items():
-        examples = read_examples(path)
+        examples = read_examples(path, aliases)
         rankings = read_trec(retrieve_dir / f"{split}.trec") if retrieve_dir is not None else {}
         queries = read_queries(qpath) if qpath is not None else None
         rows, counts = mine_examples(

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from reges.catalog import load_catalog
+from reges.catalog import alias_map, load_catalog
 from reges.config import DistillConfig, PipelineConfig
 from reges.data.sampling import sample_by_id
 from reges.errors import ConfigError, DataError
@@ -327,7 +327,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     for split, path in split_paths.items():
         t0 = time.perf_counter()
         examples = sample_by_id(
-            read_examples(path), dc.max_examples, cfg.run.seed, lambda ex: ex.example_id, "distill.max_examples"
+            read_examples(path, alias_map(catalog)), dc.max_examples, cfg.run.seed, lambda ex: ex.example_id,
+            "distill.max_examples"
         )
         results, stats = distill_examples(
             examples, teacher, items, index, encoder, dc, cfg.retrieve.max_query_chars

@@ -21,11 +21,12 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from reges.catalog import alias_map, canonical_dialogue, canonical_example, read_catalog
 from reges.config import IndexConfig, PipelineConfig
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_jsonl, write_trec
@@ -164,8 +165,13 @@ def popularity_ranking(counts: Counter[str] | dict[str, int], item_ids: list[str
     return hits
 
 
-def read_examples(path: str | Path) -> list[RecExample]:
+def read_examples(path: str | Path, aliases: Mapping[str, str] | None = None) -> list[RecExample]:
     """Read `data/{split}.jsonl`; example ids must be unique and free of whitespace (they are TREC qids).
+
+    Args:
+        aliases: The run's catalog aliases (`reges.catalog.alias_map`): every target and mention is mapped to the
+            item its dataset id was folded into (`canonical_example`). Why: with `catalog.clean=true` a folded id
+            is not in the catalog, and a stage reading it as it is would drop that target or mention.
 
     Raises:
         DataError: a duplicate id or an id containing whitespace.
@@ -178,7 +184,7 @@ def read_examples(path: str | Path) -> list[RecExample]:
         if not ex.example_id or any(c.isspace() for c in ex.example_id):
             raise DataError(f"{path}: example_id {ex.example_id!r} is empty or contains whitespace")
         seen.add(ex.example_id)
-    return examples
+    return [canonical_example(ex, aliases) for ex in examples] if aliases else examples
 
 
 def split_features(fr: FusedRetriever, run_dir: str | Path, split: str, names: Sequence[str], with_query: bool = True
@@ -194,7 +200,8 @@ def split_features(fr: FusedRetriever, run_dir: str | Path, split: str, names: S
         with_query: Read the Query Expert's queries from `rewrite/{split}.jsonl` (False: none).
     """
     run_dir = Path(run_dir)
-    examples = read_examples(run_dir / "data" / f"{split}.jsonl")
+    aliases = alias_map(read_catalog(run_dir / "catalog" / "items.jsonl"))  # as the stages read them
+    examples = read_examples(run_dir / "data" / f"{split}.jsonl", aliases)
     texts: list[str | None] = [None] * len(examples)
     if with_query:
         queries = read_queries(run_dir / "rewrite" / f"{split}.jsonl")
@@ -203,9 +210,11 @@ def split_features(fr: FusedRetriever, run_dir: str | Path, split: str, names: S
     return examples, texts, {name: zscore_rows(x) for name, x in raw.items()}
 
 
-def read_dialogues(path: str | Path) -> list[Dialogue]:
-    """Read `data/{split}_dialogues.jsonl`."""
-    return [Dialogue.from_dict(d) for d in read_jsonl(path)]
+def read_dialogues(path: str | Path, aliases: Mapping[str, str] | None = None) -> list[Dialogue]:
+    """Read `data/{split}_dialogues.jsonl` (or `data/lossy_dialogues.jsonl`), every turn's ids mapped through
+    `aliases` when given, as `read_examples` does."""
+    dialogues = [Dialogue.from_dict(d) for d in read_jsonl(path)]
+    return [canonical_dialogue(d, aliases) for d in dialogues] if aliases else dialogues
 
 
 def load_index_encoder(index: ItemIndex, cfg: IndexConfig) -> SentenceEncoder:
@@ -237,6 +246,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     started = now_iso()
     data_dir = run_dir.require("data")
     index_dir = run_dir.require("index")
+    catalog_path = run_dir.require("catalog") / "items.jsonl"
+    # the dialogues' dataset ids mapped to the cleaned catalog's items (none without catalog.clean): a film named
+    # under a folded id is still "mentioned", and its co-mentions count for the item it was folded into
+    aliases = alias_map(read_catalog(catalog_path))
     rc = cfg.retrieve
     split_paths = {split: data_dir / f"{split}.jsonl" for split in rc.splits}
     for split, path in split_paths.items():
@@ -258,14 +271,14 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         index = ItemIndex.load(index_dir, rc.nprobe, rc.ef_search)
         encoder = load_index_encoder(index, cfg.index)
         fallback = popularity_ranking(
-            item_popularity(read_dialogues(train_dialogues_path)), index.item_ids, cfg.run.seed
+            item_popularity(read_dialogues(train_dialogues_path, aliases)), index.item_ids, cfg.run.seed
         )
         encoder_name = index.encoder
 
     outputs: dict[str, int] = {}
     per_split: dict[str, dict[str, float]] = {}
     for split, path in split_paths.items():
-        examples = read_examples(path)
+        examples = read_examples(path, aliases)
         t0 = time.perf_counter()
         if fused:
             rewrites = read_queries(rewrite_paths[split]) if split in rewrite_paths else None
@@ -294,6 +307,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
 
     inputs = {f"data/{split}": path for split, path in split_paths.items()}
     inputs["data/train_dialogues"] = train_dialogues_path
+    inputs["catalog"] = catalog_path
     inputs["index"] = index_dir / "index.faiss"
     if fused:
         inputs["train-retriever/fusion"] = run_dir.stage_dir("train-retriever") / "fusion.json"

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from reges.catalog import read_catalog
+from reges.catalog import alias_map, canonical_dialogue, read_catalog
 from reges.config import PipelineConfig, TrainRetrieverConfig
 from reges.data import build_examples
 from reges.data.cross import cross_examples, cross_title_sets, match_title_sets
@@ -101,17 +101,20 @@ FINETUNE_RECORD = "finetune.json"
 
 def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path,
                           distill_path: Path | None, lossy_path: Path, held_out: frozenset[str] = frozenset(),
-                          raw_inputs: dict[str, Path] | None = None) -> str:
+                          raw_inputs: dict[str, Path] | None = None, catalog_path: Path | None = None) -> str:
     """What a finished encoder depends on; a checkpointed encoder is reused only when this matches."""
-    spec = _finetune_spec(tc, encoder, seed, train_path, distill_path, lossy_path, held_out, raw_inputs)
+    spec = _finetune_spec(tc, encoder, seed, train_path, distill_path, lossy_path, held_out, raw_inputs,
+                          catalog_path)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def _finetune_spec(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path, distill_path: Path | None,
                    lossy_path: Path, held_out: frozenset[str] = frozenset(),
-                   raw_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
+                   raw_inputs: dict[str, Path] | None = None, catalog_path: Path | None = None) -> dict[str, Any]:
     """`_finetune_fingerprint`'s content. `raw_inputs`: the raw files the interleaved lossy pairs read
-    (`interleaved_inputs`), hashed only under `lossy_pairs_from: interleaved`."""
+    (`interleaved_inputs`), hashed only under `lossy_pairs_from: interleaved`. `catalog_path`: the catalog whose
+    cards are the pairs' positives and whose aliases map their targets (a changed `catalog.card_fields` or
+    `catalog.clean` trains a new encoder; the checkpoint folder outlives a rebuilt catalog)."""
     keys = ("epochs", "batch_size", "lr", "warmup_ratio", "hard_negatives", "max_pairs", "query", "max_query_chars",
             "max_seq_length", "dtype")
     spec = {k: getattr(tc, k) for k in keys}
@@ -127,6 +130,8 @@ def _finetune_spec(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path
         if tc.lossy_pairs_from != "seeker_side":  # absent at the default: earlier encoders stay reusable
             spec["lossy_pairs"]["from"] = tc.lossy_pairs_from
             spec["lossy_pairs"]["files"] = {key: file_sha256(path) for key, path in sorted((raw_inputs or {}).items())}
+    if catalog_path is not None:
+        spec["catalog"] = file_sha256(catalog_path)
     if held_out:  # a cross-fitting fold's encoder (absent for the run's own: its fingerprint is unchanged)
         spec["held_out"] = hashlib.sha256("\n".join(sorted(held_out)).encode()).hexdigest()
     return spec
@@ -151,7 +156,7 @@ def training_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item],
     """
     tc = cfg.train_retriever
     distill = read_queries(distill_path) if distill_path else None
-    examples = [ex for ex in read_examples(run_dir.stage_dir("data") / "train.jsonl")
+    examples = [ex for ex in read_examples(run_dir.stage_dir("data") / "train.jsonl", alias_map(items.values()))
                 if ex.dialogue_id not in held_out]
     pairs = build_pairs(examples, items, tc.query, tc.max_query_chars, distill)
     cross_stats = None
@@ -170,12 +175,14 @@ def lossy_pairs(cfg: PipelineConfig, run_dir: RunDir, items: dict[str, Item]) ->
     the dialogue in a guessed order (`reges.data.lossy.interleaved_dialogues`; the message boundaries come from
     `data.lossy_file`, which the data stage merged)."""
     tc = cfg.train_retriever
-    dialogues = read_dialogues(run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE)
+    aliases = alias_map(items.values())
+    dialogues = read_dialogues(run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE, aliases)
     if tc.lossy_pairs_from == "interleaved":
         _check_data_inputs(run_dir, interleaved_inputs(cfg))
         ordered, _ = interleaved_dialogues(Path(cfg.data.lossy_file), read_movie_names(cfg.data.movie_names_file),
                                            [d.dialogue_id for d in dialogues])
-        examples = [ex for d in ordered for ex in build_examples(d, {})]
+        # mapped before they are cut, so that a film named under a folded id is not a fresh target
+        examples = [ex for d in ordered for ex in build_examples(canonical_dialogue(d, aliases), {})]
         return build_pairs(examples, items, tc.query, tc.max_query_chars, source="lossy")
     examples, _ = lossy_examples(dialogues, tc.max_query_chars)
     return build_pairs(examples, items, "full", tc.max_query_chars, source="lossy")
@@ -215,7 +222,7 @@ def _fit_encoder(cfg: PipelineConfig, run_dir: RunDir, ckpt: Path, frozen: ItemI
     done = ckpt / ENCODER_DIR
     fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, run_dir.stage_dir("data") / "train.jsonl",
                                         distill_path, run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE, held_out,
-                                        interleaved_inputs(cfg))
+                                        interleaved_inputs(cfg), run_dir.stage_dir("catalog") / "items.jsonl")
     if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
         logger.info("reusing the fine-tuned encoder in %s", done)
         return done if ctx.is_main else None
@@ -481,7 +488,9 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if set(frozen.item_ids) != set(by_id):
         raise DataError(f"{index_dir} does not cover catalog/items.jsonl; rerun `reges index` with run.overwrite=true")
 
-    dialogues = read_dialogues(paths["train_dialogues"]) + (read_dialogues(lossy_path) if use_lossy else [])
+    aliases = alias_map(items)  # the dataset ids of every file below mapped to the cleaned catalog's items
+    dialogues = read_dialogues(paths["train_dialogues"], aliases) + (
+        read_dialogues(lossy_path, aliases) if use_lossy else [])
     cross_stats = None
     if tc.cross_dataset is not None:
         cross, cross_stats = match_title_sets(cross_title_sets(tc.cross_dataset), items)
@@ -493,7 +502,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     device = resolve_device(cfg.index.device, "index.device")
     index_out = out / INDEX_DIR
     # the neighbours' voters, the train+tune weight search and the cross-fitting read the train examples
-    train_examples = read_examples(paths["train"]) if tc.neighbours or tc.weight_examples == "train+tune" else []
+    train_examples = (read_examples(paths["train"], aliases) if tc.neighbours or tc.weight_examples == "train+tune"
+                      else [])
     folds = cross_fit_split(train_examples, tc.cross_fit_folds) if tc.cross_fit_folds else []
     fold_dirs: list[Path] = []
     if tc.finetune:
@@ -527,12 +537,12 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
         outputs[PEOPLE_FILE] = people.save(out)
     retriever = FusedRetriever(encoder, embeddings, frozen.item_ids, counts, {NO_QUERY: {}}, settings, encoder_spec,
                                people=people)
-    tune_examples = read_examples(paths["tune"])
+    tune_examples = read_examples(paths["tune"], aliases)
     neighbours_report = None
     if tc.neighbours:
         voters = list(train_examples)
         if tc.neighbours_lossy:
-            voters += lossy_examples(read_dialogues(lossy_path), tc.max_query_chars)[0]
+            voters += lossy_examples(read_dialogues(lossy_path, aliases), tc.max_query_chars)[0]
         if tc.neighbours_cross and tc.cross_dataset is not None:
             voters += cross_examples(tc.cross_dataset, items)[0]
         neighbours, neighbours_report = fit_neighbours(retriever, voters, tune_examples)

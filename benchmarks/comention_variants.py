@@ -47,7 +47,7 @@ import numpy as np
 import scipy.sparse as sp
 import yaml
 
-from reges.catalog import read_catalog
+from reges.catalog import read_catalog, run_aliases
 from reges.data.lossy import LOSSY_DIALOGUES_FILE, seeker_turn
 from reges.eval.metrics import paired_cells, paired_recall_table
 from reges.io import machine_info, now_iso, write_json
@@ -120,12 +120,13 @@ def recommendations(run_dir: Path, fr: FusedRetriever) -> tuple[list[tuple[list[
         return sorted({fr.counts.row[i] for i in items if i in fr.counts.row})
 
     out = []
-    for ex in read_examples(run_dir / "data" / "train.jsonl"):
+    aliases = run_aliases(run_dir)
+    for ex in read_examples(run_dir / "data" / "train.jsonl", aliases):
         named = set(context_item_ids(ex.context))
         out.append((rows(list(named)), rows([t for t in ex.target_item_ids if t not in named])))
     lossy = run_dir / "data" / LOSSY_DIALOGUES_FILE
     n_lossy = 0
-    for d in read_dialogues(lossy) if lossy.is_file() else []:
+    for d in read_dialogues(lossy, aliases) if lossy.is_file() else []:
         side = seeker_turn(d)
         if side is not None:
             named = set(d.turns[side].item_ids)
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     named: dict[str, list[list[str]]] = {}
     changed: dict[str, dict[str, int]] = {}
     for split in ("tune", "dev"):
-        examples = read_examples(args.run_dir / "data" / f"{split}.jsonl")
+        examples = read_examples(args.run_dir / "data" / f"{split}.jsonl", run_aliases(args.run_dir))
         contexts = [ex.context for ex in examples]
         named[split] = [context_item_ids(c) for c in contexts]
         feats = fr.features(contexts, [None] * len(examples), [None] * len(examples), names)

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from reges.catalog import read_catalog
+from reges.catalog import alias_map, read_catalog
 from reges.eval.metrics import paired_bootstrap_diff
 from reges.io import machine_info, now_iso, read_trec, write_json
 from reges.records import Hit, RecExample
@@ -51,8 +51,8 @@ def hit_flags(examples: list[RecExample], rankings: dict[str, list[Hit]], protoc
 
 def measure(run_dir: Path, split: str, resamples: int, seed: int) -> dict[str, Any]:
     """Both orders of one split's retrieval, scored, with how often each kind of constraint fired."""
-    examples = read_examples(run_dir / "data" / f"{split}.jsonl")
     items = {it.item_id: it for it in read_catalog(run_dir / "catalog" / "items.jsonl")}
+    examples = read_examples(run_dir / "data" / f"{split}.jsonl", alias_map(items.values()))
     plain = read_trec(run_dir / "retrieve" / f"{split}.trec")
     fired: Counter[str] = Counter()
     reordered = {}

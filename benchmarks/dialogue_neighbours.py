@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reges.catalog import run_aliases
 from reges.config import load_config
 from reges.eval.metrics import paired_cells, paired_recall_table
 from reges.io import machine_info, now_iso, write_json
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if "neighbours" in names:
         parser.error(f"{args.run_dir} was trained with train_retriever.neighbours=true; give a run without it")
     data_dir = args.run_dir / "data"
-    fr.neighbours, report = fit_neighbours(fr, read_examples(data_dir / "train.jsonl"),
-                                           read_examples(data_dir / "tune.jsonl"))
+    aliases = run_aliases(args.run_dir)
+    fr.neighbours, report = fit_neighbours(fr, read_examples(data_dir / "train.jsonl", aliases),
+                                           read_examples(data_dir / "tune.jsonl", aliases))
     m, tau, alone = report["m"], report["tau"], report["tune_objective"]
     z: dict[str, dict[str, np.ndarray]] = {}
     data: dict[str, tuple[list[RecExample], TunePairs]] = {}

@@ -44,18 +44,21 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from reges.catalog import run_aliases
 from reges.io import atomic_open, machine_info, now_iso, read_jsonl, read_trec
 from reges.item_expert.generate import ALPHA_GRID, fuse_scores
-from reges.records import Dialogue, RecExample, mentioned_item_ids
+from reges.records import mentioned_item_ids
+from reges.retrieval.retrieve import read_dialogues, read_examples
 
 
 def diagnose(run_dir: Path, split: str) -> dict[str, Any]:
     """The figures above for one run's rank-mode picks."""
-    examples = {ex["example_id"]: RecExample.from_dict(ex) for ex in read_jsonl(run_dir / "data" / f"{split}.jsonl")}
+    aliases = run_aliases(run_dir)  # the ids as the stages read them
+    examples = {ex.example_id: ex for ex in read_examples(run_dir / "data" / f"{split}.jsonl", aliases)}
     titles = {it["item_id"]: it["title"] for it in read_jsonl(run_dir / "catalog" / "items.jsonl")}
     mentions: dict[str, int] = {}
-    for d in read_jsonl(run_dir / "data" / "train_dialogues.jsonl"):
-        for item_id in {i for t in Dialogue.from_dict(d).turns for i in t.item_ids}:
+    for d in read_dialogues(run_dir / "data" / "train_dialogues.jsonl", aliases):
+        for item_id in {i for t in d.turns for i in t.item_ids}:
             mentions[item_id] = mentions.get(item_id, 0) + 1
     agree, position, rho, shortest, named = [], [], [], [], []
     rho_pop, most_popular, expert_rank, retriever_rank = [], [], [], []
@@ -112,7 +115,8 @@ def agreement(run_a: Path, run_b: Path, split: str) -> dict[str, Any]:
     """How alike two runs' expert scores are on the examples they both scored with the same candidates, and the
     success of B's scores calibrated by A's (argmax of B - A)."""
     rows_a = {r["example_id"]: r for r in read_jsonl(run_a / "generate" / f"{split}.jsonl")}
-    targets = {ex["example_id"]: set(ex["target_item_ids"]) for ex in read_jsonl(run_b / "data" / f"{split}.jsonl")}
+    targets = {ex.example_id: set(ex.target_item_ids)
+               for ex in read_examples(run_b / "data" / f"{split}.jsonl", run_aliases(run_b))}
     rho, same, calibrated = [], [], []
     for row in read_jsonl(run_b / "generate" / f"{split}.jsonl"):
         other = rows_a.get(row["example_id"])

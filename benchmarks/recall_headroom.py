@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reges.catalog import run_aliases
 from reges.eval.metrics import bootstrap_mean_ci
 from reges.io import machine_info, now_iso, read_jsonl, write_json
 from reges.retrieval.comention import CoMention, context_item_ids
@@ -55,7 +56,7 @@ def pair_rows(run_dir: Path, split: str) -> list[dict[str, Any]]:
     dialogue count and whether the context names a film the prior has counted."""
     counts = CoMention.load(run_dir / "train-retriever")
     contexts = {ex.example_id: context_item_ids(ex.context)
-                for ex in read_examples(run_dir / "data" / f"{split}.jsonl")}
+                for ex in read_examples(run_dir / "data" / f"{split}.jsonl", run_aliases(run_dir))}
     rows = []
     for r in read_jsonl(run_dir / "evaluate" / "per_example.jsonl"):
         if r["split"] != split or r["method"] != "retrieve":

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
-from reges.catalog import read_catalog
+from reges.catalog import alias_map, read_catalog
 from reges.eval.metrics import PickOutcome, summarize_picks
 from reges.io import RunDir, machine_info, now_iso, read_trec
 from reges.item_expert.generate import (
@@ -60,7 +60,8 @@ MAX_QUERY_CHARS = 2000
 
 def training_pairs(run_dir: RunDir, items: dict[str, Item], args: argparse.Namespace) -> list[tuple[str, str, float]]:
     """(dialogue text, card, label) pairs from the train split's mined candidates."""
-    examples = sorted(read_examples(run_dir.require("data") / "train.jsonl"), key=lambda e: e.example_id)
+    examples = sorted(read_examples(run_dir.require("data") / "train.jsonl", alias_map(items.values())),
+                      key=lambda e: e.example_id)
     rankings = read_trec(run_dir.require("retrieve") / "train.trec")
     catalog_ids = sorted(items)
     rng = np.random.default_rng(args.seed)

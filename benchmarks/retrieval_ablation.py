@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reges.catalog import run_aliases
 from reges.eval.metrics import PROTOCOLS, TargetRank, summarize
 from reges.io import RunDir, machine_info, now_iso
 from reges.records import RecExample
@@ -92,7 +93,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     rd = RunDir(args.run_dir)
-    examples = read_examples(rd.require("data") / f"{args.split}.jsonl")
+    aliases = run_aliases(rd.path)
+    examples = read_examples(rd.require("data") / f"{args.split}.jsonl", aliases)
     if args.max_examples:
         examples = examples[: args.max_examples]
     if args.threads:  # this script is the process's entry point, as the CLI is for `reges`
@@ -113,7 +115,7 @@ def main() -> None:
         logger.info("%s scored in %.1f s", name, seconds[name])
 
     # popularity, as the evaluate stage ranks it
-    counts = item_popularity(read_dialogues(rd.stage_dir("data") / "train_dialogues.jsonl"))
+    counts = item_popularity(read_dialogues(rd.stage_dir("data") / "train_dialogues.jsonl", aliases))
     order = {h.item_id: r for r, h in enumerate(popularity_ranking(counts, item_ids, seed))}
     timed("popularity", lambda: np.repeat(-np.array([order[i] for i in item_ids], float)[None, :], len(examples), 0))
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reges.catalog import run_aliases
 from reges.config import load_config
 from reges.eval.metrics import paired_cells, paired_recall_table
 from reges.io import machine_info, now_iso, write_json
@@ -83,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     names = list(fr.weights[NO_QUERY])  # every feature the stage searched, in its order (the search is path-dependent)
     if args.neighbours and "neighbours" not in names:
         data_dir = args.run_dir / "data"
-        fr.neighbours, _ = fit_neighbours(fr, read_examples(data_dir / "train.jsonl"),
-                                          read_examples(data_dir / "tune.jsonl"))
+        aliases = run_aliases(args.run_dir)
+        fr.neighbours, _ = fit_neighbours(fr, read_examples(data_dir / "train.jsonl", aliases),
+                                          read_examples(data_dir / "tune.jsonl", aliases))
         names.append("neighbours")
     examples: dict[str, list[RecExample]] = {}
     pairs: dict[str, TunePairs] = {}

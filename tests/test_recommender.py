@@ -306,6 +306,16 @@ def test_cli_chat_keeps_the_dialogue(
     assert len(replies) == 6  # /quit stopped the loop before "never read"
 
 
+def test_a_folded_dataset_id_a_client_sends_is_its_item_and_never_recommended_back() -> None:
+    """With a cleaned catalog, Jaws (13) carries the folded dataset id 13b: a dialogue that names it by that id
+    (a dataset file, a client sending ids) has named Jaws."""
+    items = [dataclasses.replace(it, meta={"alias_ids": ["13b"]}) if it.item_id == "13" else it for it in ITEMS]
+    recommender = _recommender(items)
+    turns = [Turn("user", "I loved that one, more horror with a shark please", ["13b"])]
+    assert recommender.link_titles(turns)[0].item_ids == ["13"]
+    assert "13" not in [c.item_id for c in recommender.recommend(turns, top_k=3).candidates]
+
+
 def test_typed_titles_are_linked_and_never_recommended_back() -> None:
     recommender = _recommender()
     turns = [Turn("user", "I loved Jaws, more horror with a shark please")]

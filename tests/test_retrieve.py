@@ -179,7 +179,7 @@ def test_retrieve_stage_writes_trec_and_manifest(tmp_path: Path) -> None:
     assert manifest["splits"]["dev"]["queries"] == 2 and manifest["splits"]["dev"]["empty_queries"] == 1
     assert manifest["splits"]["dev"]["queries_per_s"] > 0
     assert manifest["query"] == "full" and manifest["encoder"] == str(st_dir)
-    assert set(manifest["inputs"]) == {"data/dev", "data/train_dialogues", "index"}
+    assert set(manifest["inputs"]) == {"data/dev", "data/train_dialogues", "catalog", "index"}
 
     missing = dataclasses.replace(cfg, retrieve=RetrieveConfig(splits=["test"]), run=RunConfig(overwrite=True))
     with pytest.raises(DataError, match="retrieve.splits has 'test'"):

@@ -340,15 +340,17 @@ def test_a_rebuilt_catalog_trains_a_new_encoder(tmp_path: Path) -> None:
     """The checkpoint folder outlives a rebuilt catalog (`RunDir.begin`), and the pairs' positives are its cards
     and their targets its aliases: another catalog (cards, `catalog.clean`) gives another fingerprint."""
     run_dir, cfg = _run_dir(tmp_path)
-    data, catalog = run_dir.stage_dir("data"), run_dir.stage_dir("catalog") / "items.jsonl"
+    data = run_dir.stage_dir("data")
 
-    def fingerprint() -> str:
+    def fingerprint(items: list[Item]) -> str:
         return train_stage._finetune_fingerprint(cfg.train_retriever, cfg.index.encoder, 0, data / "train.jsonl",
-                                                 None, data / "lossy_dialogues.jsonl", catalog_path=catalog)
+                                                 None, data / "lossy_dialogues.jsonl", items={
+                                                     it.item_id: it for it in items})
 
-    before = fingerprint()
-    write_jsonl(catalog, [dataclasses.replace(ITEMS[0], meta={"alias_ids": ["10b"]}), *ITEMS[1:]])
-    assert fingerprint() != before
+    before = fingerprint(ITEMS)
+    assert fingerprint([dataclasses.replace(ITEMS[0], meta={"year_source": "x"}), *ITEMS[1:]]) == before
+    assert fingerprint([dataclasses.replace(ITEMS[0], meta={"alias_ids": ["10b"]}), *ITEMS[1:]]) != before
+    assert fingerprint([dataclasses.replace(ITEMS[0], text="Alien (1979). horror"), *ITEMS[1:]]) != before
 
 
 @pytest.mark.parametrize(("overrides", "match"), [

@@ -558,6 +558,12 @@ def alias_map(items: Iterable[Item]) -> dict[str, str]:
     return out
 
 
+def run_aliases(run_dir: str | Path) -> dict[str, str]:
+    """`alias_map` of a run directory's catalog (`catalog/items.jsonl`), for code that reads a finished run's data
+    files (studies, benchmarks) and must see its ids as the stages did."""
+    return alias_map(read_catalog(Path(run_dir) / "catalog" / "items.jsonl"))
+
+
 def canonical_ids(item_ids: Iterable[str], aliases: Mapping[str, str]) -> list[str]:
     """`item_ids` with folded ids replaced by their item's id, in order of first occurrence, without repeats."""
     return list(dict.fromkeys(aliases.get(i, i) for i in item_ids))

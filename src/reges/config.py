@@ -160,8 +160,9 @@ class CatalogConfig:
     fuzzy_threshold: rapidfuzz score (0-100) above which a title matches a catalog title.
     clean: Fold duplicate entries of one film into one item (the other dataset ids kept in `meta.alias_ids`) and
         drop cards that describe another film (docs/results/catalog_cleaning.md); redial and inspired catalogs
-        only, custom catalogs are never cleaned. Off by default until every stage maps dataset ids to the folded
-        items (today only `evaluate` does; the retriever and the experts skip the folded ids).
+        only, custom catalogs are never cleaned. Every stage reads the dialogues' dataset ids through the folded
+        items' aliases (`reges.catalog.alias_map`). Off by default: the configs' measured runs and the shipped
+        bundle were built on the uncleaned catalog (its dev effect: docs/results/catalog_cleaning.md).
     """
 
     format: Literal["redial", "inspired", "custom"] = "redial"

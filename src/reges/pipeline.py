@@ -56,6 +56,7 @@ PIPELINE: tuple[Stage, ...] = (
           ("data", "train-query"), ("llm", "rewrite")),
     Stage("train-retriever", "reges.retrieval.train", "fine-tune the encoder, fit the co-mention prior, tune fusion",
           ("data", "catalog", "index", "distill", "rewrite"), ("data", "index", "train_retriever")),
+    # retrieve also reads the catalog (its aliases); a rebuilt catalog reaches it through index
     Stage("retrieve", "reges.retrieval.retrieve", "retrieve top-k candidates per example (TREC run)",
           ("data", "index", "rewrite", "train-retriever"), ("index", "retrieve")),
     Stage("mine", "reges.item_expert.mining", "item-expert training examples from the retrieved hard negatives",

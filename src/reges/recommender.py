@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from reges.catalog import read_catalog
+from reges.catalog import alias_map, canonical_ids, read_catalog
 from reges.config import PipelineConfig, load_config
 from reges.errors import CatalogError, ConfigError, DataError
 from reges.io import RunDir
@@ -261,6 +261,7 @@ class PipelineRecommender:
             ConfigError: neither an encoder nor a fused retriever is given.
         """
         self.items = {it.item_id: it for it in items}
+        self.aliases = alias_map(self.items.values())  # a cleaned catalog's folded dataset ids -> their item
         if (index is None or encoder is None) and fused is None:
             raise ConfigError("PipelineRecommender needs the index and its encoder, or a fused retriever; got neither")
         missing = [i for i in (index.item_ids if index is not None else []) if i not in self.items]
@@ -450,9 +451,11 @@ class PipelineRecommender:
     def link_titles(self, context: list[Turn]) -> list[Turn]:
         """Fill in the item ids of turns that name catalog titles but carry no ids (typed text, not a dataset).
 
-        Turns that already have ids (dataset dialogues, clients that send them) are left as they are.
+        Turns that already have ids (dataset dialogues, clients that send them) keep them, a folded dataset id
+        mapped to its item (a cleaned catalog), so that the film still counts as named.
         """
-        return [t if t.item_ids else Turn(t.role, t.content, self.spotter.spot(t.content)) for t in context]
+        return [Turn(t.role, t.content, canonical_ids(t.item_ids, self.aliases)) if t.item_ids
+                else Turn(t.role, t.content, self.spotter.spot(t.content)) for t in context]
 
     def _write_queries(self, contexts: list[list[Turn]]) -> list[str]:
         """The Query Expert's preference query per dialogue; "" per dialogue on the frozen path."""

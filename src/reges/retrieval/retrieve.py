@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reges.catalog import alias_map, canonical_dialogue, canonical_example, read_catalog
+from reges.catalog import alias_map, canonical_dialogue, canonical_example, read_catalog, run_aliases
 from reges.config import IndexConfig, PipelineConfig
 from reges.errors import ConfigError, DataError
 from reges.io import RunDir, now_iso, read_jsonl, write_trec
@@ -200,8 +200,7 @@ def split_features(fr: FusedRetriever, run_dir: str | Path, split: str, names: S
         with_query: Read the Query Expert's queries from `rewrite/{split}.jsonl` (False: none).
     """
     run_dir = Path(run_dir)
-    aliases = alias_map(read_catalog(run_dir / "catalog" / "items.jsonl"))  # as the stages read them
-    examples = read_examples(run_dir / "data" / f"{split}.jsonl", aliases)
+    examples = read_examples(run_dir / "data" / f"{split}.jsonl", run_aliases(run_dir))  # as the stages read them
     texts: list[str | None] = [None] * len(examples)
     if with_query:
         queries = read_queries(run_dir / "rewrite" / f"{split}.jsonl")

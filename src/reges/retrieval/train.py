@@ -48,7 +48,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,20 +101,21 @@ FINETUNE_RECORD = "finetune.json"
 
 def _finetune_fingerprint(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path,
                           distill_path: Path | None, lossy_path: Path, held_out: frozenset[str] = frozenset(),
-                          raw_inputs: dict[str, Path] | None = None, catalog_path: Path | None = None) -> str:
+                          raw_inputs: dict[str, Path] | None = None, items: Mapping[str, Item] | None = None) -> str:
     """What a finished encoder depends on; a checkpointed encoder is reused only when this matches."""
-    spec = _finetune_spec(tc, encoder, seed, train_path, distill_path, lossy_path, held_out, raw_inputs,
-                          catalog_path)
+    spec = _finetune_spec(tc, encoder, seed, train_path, distill_path, lossy_path, held_out, raw_inputs, items)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def _finetune_spec(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path: Path, distill_path: Path | None,
                    lossy_path: Path, held_out: frozenset[str] = frozenset(),
-                   raw_inputs: dict[str, Path] | None = None, catalog_path: Path | None = None) -> dict[str, Any]:
+                   raw_inputs: dict[str, Path] | None = None, items: Mapping[str, Item] | None = None
+                   ) -> dict[str, Any]:
     """`_finetune_fingerprint`'s content. `raw_inputs`: the raw files the interleaved lossy pairs read
-    (`interleaved_inputs`), hashed only under `lossy_pairs_from: interleaved`. `catalog_path`: the catalog whose
-    cards are the pairs' positives and whose aliases map their targets (a changed `catalog.card_fields` or
-    `catalog.clean` trains a new encoder; the checkpoint folder outlives a rebuilt catalog)."""
+    (`interleaved_inputs`), hashed only under `lossy_pairs_from: interleaved`. `items`: the catalog, of which what
+    training reads is hashed (each item's card, the pairs' positives, and its folded ids, which map their targets):
+    the checkpoint folder outlives a rebuilt catalog, so another `catalog.card_fields` or `catalog.clean` must
+    train a new encoder."""
     keys = ("epochs", "batch_size", "lr", "warmup_ratio", "hard_negatives", "max_pairs", "query", "max_query_chars",
             "max_seq_length", "dtype")
     spec = {k: getattr(tc, k) for k in keys}
@@ -130,8 +131,9 @@ def _finetune_spec(tc: TrainRetrieverConfig, encoder: str, seed: int, train_path
         if tc.lossy_pairs_from != "seeker_side":  # absent at the default: earlier encoders stay reusable
             spec["lossy_pairs"]["from"] = tc.lossy_pairs_from
             spec["lossy_pairs"]["files"] = {key: file_sha256(path) for key, path in sorted((raw_inputs or {}).items())}
-    if catalog_path is not None:
-        spec["catalog"] = file_sha256(catalog_path)
+    if items is not None:
+        cards = [[i, it.text, sorted(map(str, it.meta.get("alias_ids") or []))] for i, it in sorted(items.items())]
+        spec["catalog"] = hashlib.sha256(json.dumps(cards).encode()).hexdigest()
     if held_out:  # a cross-fitting fold's encoder (absent for the run's own: its fingerprint is unchanged)
         spec["held_out"] = hashlib.sha256("\n".join(sorted(held_out)).encode()).hexdigest()
     return spec
@@ -222,7 +224,7 @@ def _fit_encoder(cfg: PipelineConfig, run_dir: RunDir, ckpt: Path, frozen: ItemI
     done = ckpt / ENCODER_DIR
     fingerprint = _finetune_fingerprint(tc, cfg.index.encoder, cfg.run.seed, run_dir.stage_dir("data") / "train.jsonl",
                                         distill_path, run_dir.stage_dir("data") / LOSSY_DIALOGUES_FILE, held_out,
-                                        interleaved_inputs(cfg), run_dir.stage_dir("catalog") / "items.jsonl")
+                                        interleaved_inputs(cfg), items)
     if (done / FINETUNE_RECORD).is_file() and read_json(done / FINETUNE_RECORD).get("fingerprint") == fingerprint:
         logger.info("reusing the fine-tuned encoder in %s", done)
         return done if ctx.is_main else None

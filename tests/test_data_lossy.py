@@ -20,7 +20,7 @@ from reges.data.lossy import (
     FIRST_SPEAKER_ROLE,
     MEMBER,
     MISSING_TITLE,
-    _Resolver,
+    TitleResolver,
     context_agreement,
     interleave,
     interleaved_dialogue,
@@ -350,7 +350,7 @@ NAMES = {"11": "Up (2009)", "12": "Heat (1995)", "16": "Toy Story (1995)"}
                                               (RECOMMENDER_FIRST, ["assistant", "user"] * 3)])
 def test_interleaved_dialogue_cuts_each_recommendation_before_the_seekers_reaction(entry: dict,
                                                                                     roles: list[str]) -> None:
-    dialogue = interleaved_dialogue("lossy-00007", entry, _Resolver(NAMES))
+    dialogue = interleaved_dialogue("lossy-00007", entry, TitleResolver(NAMES))
     assert dialogue is not None
     assert [t.role for t in dialogue.turns] == roles
     examples = build_examples(dialogue, {})
@@ -358,9 +358,10 @@ def test_interleaved_dialogue_cuts_each_recommendation_before_the_seekers_reacti
     seeker_said = " ".join(t.content for t in first.context if t.role == "user")
     assert "family films like Up (2009)" in seeker_said and "haven't seen" not in seeker_said
     # The order-free form pairs the same film with the seeker's whole side, reaction included.
-    order_free, _ = lossy_examples([two_turn_dialogue("lossy-00007", entry, _Resolver(NAMES))], 1000)
+    order_free, _ = lossy_examples([two_turn_dialogue("lossy-00007", entry, TitleResolver(NAMES))], 1000)
     assert "haven't seen Toy Story (1995)" in order_free[0].context[0].content
-    assert interleaved_dialogue("x", {**entry, "questions": ["hi"], "answers": ["hello"]}, _Resolver(NAMES)) is None
+    no_titles = {**entry, "questions": ["hi"], "answers": ["hello"]}
+    assert interleaved_dialogue("x", no_titles, TitleResolver(NAMES)) is None
 
 
 def test_interleaved_dialogues_reads_the_entries_the_data_stage_kept(zip_path: Path, names: dict[str, str],

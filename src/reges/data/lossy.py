@@ -111,8 +111,12 @@ def _key(text: str) -> str:
     return _NON_ALNUM.sub("", html.unescape(text).lower())
 
 
-class _Resolver:
-    """Replaces `@id` with "Title (Year)" from `movie_names`, counting ids it cannot resolve."""
+class TitleResolver:
+    """Replaces `@id` with "Title (Year)" from `movie_names`, counting ids it cannot resolve.
+
+    Public because `two_turn_dialogue` and `interleaved_dialogue` take one: a caller converting many entries shares
+    one resolver, whose title cache and missing-id counts then cover them all.
+    """
 
     def __init__(self, movie_names: Mapping[str, str]) -> None:
         self.movie_names = movie_names
@@ -158,7 +162,7 @@ class LossyMatch:
 class _LossyIndex:
     """Match keys of every lossy entry: per side, the resolved text key; and the entry's mention set."""
 
-    def __init__(self, entries: Sequence[dict[str, Any]], resolver: _Resolver) -> None:
+    def __init__(self, entries: Sequence[dict[str, Any]], resolver: TitleResolver) -> None:
         self.sides: list[tuple[str, str]] = []
         self.ids: list[frozenset[str]] = []
         self.by_text: dict[frozenset[str], list[int]] = {}
@@ -211,10 +215,10 @@ def match_dialogues(entries: Sequence[dict[str, Any]], dialogues: Sequence[Dialo
     Returns:
         ({entry index: match}, number of dialogues found in no entry).
     """
-    return _match_all(_LossyIndex(entries, _Resolver(movie_names)), dialogues)
+    return _match_all(_LossyIndex(entries, TitleResolver(movie_names)), dialogues)
 
 
-def two_turn_dialogue(dialogue_id: str, entry: dict[str, Any], resolver: _Resolver) -> Dialogue:
+def two_turn_dialogue(dialogue_id: str, entry: dict[str, Any], resolver: TitleResolver) -> Dialogue:
     """A lossy entry as stored by `lossy_dialogues`: the first speaker's messages as one turn labelled
     `FIRST_SPEAKER_ROLE`, then the other's (no second turn when there are no answers)."""
     other: Role = "user" if FIRST_SPEAKER_ROLE == "assistant" else "assistant"
@@ -253,7 +257,7 @@ def lossy_dialogues(path: Path, exclude: Sequence[Dialogue], movie_names: Mappin
         9554
     """
     entries = load_lossy(path)
-    resolver = _Resolver(movie_names)
+    resolver = TitleResolver(movie_names)
     index = _LossyIndex(entries, resolver)
     excluded, unmatched = _match_all(index, exclude)
     logger.info("lossy file: %d entries match excluded dialogues (%d fuzzy) and are dropped; %d of the %d excluded "
@@ -380,7 +384,7 @@ def interleave(n_first: int, n_second: int) -> list[int]:
     return [side for _, side in sorted(slots)]
 
 
-def interleaved_dialogue(dialogue_id: str, entry: dict[str, Any], resolver: _Resolver) -> Dialogue | None:
+def interleaved_dialogue(dialogue_id: str, entry: dict[str, Any], resolver: TitleResolver) -> Dialogue | None:
     """One lossy entry as an ordered dialogue: roles from `seeker_turn`'s rule, the order guessed by `interleave`.
 
     Why: `lossy_examples` can only pair a seeker's whole side with the films recommended anywhere in the
@@ -426,7 +430,7 @@ def interleaved_dialogues(path: Path, movie_names: Mapping[str, str],
         DataError: The file cannot be read, or an id is not of the form "lossy-<index>" within the file.
     """
     entries = load_lossy(path)
-    resolver = _Resolver(movie_names)
+    resolver = TitleResolver(movie_names)
     out: list[Dialogue] = []
     undecided = 0
     for dialogue_id in dialogue_ids:
@@ -495,7 +499,7 @@ def order_agreement(entries: Sequence[dict[str, Any]], matched: Mapping[int, Los
         ({"interleaved": rows, "seeker_side": rows}, how many entries the seeker rule cannot tell): each entry is
         rebuilt exactly as an unknown one would be, by `interleaved_dialogue` and by `lossy_examples`.
     """
-    resolver = _Resolver(movie_names)
+    resolver = TitleResolver(movie_names)
     order_free: dict[str, list[RecExample]] = {}
     for ex in lossy_examples([two_turn_dialogue(f"lossy-{i:05d}", entries[i], resolver) for i in sorted(matched)],
                              max_chars)[0]:

@@ -18,7 +18,7 @@ RUN=$BASE-clean
 CONFIG=configs/$DATASET.yaml
 REGES=${REGES:-.venv/bin/reges}
 PY=${PY:-.venv/bin/python}
-BASE_OVERRIDES=(run.threads=2 train_retriever.distill_pairs=false)
+BASE_OVERRIDES=(run.threads=${THREADS:-2} train_retriever.distill_pairs=false)  # THREADS=1 next to another job
 mkdir -p "$BASE" "$RUN"
 for stage in data catalog index train-retriever retrieve evaluate; do
   [ -f "$BASE/$stage/manifest.json" ] || "$REGES" "$stage" --config "$CONFIG" --run-dir "$BASE" "${BASE_OVERRIDES[@]}"

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from reges.catalog import run_aliases
+from reges.catalog import alias_map, read_catalog, run_aliases
 from reges.io import atomic_open, machine_info, now_iso, read_jsonl, read_trec
 from reges.item_expert.generate import ALPHA_GRID, fuse_scores
 from reges.records import mentioned_item_ids
@@ -53,9 +53,10 @@ from reges.retrieval.retrieve import read_dialogues, read_examples
 
 def diagnose(run_dir: Path, split: str) -> dict[str, Any]:
     """The figures above for one run's rank-mode picks."""
-    aliases = run_aliases(run_dir)  # the ids as the stages read them
+    catalog = read_catalog(run_dir / "catalog" / "items.jsonl")
+    titles = {it.item_id: it.title for it in catalog}
+    aliases = alias_map(catalog)  # the ids as the stages read them
     examples = {ex.example_id: ex for ex in read_examples(run_dir / "data" / f"{split}.jsonl", aliases)}
-    titles = {it["item_id"]: it["title"] for it in read_jsonl(run_dir / "catalog" / "items.jsonl")}
     mentions: dict[str, int] = {}
     for d in read_dialogues(run_dir / "data" / "train_dialogues.jsonl", aliases):
         for item_id in {i for t in d.turns for i in t.item_ids}:

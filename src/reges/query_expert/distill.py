@@ -318,6 +318,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     t_start = time.perf_counter()
     catalog = load_catalog(run_dir)
     items = {item.item_id: item for item in catalog}
+    aliases = alias_map(catalog)  # a target named by a folded id reaches the teacher as its item
     index = ItemIndex.load(index_dir)
     encoder = load_index_encoder(index, cfg.index)
     teacher = build_teacher(cfg, catalog, index, index_dir)
@@ -327,7 +328,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir) -> None:
     for split, path in split_paths.items():
         t0 = time.perf_counter()
         examples = sample_by_id(
-            read_examples(path, alias_map(catalog)), dc.max_examples, cfg.run.seed, lambda ex: ex.example_id,
+            read_examples(path, aliases), dc.max_examples, cfg.run.seed, lambda ex: ex.example_id,
             "distill.max_examples"
         )
         results, stats = distill_examples(
